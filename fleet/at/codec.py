@@ -1,0 +1,308 @@
+"""Sans-IO AT codec for both ends of a serial line (the h11 model: bytes in, events out).
+
+How this works
+--------------
+Bytes are split into lines as they arrive (``receive_data``) and each line is classified at once,
+against the state the connection had when the line arrived; ``next_event`` hands the results out in
+order. Because splitting and classification depend only on the byte sequence and on where the
+``send`` calls fall in it, the events never depend on how the stream was chunked.
+
+Host side (:class:`HostConnection`): ``send(command) -> bytes`` moves IDLE -> AWAITING; lines that
+arrive while AWAITING are information lines, unless they look like a URC of another command
+(``+CEREG: ...`` while waiting for ``%KEYGEN``); a final line (``OK``, ``ERROR``, ``+CME ERROR: n``,
+``+CMS ERROR: n``) moves back to IDLE. Lines that arrive while IDLE are URCs or
+:class:`StrayLine` (for example the late answer of a command abandoned after a timeout). Lines end
+at CR or LF; empty lines are skipped. Only whole lines are matched, so ``OK`` inside base64 data is
+never taken as a final result.
+
+Modem side (:class:`ModemConnection`): command lines end at CR, LF or NUL outside double quotes;
+inside quotes they are part of the argument (a PEM written in one command).
+
+A line longer than ``max_line`` raises :class:`LineTooLong` from ``next_event`` at the point where
+it occurred; the rest of that line is discarded and the connection stays usable. Memory held for a
+partial line never exceeds ``max_line`` bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+
+from fleet.at.commands import MAX_COMMAND_BYTES, Command
+from fleet.at.events import (
+    NEED_DATA,
+    CmeErrorLine,
+    CmsErrorLine,
+    CommandLine,
+    Error,
+    Final,
+    HostEvent,
+    InformationLine,
+    NeedData,
+    Ok,
+    StrayLine,
+    Urc,
+)
+from fleet.errors import CmeCode, LineTooLong, LocalProtocolError
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "HostConnection",
+    "HostState",
+    "ModemConnection",
+    "encode_final",
+    "parse_final",
+]
+
+#: Longest response line the host accepts. A %KEYGEN answer is about 575 bytes and an
+#: %ATTESTTOKEN about 400; 8192 leaves room for any documented answer.
+MAX_LINE_BYTES = 8192
+
+_URC_LIKE = re.compile(r"([+%][A-Z][A-Z0-9]*)(?::|\Z)")
+_CME = re.compile(r"\+CME ERROR: *([0-9]{1,9})\Z")
+_CMS = re.compile(r"\+CMS ERROR: *([0-9]{1,9})\Z")
+
+
+def parse_final(text: str) -> Final | None:
+    """The final result ``text`` stands for, or ``None`` when it is not a final line."""
+    if text == "OK":
+        return Ok()
+    if text == "ERROR":
+        return Error()
+    match = _CME.match(text)
+    if match:
+        return CmeErrorLine(code=CmeCode.of(int(match.group(1))))
+    match = _CMS.match(text)
+    if match:
+        return CmsErrorLine(code=int(match.group(1)))
+    if text.startswith(("+CME ERROR:", "+CMS ERROR:")):
+        # Verbose form (AT+CMEE=2) or junk after the colon: still the end of the response.
+        return CmeErrorLine(code=0) if text.startswith("+CME") else CmsErrorLine(code=0)
+    return None
+
+
+def encode_final(final: Final) -> str:
+    """The line that stands for ``final`` (no terminator)."""
+    if isinstance(final, Ok):
+        return "OK"
+    if isinstance(final, Error):
+        return "ERROR"
+    if isinstance(final, CmeErrorLine):
+        return f"+CME ERROR: {int(final.code)}"
+    return f"+CMS ERROR: {final.code}"
+
+
+class _TooLong:
+    """Queue marker: a line overflowed here."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+
+class _LineSplitter:
+    """Split a byte stream into lines, with a bound on the partial line held in memory."""
+
+    def __init__(self, *, terminators: bytes, quote_aware: bool, max_line: int) -> None:
+        self._max = max_line
+        self._quote_aware = quote_aware
+        pattern = b"[" + re.escape(terminators) + (b'"' if quote_aware else b"") + b"]"
+        self._special = re.compile(pattern)
+        self._buf = bytearray()
+        self._in_quotes = False
+        self._discarding = False
+        self._discarded = 0
+
+    def feed(self, data: bytes) -> list[bytes | _TooLong]:
+        out: list[bytes | _TooLong] = []
+        pos = 0
+        end = len(data)
+        while pos < end:
+            match = self._special.search(data, pos)
+            stop = match.start() if match else end
+            self._append(data[pos:stop], out)
+            if match is None:
+                break
+            char = data[stop : stop + 1]
+            pos = stop + 1
+            if char == b'"':
+                self._in_quotes = not self._in_quotes
+                self._append(char, out)
+            elif self._in_quotes:
+                self._append(char, out)
+            else:
+                self._finish(out)
+        return out
+
+    def _append(self, chunk: bytes, out: list[bytes | _TooLong]) -> None:
+        if not chunk:
+            return
+        if self._discarding:
+            self._discarded += len(chunk)
+            return
+        if len(self._buf) + len(chunk) > self._max:
+            self._discarded = len(self._buf) + len(chunk)
+            self._buf.clear()
+            self._discarding = True
+            out.append(_TooLong(self._discarded))
+            return
+        self._buf += chunk
+
+    def _finish(self, out: list[bytes | _TooLong]) -> None:
+        self._in_quotes = False
+        if self._discarding:
+            self._discarding = False
+            self._discarded = 0
+            return
+        if self._buf:
+            out.append(bytes(self._buf))
+            self._buf.clear()
+
+    def reset(self) -> None:
+        self._buf.clear()
+        self._in_quotes = False
+        self._discarding = False
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._buf)
+
+
+class HostState(enum.Enum):
+    """Host-side connection state."""
+
+    IDLE = "IDLE"
+    AWAITING = "AWAITING"
+
+
+class _Trigger(enum.Enum):
+    SEND = "SEND"
+    FINAL = "FINAL"
+    ABANDON = "ABANDON"
+
+
+# One transition table; a pair that is missing is a local protocol error.
+_HOST_TRANSITIONS: dict[tuple[HostState, _Trigger], HostState] = {
+    (HostState.IDLE, _Trigger.SEND): HostState.AWAITING,
+    (HostState.AWAITING, _Trigger.FINAL): HostState.IDLE,
+    (HostState.AWAITING, _Trigger.ABANDON): HostState.IDLE,
+    (HostState.IDLE, _Trigger.ABANDON): HostState.IDLE,
+}
+
+
+class HostConnection:
+    """The host (fleet) end of an AT serial line. No I/O, no clock."""
+
+    def __init__(self, *, terminator: bytes = b"\r", max_line: int = MAX_LINE_BYTES) -> None:
+        if terminator not in (b"\r", b"\r\n", b"\n"):
+            raise ValueError(f"terminator must be CR, CRLF or LF, not {terminator!r}")
+        self._terminator = terminator
+        self._splitter = _LineSplitter(terminators=b"\r\n", quote_aware=False, max_line=max_line)
+        self._events: deque[HostEvent | _TooLong] = deque()
+        self.state = HostState.IDLE
+        self.pending: Command | None = None
+
+    def _fire(self, trigger: _Trigger) -> None:
+        try:
+            self.state = _HOST_TRANSITIONS[(self.state, trigger)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"cannot {trigger.value.lower()} in state {self.state.value}"
+                + (f" (waiting for the answer to {self.pending})" if self.pending else "")
+            ) from None
+
+    def send(self, command: Command) -> bytes:
+        """Bytes to write for ``command``. Only one command may be pending at a time."""
+        self._fire(_Trigger.SEND)
+        self.pending = command
+        return command.encode() + self._terminator
+
+    def abandon(self) -> None:
+        """Give up waiting for the pending command (after a timeout). Its late lines, if any
+        arrive, become :class:`StrayLine` events."""
+        self._fire(_Trigger.ABANDON)
+        self.pending = None
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the port. ``b""`` is allowed and does nothing."""
+        for item in self._splitter.feed(data):
+            if isinstance(item, _TooLong):
+                self._events.append(item)
+            else:
+                self._events.append(self._classify(item.decode("utf-8", errors="replace")))
+
+    def _classify(self, text: str) -> HostEvent:
+        final = parse_final(text)
+        if self.state is HostState.AWAITING:
+            if final is not None:
+                self._fire(_Trigger.FINAL)
+                self.pending = None
+                return final
+            match = _URC_LIKE.match(text)
+            pending = self.pending
+            if match and pending is not None and match.group(1) != pending.response_prefix:
+                return Urc(text=text)
+            return InformationLine(text=text)
+        if final is None and _URC_LIKE.match(text):
+            return Urc(text=text)
+        return StrayLine(text=text)
+
+    def next_event(self) -> HostEvent | NeedData:
+        """The next event, or ``NEED_DATA``. Raises :class:`LineTooLong` where a line overflowed."""
+        if not self._events:
+            return NEED_DATA
+        item = self._events.popleft()
+        if isinstance(item, _TooLong):
+            raise LineTooLong(f"line longer than the {self._splitter._max}-byte maximum discarded")
+        return item
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of an unfinished line held in memory (at most ``max_line``)."""
+        return self._splitter.pending_bytes
+
+
+class ModemConnection:
+    """The modem end of an AT serial line, used by the simulator. No I/O, no clock."""
+
+    def __init__(self, *, max_line: int = MAX_COMMAND_BYTES) -> None:
+        self._splitter = _LineSplitter(terminators=b"\r\n\x00", quote_aware=True, max_line=max_line)
+        self._events: deque[CommandLine | _TooLong] = deque()
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the host."""
+        for item in self._splitter.feed(data):
+            if isinstance(item, _TooLong):
+                self._events.append(item)
+            else:
+                text = item.decode("utf-8", errors="replace").strip(" ")
+                if text:
+                    self._events.append(CommandLine(text=text))
+
+    def next_event(self) -> CommandLine | NeedData:
+        """The next command line, or ``NEED_DATA``. Raises :class:`LineTooLong` for a command
+        over the modem's limit (the modem answers that with ``ERROR``)."""
+        if not self._events:
+            return NEED_DATA
+        item = self._events.popleft()
+        if isinstance(item, _TooLong):
+            raise LineTooLong(f"command longer than {self._splitter._max} bytes discarded")
+        return item
+
+    def reset(self) -> None:
+        """Forget everything buffered (the line was dropped and reconnected)."""
+        self._splitter.reset()
+        self._events.clear()
+
+    @staticmethod
+    def response(lines: tuple[str, ...] | list[str], final: Final) -> bytes:
+        """Bytes for a complete response: information lines, then the final line."""
+        out = "".join(f"{line}\r\n" for line in lines) + encode_final(final) + "\r\n"
+        return out.encode("utf-8")
+
+    @staticmethod
+    def urc(text: str) -> bytes:
+        """Bytes for one unsolicited result code."""
+        return f"{text}\r\n".encode()
