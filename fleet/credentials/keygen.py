@@ -1,0 +1,398 @@
+"""Parse and check one ``%KEYGEN`` answer: ``"<base64url body>.<base64url COSE_Sign1>"``.
+
+The body is a CSR (payload id 9) or a 91-byte DER SubjectPublicKeyInfo (payload id 8). Parsing
+(:func:`parse_keygen`) decodes every part or raises :class:`CredentialError`; checking
+(:func:`check_keygen`) returns one :class:`Check` per rule, so ``fleet inspect`` can show them all
+and the provisioning flow can refuse to record an answer that fails any (:func:`verify_keygen`).
+The raw body is kept as received: the COSE digest is over those bytes, NULL quirk included.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
+
+from fleet.credentials.attributes import SubjectPairs, subject_pairs
+from fleet.credentials.cose import (
+    PAYLOAD_ID_CSR,
+    PAYLOAD_ID_PUBLIC_KEY,
+    CoseSign1,
+    KeygenPayload,
+    decode_cose_sign1,
+    decode_keygen_payload,
+)
+from fleet.credentials.der import DerError, strip_sigalg_null
+from fleet.errors import CredentialError
+
+__all__ = [
+    "KEY_USAGE_NAMES",
+    "Check",
+    "CsrInfo",
+    "Expectation",
+    "KeygenAnswer",
+    "b64url_decode",
+    "b64url_encode",
+    "check_keygen",
+    "extract_keygen_value",
+    "parse_keygen",
+    "verify_keygen",
+]
+
+#: RFC 5280 KeyUsage bits in the order of the modem's 9-digit ``<key_usage>`` string.
+KEY_USAGE_NAMES = (
+    "digitalSignature",
+    "nonRepudiation",
+    "keyEncipherment",
+    "dataEncipherment",
+    "keyAgreement",
+    "keyCertSign",
+    "cRLSign",
+    "encipherOnly",
+    "decipherOnly",
+)
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+_LINE = re.compile(r'\s*%KEYGEN:\s*"([^"]*)"\s*\Z')
+
+
+def b64url_decode(text: str, what: str) -> bytes:
+    """Decode unpadded base64url strictly (no padding, no other characters)."""
+    if not _B64URL.match(text):
+        bad = next(c for c in text if not re.match(r"[A-Za-z0-9_-]", c))
+        raise CredentialError(f"{what}: {bad!r} is not a base64url character")
+    if len(text) % 4 == 1:
+        raise CredentialError(f"{what}: base64url length {len(text)} is impossible (truncated?)")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - excluded by the checks above
+        raise CredentialError(f"{what}: invalid base64url ({exc})") from exc
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url, as the modem prints it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def extract_keygen_value(text: str) -> str:
+    """The bare ``body.cose`` value from a ``%KEYGEN: "..."`` line, a quoted value or a bare one.
+
+    Whitespace (a value wrapped over several lines when copied from a document) is removed.
+    """
+    text = text.strip()
+    match = _LINE.match(text.replace("\r", "").replace("\n", ""))
+    if match:
+        text = match.group(1)
+    elif len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return re.sub(r"\s+", "", text)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Check:
+    """The outcome of one rule applied to an answer."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expectation:
+    """What the plan asked for; ``None`` fields are not checked."""
+
+    sec_tag: int | None = None
+    payload_id: int | None = None
+    subject: SubjectPairs | None = None
+    key_usage: str | None = None
+    device_uuid: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CsrInfo:
+    """What fleet reads from a CSR, computed once at parse time (so no lazy parse can fail
+    later): subject, KeyUsage and whether the self-signature verifies."""
+
+    csr: x509.CertificateSigningRequest
+    null_parameter: bool
+    subject: str
+    subject_pairs: SubjectPairs
+    key_usage: str | None
+    key_usage_der: bytes | None
+    signature_valid: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeygenAnswer:
+    """A decoded ``%KEYGEN`` answer. ``body`` holds the exact bytes the modem sent."""
+
+    value: str
+    body: bytes
+    cose_raw: bytes
+    cose: CoseSign1
+    payload: KeygenPayload
+    public_key: ec.EllipticCurvePublicKey
+    csr_info: CsrInfo | None = None
+
+    @property
+    def kind(self) -> str:
+        return "csr" if self.csr_info is not None else "public_key"
+
+    @property
+    def csr(self) -> x509.CertificateSigningRequest | None:
+        return None if self.csr_info is None else self.csr_info.csr
+
+    @property
+    def csr_null_parameter(self) -> bool:
+        return self.csr_info is not None and self.csr_info.null_parameter
+
+    @property
+    def subject(self) -> str | None:
+        """The CSR subject in the order the modem encoded it (``O=...,L=...,C=...``)."""
+        return None if self.csr_info is None else self.csr_info.subject
+
+    @property
+    def subject_pairs(self) -> SubjectPairs | None:
+        """The CSR subject as ``((dotted OID, value), ...)``, for comparison."""
+        return None if self.csr_info is None else self.csr_info.subject_pairs
+
+    @property
+    def key_usage(self) -> str | None:
+        """The CSR's KeyUsage as the modem's 9-digit string, or ``None`` if it has none."""
+        return None if self.csr_info is None else self.csr_info.key_usage
+
+    def csr_signature_valid(self) -> bool:
+        return self.csr_info is not None and self.csr_info.signature_valid
+
+    @property
+    def body_sha256(self) -> bytes:
+        return hashlib.sha256(self.body).digest()
+
+    @property
+    def public_key_pem(self) -> str:
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+
+    @property
+    def csr_pem(self) -> str | None:
+        """PEM of the CSR exactly as the modem made it (NULL parameter kept)."""
+        if self.csr_info is None:
+            return None
+        b64 = base64.b64encode(self.body).decode("ascii")
+        lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+        return "-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(lines) + (
+            "\n-----END CERTIFICATE REQUEST-----\n"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (field names follow vectors/keygen-csr-seed.json)."""
+        point = self.public_key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "body_sha256": self.body_sha256.hex(),
+            "public_key": {"uncompressed_hex": point.hex(), "pem": self.public_key_pem},
+            "cose": {
+                "tag": 18,
+                "protected_header": {str(k): v for k, v in self.cose.protected.items()},
+                "unprotected_header": {
+                    str(k): (v.hex() if isinstance(v, bytes) else v)
+                    for k, v in self.cose.unprotected.items()
+                },
+                "payload": self.payload.to_dict(),
+                "payload_self_describe_tag": self.payload.self_describe,
+                "signature_len": len(self.cose.signature),
+            },
+        }
+        info = self.csr_info
+        if info is not None:
+            out["csr"] = {
+                "subject": info.subject,
+                "key_usage": info.key_usage,
+                "key_usage_bits": [n for n, b in zip(KEY_USAGE_NAMES, info.key_usage or "",
+                                                     strict=False) if b == "1"],
+                "key_usage_der_hex": info.key_usage_der.hex() if info.key_usage_der else None,
+                "signature_algorithm_null_parameter": info.null_parameter,
+                "self_signature_valid": info.signature_valid,
+                "pem": self.csr_pem,
+            }
+        return out
+
+
+def parse_keygen(text: str) -> KeygenAnswer:
+    """Decode a ``%KEYGEN`` answer (line, quoted or bare value). Raises CredentialError."""
+    value = extract_keygen_value(text)
+    parts = value.split(".")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise CredentialError(
+            f"expected '<body>.<signature block>' (two base64url parts), got {len(parts)} part(s)"
+        )
+    body = b64url_decode(parts[0], "body")
+    cose_raw = b64url_decode(parts[1], "signature block")
+    cose = decode_cose_sign1(cose_raw)
+    payload = decode_keygen_payload(cose.payload_raw)
+    if payload.payload_id == PAYLOAD_ID_CSR:
+        info = _read_csr(body)
+        key = info.csr.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise CredentialError("CSR: public key is not an EC key")
+        return KeygenAnswer(value=value, body=body, cose_raw=cose_raw, cose=cose,
+                            payload=payload, public_key=key, csr_info=info)
+    if payload.payload_id == PAYLOAD_ID_PUBLIC_KEY:
+        try:
+            public = serialization.load_der_public_key(body)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise CredentialError(f"body: not a DER public key ({exc})") from exc
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise CredentialError("body: public key is not an EC key")
+        return KeygenAnswer(value=value, body=body, cose_raw=cose_raw, cose=cose,
+                            payload=payload, public_key=public)
+    raise CredentialError(
+        f"COSE payload: unknown payload id {payload.payload_id} (expected 8 or 9)"
+    )
+
+
+def _read_csr(body: bytes) -> CsrInfo:
+    csr, quirk = _load_csr(body)
+    try:
+        csr.public_key()
+        subject = csr.subject
+        try:
+            ext = csr.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE)
+        except x509.ExtensionNotFound:
+            usage = None
+        else:
+            usage = ext.value if isinstance(ext.value, x509.KeyUsage) else None
+        return CsrInfo(
+            csr=csr,
+            null_parameter=quirk,
+            subject=",".join(rdn.rfc4514_string() for rdn in subject.rdns),
+            subject_pairs=subject_pairs(subject),
+            key_usage=None if usage is None else _usage_bits(usage),
+            key_usage_der=None if usage is None else usage.public_bytes(),
+            signature_valid=csr.is_signature_valid,
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        raise CredentialError(f"body: CSR does not decode ({exc})") from exc
+
+
+def _usage_bits(usage: x509.KeyUsage) -> str:
+    bits = [
+        usage.digital_signature,
+        usage.content_commitment,
+        usage.key_encipherment,
+        usage.data_encipherment,
+        usage.key_agreement,
+        usage.key_cert_sign,
+        usage.crl_sign,
+        usage.key_agreement and usage.encipher_only,
+        usage.key_agreement and usage.decipher_only,
+    ]
+    return "".join("1" if bit else "0" for bit in bits)
+
+
+def _load_csr(body: bytes) -> tuple[x509.CertificateSigningRequest, bool]:
+    try:
+        return x509.load_der_x509_csr(body), False
+    except ValueError as first:
+        try:
+            stripped = strip_sigalg_null(body)
+        except DerError as exc:
+            raise CredentialError(f"body: not a DER CSR ({exc})") from exc
+        if stripped is None:
+            raise CredentialError(f"body: not a DER CSR ({first})") from first
+        try:
+            return x509.load_der_x509_csr(stripped), True
+        except ValueError as exc:
+            raise CredentialError(f"body: not a DER CSR ({exc})") from exc
+
+
+def check_keygen(
+    answer: KeygenAnswer,
+    expect: Expectation | None = None,
+    identity_key: ec.EllipticCurvePublicKey | None = None,
+) -> list[Check]:
+    """Apply every rule to ``answer``. Structural rules always; expectations when given."""
+    checks: list[Check] = []
+    payload = answer.payload
+    digest_ok = answer.body_sha256 == payload.digest
+    checks.append(Check(
+        name="digest", ok=digest_ok,
+        detail="COSE digest = SHA-256 of the body" if digest_ok else
+        f"COSE digest {payload.digest.hex()} != SHA-256 of the body {answer.body_sha256.hex()}",
+    ))
+    alg_ok = answer.cose.algorithm == -7 and len(answer.cose.signature) == 64
+    checks.append(Check(
+        name="cose_algorithm", ok=alg_ok,
+        detail="ES256 with a 64-byte signature" if alg_ok else
+        f"algorithm {answer.cose.algorithm!r}, signature {len(answer.cose.signature)} bytes",
+    ))
+    curve_ok = isinstance(answer.public_key.curve, ec.SECP256R1)
+    checks.append(Check(name="key_curve", ok=curve_ok,
+                        detail="P-256" if curve_ok else "public key is not on P-256"))
+    if answer.csr is not None:
+        sig_ok = answer.csr_signature_valid()
+        checks.append(Check(
+            name="csr_signature", ok=sig_ok,
+            detail="CSR self-signature valid" if sig_ok else "CSR self-signature does NOT verify",
+        ))
+    if identity_key is not None:
+        cose_ok = answer.cose.verify(identity_key)
+        checks.append(Check(
+            name="cose_signature", ok=cose_ok,
+            detail="COSE signature verifies with the identity key" if cose_ok else
+            "COSE signature does NOT verify with the given identity key",
+        ))
+    if expect is not None:
+        checks.extend(_expectation_checks(answer, expect))
+    return checks
+
+
+def _expectation_checks(answer: KeygenAnswer, expect: Expectation) -> list[Check]:
+    checks: list[Check] = []
+    payload = answer.payload
+
+    def add(name: str, actual: object, wanted: object) -> None:
+        ok = actual == wanted
+        checks.append(Check(name=name, ok=ok,
+                            detail=f"{actual}" if ok else f"got {actual}, expected {wanted}"))
+
+    if expect.sec_tag is not None:
+        add("sec_tag", payload.sec_tag, expect.sec_tag)
+    if expect.payload_id is not None:
+        add("payload_id", payload.payload_id, expect.payload_id)
+    if expect.device_uuid is not None:
+        add("device_uuid", payload.device_uuid, expect.device_uuid)
+    if expect.subject is not None:
+        add("subject", answer.subject_pairs, expect.subject)
+    if expect.key_usage is not None:
+        add("key_usage", answer.key_usage, expect.key_usage)
+    return checks
+
+
+def verify_keygen(
+    answer: KeygenAnswer,
+    expect: Expectation | None = None,
+    identity_key: ec.EllipticCurvePublicKey | None = None,
+) -> list[Check]:
+    """Like :func:`check_keygen`, but raise :class:`CredentialError` if any check fails."""
+    checks = check_keygen(answer, expect, identity_key)
+    failed = tuple(f"{c.name}: {c.detail}" for c in checks if not c.ok)
+    if failed:
+        raise CredentialError("%KEYGEN answer failed " + "; ".join(failed), failed)
+    return checks
