@@ -1,0 +1,1 @@
+"""One module per ``fleet`` sub-command; each has ``register(subparsers)``."""
