@@ -1,0 +1,82 @@
+"""What a run produced, per device and per key: the records the run layer (from the journal)
+hands to the manifest and to ``--json`` output.
+
+Frozen, keyword-only dataclasses. Outcomes are string enums whose values are the words used in the
+manifest and the JSON output.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
+
+
+class KeyOutcome(enum.StrEnum):
+    """What happened to one key of one device."""
+
+    GENERATED = "generated"  #: a new key was generated and its answer captured and verified
+    UNCHANGED = "unchanged"  #: the key was already there with its answer in the journal
+    CHANGED = "changed"  #: endorsement key whose public key differs from the journal's
+    RECOVERED = "recovered"  #: interrupted KEYGEN: the unseen key was deleted and made again
+    PRE_EXISTING = "pre-existing"  #: a key was there before fleet ran and `if_exists: keep`
+    FAILED = "failed"  #: the key could not be provisioned (see `error`)
+    NOT_ATTEMPTED = "not-attempted"  #: the device failed or the run stopped before this key
+
+
+class DeviceOutcome(enum.StrEnum):
+    """What happened to one device."""
+
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRecord:
+    """One key of one device."""
+
+    name: str
+    sec_tag: int
+    type: str  #: "client_key" or "endorsement_key"
+    response: str  #: "csr" or "public_key"
+    outcome: KeyOutcome
+    keygen_answer: str | None = None  #: the raw "<body>.<cose>" value, as the modem sent it
+    csr_pem: str | None = None
+    public_key_pem: str | None = None
+    cose_payload: dict[str, Any] | None = None  #: KeygenPayload.to_dict()
+    error: str | None = None
+    attempts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  #: later additions (certificates...)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRecord:
+    """One device (identified by IMEI) in one slot."""
+
+    slot: str
+    port: str
+    imei: str | None
+    device_uuid: str | None
+    model: str | None
+    firmware: str | None
+    outcome: DeviceOutcome
+    keys: tuple[KeyRecord, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    """One `fleet run`."""
+
+    run_id: str
+    station: str
+    plan_path: str
+    plan_sha256: str
+    started_at: str  #: RFC 3339, UTC
+    ended_at: str
+    complete: bool  #: False for a partial (interrupted) run
+    tool_version: str
+    devices: tuple[DeviceRecord, ...] = ()
