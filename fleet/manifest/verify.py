@@ -258,8 +258,12 @@ def _check_signatures(
             report.add("station_key", True,
                        f"signed by its embedded station_public_key ({embedded_id})")
         else:
+            claimed = any(isinstance(e, Mapping) and e.get("keyid") == embedded_id
+                          for e in signatures)
             report.fail("station_key", "no valid signature by the embedded station_public_key "
-                        f"(key {embedded_id}): the manifest names one key and is signed by another")
+                        f"(key {embedded_id})" + ("" if claimed else
+                                                  ": the manifest names one key and is signed "
+                                                  "by another"))
     if trusted is None:
         report.warnings.append(NOT_TRUSTED_WARNING)
         return
