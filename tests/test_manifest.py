@@ -17,6 +17,8 @@ import rfc8785
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from fleet.credentials import b64url_encode
 from fleet.errors import ManifestError
@@ -467,3 +469,50 @@ def test_write_refuses_a_non_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError):
         write_manifest(tmp_path / "m.json", {"signed": {}})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- robustness ----------------------------------------------------------------------------------
+
+def _nodes(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nodes(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nodes(item, (*path, index))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(_nodes(DOC))[1:]), JSON)
+def test_replacing_any_node_never_raises_and_always_fails(path: tuple[Any, ...],
+                                                          value: Any) -> None:
+    doc = copy.deepcopy(DOC)
+    parent: Any = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    assume(json.dumps(parent[path[-1]]) != json.dumps(value))
+    parent[path[-1]] = value
+    report = verify(doc, trusted=[STATION.public_key()])
+    assert not report.ok
+
+
+@given(JSON)
+def test_any_json_document_is_reported_not_raised(value: Any) -> None:
+    assert not verify(json.dumps(value).encode(), trusted=None).ok
+    if isinstance(value, dict):
+        assert not verify(value, trusted=[STATION.public_key()]).ok
+
+
+def test_deeply_nested_document_is_reported() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert "nested too deeply" in _reasons(verify(deep.encode(), trusted=None))

@@ -49,9 +49,11 @@ ALGORITHMS = (ALG_ES256, ALG_ED25519)
 
 def canonical_bytes(signed: Mapping[str, Any]) -> bytes:
     """``rfc8785.dumps(signed)``, after checking ``signed`` is plain JSON data without floats."""
-    plain_json(signed, "signed")
     try:
+        plain_json(signed, "signed")
         data: bytes = rfc8785.dumps(signed)
+    except RecursionError as exc:
+        raise ManifestError("signed is nested too deeply") from exc
     except rfc8785.CanonicalizationError as exc:  # pragma: no cover - plain_json refuses first
         raise ManifestError(f"signed cannot be canonicalized: {exc}") from exc
     return data
