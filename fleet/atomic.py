@@ -2,17 +2,20 @@
 
 After :func:`write_atomic` returns, the file holds either the old or the new content on disk even
 if power fails at any instant, and the new name is durable (the directory fsync that labgrid's
-``atomic_replace`` forgets).
+``atomic_replace`` forgets). :func:`create_atomic` is the same for a file that must never replace
+an existing one (a signing key, a manifest).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["create_atomic", "fsync_dir", "write_atomic"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -42,3 +45,45 @@ def write_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def create_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
+    """Create ``path`` holding ``data``, atomically and durably, but NEVER replace a file that is
+    already there: raises :class:`FileExistsError` instead (also when another process creates
+    ``path`` at the same moment).
+
+    The temp file is created with ``O_CREAT | O_EXCL`` and ``mode`` (so a 0600 secret is never
+    readable by others, not even for an instant; the umask can only remove bits), written and
+    fsynced, then hard-linked to ``path`` (``link`` fails if the name exists, where ``rename``
+    would silently replace it), unlinked, and the directory is fsynced. On a file system without
+    hard links it falls back to an exclusive create of ``path`` itself (still never replaces,
+    but a crash mid-write can leave a short file there).
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        _write_new(tmp, data, mode)
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+                raise
+            _write_new(path, data, mode)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(directory)
+
+
+#: errno values of ``link()`` on a file system that has no hard links (vfat, some network FS).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

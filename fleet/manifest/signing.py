@@ -1,0 +1,129 @@
+"""Sign the canonical bytes of ``signed``; check one signature.
+
+How this works (python-tuf style): the bytes that are signed are ``rfc8785.dumps(signed)`` (the
+RFC 8785 JSON Canonicalization Scheme, from the maintained ``rfc8785`` package), never the bytes
+of the file, so the file may be pretty-printed and a verifier recomputes the same bytes from the
+parsed document. A signature is ``{"keyid", "alg", "sig"}``: ``keyid`` is the hex SHA-256 of the
+signer's DER SubjectPublicKeyInfo, ``alg`` is ``"ES256"`` (ECDSA P-256 over SHA-256, signature
+DER-encoded as ``Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }``, which is what
+``cryptography`` produces and accepts) or ``"Ed25519"`` (the 64-byte RFC 8032 signature), and
+``sig`` is standard base64 (RFC 4648 section 4, with padding) of the signature bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from fleet.errors import ManifestError
+from fleet.manifest.build import plain_json
+from fleet.station_key import (
+    ALG_ED25519,
+    ALG_ES256,
+    PublicKey,
+    SigningKey,
+    algorithm,
+    keyid,
+    public_key_from_pem,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "add_signature",
+    "canonical_bytes",
+    "decode_sig",
+    "sign",
+    "signature",
+    "signature_valid",
+]
+
+ALGORITHMS = (ALG_ES256, ALG_ED25519)
+
+
+def canonical_bytes(signed: Mapping[str, Any]) -> bytes:
+    """``rfc8785.dumps(signed)``, after checking ``signed`` is plain JSON data without floats."""
+    try:
+        plain_json(signed, "signed")
+        data: bytes = rfc8785.dumps(signed)
+    except RecursionError as exc:
+        raise ManifestError("signed is nested too deeply") from exc
+    except rfc8785.CanonicalizationError as exc:  # pragma: no cover - plain_json refuses first
+        raise ManifestError(f"signed cannot be canonicalized: {exc}") from exc
+    return data
+
+
+def _raw_sign(key: SigningKey, data: bytes) -> bytes:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))  # DER Ecdsa-Sig-Value
+
+
+def signature(signed: Mapping[str, Any], key: SigningKey) -> dict[str, str]:
+    """One signature object over the canonical bytes of ``signed``."""
+    return {
+        "keyid": keyid(key),
+        "alg": algorithm(key),
+        "sig": base64.b64encode(_raw_sign(key, canonical_bytes(signed))).decode("ascii"),
+    }
+
+
+def sign(signed: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
+    """``{"signed": signed, "signatures": [one signature by key]}``.
+
+    ``signed["station_public_key"]``, when present, must be ``key``'s public key: a manifest
+    names the key that signs it (trust still comes from the verifier's ``--pubkey``).
+    """
+    embedded = signed.get("station_public_key")
+    if embedded is not None:
+        try:
+            embedded_id = keyid(public_key_from_pem(str(embedded), "signed.station_public_key"))
+        except ManifestError as exc:
+            raise ManifestError(f"cannot sign: {exc}") from exc
+        if embedded_id != keyid(key):
+            raise ManifestError(
+                f"signed.station_public_key is key {embedded_id}, not the signing key "
+                f"{keyid(key)}"
+            )
+    return {"signed": signed, "signatures": [signature(signed, key)]}
+
+
+def add_signature(document: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
+    """A copy of a signed ``document`` with one more signature (a counter-signature by ``key``).
+    Refuses a second signature by the same key."""
+    signatures = list(document.get("signatures") or [])
+    kid = keyid(key)
+    if any(isinstance(s, Mapping) and s.get("keyid") == kid for s in signatures):
+        raise ManifestError(f"the manifest is already signed by key {kid}")
+    return {"signed": document["signed"],
+            "signatures": [*signatures, signature(document["signed"], key)]}
+
+
+def decode_sig(text: str) -> bytes:
+    """The signature bytes of a ``sig`` field (strict standard base64); ``ManifestError``."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise ManifestError(f"sig is not standard base64 ({exc})") from exc
+
+
+def signature_valid(key: PublicKey, alg: str, sig: bytes, data: bytes) -> bool:
+    """True when ``sig`` is a valid ``alg`` signature of ``data`` by ``key`` (``alg`` must be
+    the key's own algorithm)."""
+    try:
+        if alg != algorithm(key):
+            return False
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(sig, data)
+        else:
+            key.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ManifestError, ValueError):
+        return False
+    return True
+

@@ -1,0 +1,91 @@
+"""Manifest files: write one without ever replacing another, and read one strictly.
+
+How this works: :func:`write_manifest` pretty-prints the document (indent 2, trailing newline)
+and creates the file with :func:`fleet.atomic.create_atomic` (temp file, fsync, hard link, fsync
+the directory), which refuses an existing name even against a concurrent writer; on a clash it
+tries ``<stem>-2<suffix>``, ``<stem>-3<suffix>``... and returns the path it wrote. The file bytes
+are not what is signed (that is the RFC 8785 form of ``signed``), so the layout is free.
+
+:func:`load_document` parses strictly: UTF-8, no duplicate object keys (two parsers that keep a
+different one of the duplicates would verify one text and act on another), no NaN/Infinity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fleet.atomic import create_atomic
+from fleet.errors import ManifestError
+from fleet.manifest.build import plain_json
+
+__all__ = ["load_document", "read_manifest", "write_manifest"]
+
+_MAX_VARIANTS = 10_000
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ManifestError(f"duplicate object key {key!r}")
+        out[key] = value
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise ManifestError(f"{name} is not a JSON number")
+
+
+def load_document(data: bytes | str) -> dict[str, Any]:
+    """Parse a manifest strictly (see the module docstring); ``ManifestError`` says why not."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"not UTF-8 text ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"not JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ManifestError("JSON nested too deeply") from exc
+    if not isinstance(value, dict):
+        raise ManifestError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """Read and strictly parse the manifest at ``path``; ``ManifestError`` naming the path."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return load_document(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+
+
+def _variants(path: Path) -> Iterator[Path]:
+    yield path
+    for n in range(2, _MAX_VARIANTS):
+        yield path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+def write_manifest(path: Path | str, document: Mapping[str, Any]) -> Path:
+    """Write ``document`` to ``path`` atomically, never over an existing file: when ``path``
+    exists, write ``<stem>-<n><suffix>`` (n = 2, 3, ...). Returns the path actually written."""
+    if set(document) != {"signed", "signatures"}:
+        raise ManifestError("a manifest is {\"signed\": ..., \"signatures\": [...]}")
+    plain_json(document, "manifest")
+    data = (json.dumps(document, indent=2) + "\n").encode("ascii")
+    for candidate in _variants(Path(path)):
+        try:
+            create_atomic(candidate, data, mode=0o644)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ManifestError(f"cannot write manifest {candidate}: {exc}") from exc
+        return candidate
+    raise ManifestError(f"cannot write manifest {path}: {_MAX_VARIANTS} names are taken")
