@@ -68,8 +68,10 @@ def run_check(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def _settings(settings: Settings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in Settings.__dataclass_fields__}
+def _settings(settings: Settings, *, slot: bool = False) -> dict[str, Any]:
+    """Settings as a dict; for a slot without ``concurrency``, which is plan-wide."""
+    return {name: getattr(settings, name) for name in Settings.__dataclass_fields__
+            if not (slot and name == "concurrency")}
 
 
 def _action(spec: KeySpec) -> dict[str, Any]:
@@ -88,7 +90,8 @@ def _action(spec: KeySpec) -> dict[str, Any]:
 def _slot(slot: Slot) -> dict[str, Any]:
     return {"name": slot.name, "port": slot.port, "line": slot.line,
             "unexpanded_pattern": is_glob(slot.port),
-            "settings": _settings(slot.settings), "keys": [_action(k) for k in slot.keys]}
+            "settings": _settings(slot.settings, slot=True),
+            "keys": [_action(k) for k in slot.keys]}
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:
@@ -117,9 +120,15 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "all" if value is None else str(value)
+
+
 def _print_human(plan: Plan) -> None:
     def fmt(settings: Settings) -> str:
-        return " ".join(f"{k}={v}" for k, v in _settings(settings).items())
+        return " ".join(f"{k}={_value(v)}" for k, v in _settings(settings).items())
 
     print(f"plan:      {plan.path}")
     print(f"sha256:    {plan.sha256}")
@@ -140,8 +149,11 @@ def _print_human(plan: Plan) -> None:
     for slot in plan.slots:
         note = ", pattern not expanded" if is_glob(slot.port) else ""
         print(f"  {slot.name}  {slot.port}  (line {slot.line}{note})")
-        if slot.settings != plan.defaults:
-            print(f"    settings: {fmt(slot.settings)}")
+        own = {k: v for k, v in _settings(slot.settings).items()
+               if v != getattr(plan.defaults, k)}
+        if own:
+            print(f"    settings: {' '.join(f'{k}={_value(v)}' for k, v in own.items())} "
+                  "(the rest as defaults)")
         for spec in slot.keys:
             policy = (f"  if_exists={spec.if_exists}" if spec.type is KeyType.CLIENT_KEY
                       else "")

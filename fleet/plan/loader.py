@@ -235,8 +235,11 @@ def _render_sample(ctx: Context, name: str, attributes: dict[str, Any],
             except ValueError as exc:
                 problem = str(exc)
         if problem:
-            where = (f" (rendered for slot {values['slot']!r}: {value!r})"
-                     if template.placeholders else "")
+            where = ""
+            if "slot" in template.placeholders:
+                where = f" (template {text!r} rendered for slot {values['slot']!r})"
+            elif template.placeholders:
+                where = f" (template {text!r} rendered with sample values)"
             ctx.at(("keys", name, "attributes", attr), problem + where)
             ok = False
     return ok

@@ -187,12 +187,16 @@ def check(model: type[M], data: Any, path: Path_, src: Source,
         return model.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            report(*_describe(err, model, data, path, src))
+            described = _describe(err, model, data, path, src)
+            if described is not None:
+                report(*described)
         return None
 
 
 def _describe(err: Any, model: type[BaseModel], data: Any, path: Path_,
-              src: Source) -> tuple[int, str]:
+              src: Source) -> tuple[int, str] | None:
+    """``(line, reason)`` for one pydantic error, or None when it only follows from a problem
+    already reported (a value or mapping entry the YAML walk could not read)."""
     loc = tuple(err["loc"])
     # Walk the error location through the data: keep the parts that exist in the document.
     real: list[str | int] = []
@@ -207,6 +211,8 @@ def _describe(err: Any, model: type[BaseModel], data: Any, path: Path_,
         real.append(part)
     full = path + tuple(real)
     kind, value = err["type"], err.get("input")
+    if full in src.broken and (kind == "missing" or len(real) == len(loc)):
+        return None
     if kind == "extra_forbidden":
         allowed = ", ".join(model.model_fields)
         return (src.line(full, key=True),

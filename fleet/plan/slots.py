@@ -70,8 +70,11 @@ def build_slots(ctx: Context, specs: dict[str, KeySpec], defaults: Settings) -> 
 def _ports(ctx: Context, value: Any, path: Path_) -> list[tuple[str, int]]:
     """Expand ``slots[i].port`` into ``(port, line)`` pairs, reporting problems."""
     port_path = (*path, "port")
-    if value is None:
-        return []  # missing or null: SlotDoc reports it
+    if value is None:  # missing (SlotDoc reports it), unreadable (reported), or null
+        if ctx.src.located(port_path) is not None and port_path not in ctx.src.broken:
+            ctx.at(port_path, "expected a port string or a non-empty list of port strings",
+                   key=True)
+        return []
     items: list[tuple[Any, Path_]]
     if isinstance(value, str):
         items = [(value, port_path)]

@@ -28,7 +28,7 @@ __all__ = ["Located", "Source", "read_source"]
 Path_ = tuple[str | int, ...]
 
 #: Bound on the number of nodes visited (alias expansion can otherwise blow up exponentially).
-MAX_NODES = 200_000
+MAX_NODES = 50_000
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -53,6 +53,9 @@ class Source:
     data: Any = None
     where: dict[Path_, Located] = field(default_factory=dict)
     problems: list[tuple[int, str]] = field(default_factory=list)
+    #: Values that could not be read (kept as None) and mappings with a skipped entry: the
+    #: schema does not pile "wrong type" / "missing" errors on top of the problem reported.
+    broken: set[Path_] = field(default_factory=set)
 
     def line(self, path: Path_, *, key: bool = False) -> int:
         """The line of ``path`` (or of its nearest ancestor that is in the file).
@@ -121,9 +124,11 @@ class _Walker:
             if self.count == MAX_NODES + 1:
                 self.problem(node, f"the plan expands to more than {MAX_NODES} YAML nodes "
                                    "(aliases nested too deep?)")
+            self.src.broken.add(path)
             return None
         if id(node) in self.stack:
             self.problem(node, "recursive YAML alias")
+            self.src.broken.add(path)
             return None
         if isinstance(node, yaml.ScalarNode):
             try:
@@ -131,10 +136,11 @@ class _Walker:
             except yaml.constructor.ConstructorError as exc:
                 reason = exc.problem or str(exc)
                 self.problem(node, f"cannot read value {node.value!r}: {reason}")
+                self.src.broken.add(path)
                 return None
             except ValueError as exc:  # e.g. a date that does not exist: 2024-02-30
-                reason = str(exc)
-                self.problem(node, f"cannot read value {node.value!r}: {reason}")
+                self.problem(node, f"cannot read value {node.value!r}: {exc}")
+                self.src.broken.add(path)
                 return None
         self.stack.add(id(node))
         try:
@@ -160,9 +166,11 @@ class _Walker:
             if key_node.tag == _MERGE_TAG:
                 self.problem(key_node, "YAML merge keys (<<) are not supported: write the "
                                        "settings out")
+                self.src.broken.add(path)
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self.problem(key_node, "a mapping key must be a plain string")
+                self.src.broken.add(path)
                 continue
             key = str(key_node.value)
             line = _mark_line(key_node.start_mark)
