@@ -155,6 +155,7 @@ BAD = [
     ('CN: "{imei}"', 'CN: "{0}"', L_CN, "unknown placeholder {0}"),
     ('CN: "{imei}"', 'CN: "{imei.real}"', L_CN, "unknown placeholder"),
     ('C: "NO"', 'C: "{imei}"', L_C, "countryName must be a 2-letter code"),
+    ('O: "Acme"', f'O: "{"A" * 4100}"', L_TLS, "%KEYGEN cannot be sent: AT%KEYGEN is 4"),
     # response / type combinations the modem does not support
     ("    response: csr\n", "", L_TLS, "response is required for a client_key"),
     ("response: csr", "response: pem", L_RESPONSE, "must be 'csr' or 'public_key'"),
@@ -186,7 +187,7 @@ BAD = [
     ("keys: [tls, endorsement]", "keys: [tls, endorsment]", L_SLOT_KEYS,
      "unknown key 'endorsment' (defined under keys: tls, endorsement)"),
     ("keys: [tls, endorsement]", "keys: [tls, tls]", L_SLOT_KEYS, "'tls' is listed twice"),
-    ("keys: [tls, endorsement]", "keys: []", L_SLOT_KEYS, "at least 1 item"),
+    ("keys: [tls, endorsement]", "keys: []", L_SLOT_KEYS, "slots[0].keys: must not be empty"),
     ("    keys: [tls, endorsement]\n", "    keys: [tls, endorsement]\n    name: a\n"
      "  - port: sim://1\n    keys: [tls]\n", L_SLOT_KEYS + 2,
      "port 'sim://1' is already used by slot 'a-1' (line 17)"),

@@ -120,7 +120,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
     slots = build_slots(ctx, specs, defaults)
     _render_samples(ctx, specs, station)
     simulator = _simulator(ctx, slots)
-    kept = _only(ctx, slots, only)
+    kept = _only(ctx, slots, only) if not ctx.report.items else ()  # names need a valid plan
     if top is None or ctx.report.items:
         return None
     return Plan(

@@ -157,6 +157,7 @@ _TYPE_NAMES = {
     "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
     "float_type": "a number", "dict_type": "a mapping", "list_type": "a list",
     "int_from_float": "an integer", "finite_number": "a finite number",
+    "model_type": "a mapping",
 }
 
 
@@ -229,6 +230,8 @@ def _describe(err: Any, model: type[BaseModel], data: Any, path: Path_,
             reason += (f": YAML reads unquoted {found.text} as {_what(value).split(' (')[0]}; "
                        f"write it in quotes: \"{found.text}\"")
         return line, f"{where}: {reason}"
+    if kind == "too_short":
+        return line, f"{where}: must not be empty"
     message = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
     if kind not in ("value_error", "assertion_error"):
         shown = str(value).lower() if isinstance(value, bool) else repr(value)
