@@ -257,6 +257,7 @@ BAD = [
      "a mapping key must be a plain string"),
     ("version: 1", "version: !!python/object:os.system 1", 1, "cannot read value"),
     ("version: 1", "<<: {version: 1}", 1, "merge keys"),
+    ('O: "Acme"', 'O: "Ac\x07me"', L_O, "special characters are not allowed ('\\x07')"),
 ]
 
 
@@ -544,6 +545,14 @@ def test_render_attributes_and_keygen_args(tmp_path: Path) -> None:
     assert parsed.args == (16842753, 2, 0, expected, "101010000")
     ctx = plan.template_context(plan.slots[1], imei="1" * 15, device_uuid="u")
     assert ctx == {"imei": "1" * 15, "slot": "slot1", "station": "line1-a", "device_uuid": "u"}
+
+
+def test_key_usage_without_attributes_leaves_an_empty_argument() -> None:
+    spec = KeySpec(name="k", sec_tag=11, type=KeyType.CLIENT_KEY, response=Response.CSR,
+                   key_usage="101010000")
+    assert spec.keygen_args({}) == (11, 2, 0, None, "101010000")
+    assert str(spec.keygen_command({})) == 'AT%KEYGEN=11,2,0,,"101010000"'  # at-keygen.txt
+    assert spec.keygen_template() == 'AT%KEYGEN=11,2,0,,"101010000"'
 
 
 def test_render_refuses_missing_and_unsafe_values() -> None:

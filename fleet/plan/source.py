@@ -82,9 +82,12 @@ def read_source(text: str) -> Source:
     """Compose ``text`` and walk it. A syntax error yields a Source with ``data`` None and one
     problem at the error's line."""
     src = Source()
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
+        loader = yaml.SafeLoader(text)  # checks that every character is printable
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(str(p) for p in (exc.context, exc.problem) if p)
@@ -92,14 +95,12 @@ def read_source(text: str) -> Source:
         return src
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, max(exc.position, 0)) + 1
-        src.problems.append((line, f"YAML syntax error: {exc.reason} "
-                                   f"(character {exc.character!r} is not allowed)"))
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        src.problems.append((line, f"YAML syntax error: {exc.reason} ({char!r})"))
         return src
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error above carries a mark
         src.problems.append((1, f"YAML syntax error: {exc}"))
         return src
-    finally:
-        loader.dispose()
     if root is None:
         src.problems.append((1, "the plan is empty"))
         return src
