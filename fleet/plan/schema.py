@@ -226,7 +226,8 @@ def _describe(err: Any, model: type[BaseModel], data: Any, path: Path_,
     if kind in _TYPE_NAMES:
         reason = f"expected {_TYPE_NAMES[kind]}, got {_what(value)}"
         found = src.located(full)
-        if kind == "string_type" and found is not None and found.plain and found.text:
+        if (kind == "string_type" and value is not None and found is not None and found.plain
+                and found.text):
             reason += (f": YAML reads unquoted {found.text} as {_what(value).split(' (')[0]}; "
                        f"write it in quotes: \"{found.text}\"")
         return line, f"{where}: {reason}"
