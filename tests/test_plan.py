@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fleet.at import parse_command
 from fleet.errors import PlanError
 from fleet.plan import (
+    ATTRIBUTE_PLACEHOLDERS,
     IfExists,
     KeySpec,
     KeyType,
@@ -24,6 +25,7 @@ from fleet.plan import (
     Settings,
     SimulatorSettings,
     Slot,
+    Template,
     load_plan,
 )
 
@@ -611,6 +613,9 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_si
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=_TEXT)
+@example(value="{{")
+@example(value="x{imei}}}")
+@example(value='Acme"\r\nAT+CFUN=0\r\n"')
 def test_whatever_loads_encodes_as_exactly_one_command(tmp_path: Path, value: str) -> None:
     """An attribute value either is refused at load, or its %KEYGEN is one command that the
     modem side parses back to the same attributes."""
@@ -625,7 +630,8 @@ def test_whatever_loads_encodes_as_exactly_one_command(tmp_path: Path, value: st
     assert not set(line) & {0, 10, 13}
     attributes = parse_command(line.decode()).args[3]
     assert attributes == plan.keys["tls"].render_attributes(CTX)
-    assert isinstance(attributes, str) and f",O={value}," in attributes
+    rendered = Template.parse(value, ATTRIBUTE_PLACEHOLDERS).render(CTX)  # {{ is a literal {
+    assert isinstance(attributes, str) and f",O={rendered}," in attributes
 
 
 # -- the example plan ---------------------------------------------------------------------------
