@@ -12,7 +12,12 @@ from fleet import __version__, exitcodes
 __all__ = ["build_parser", "main"]
 
 # Each module has register(subparsers); the order is the order of `fleet --help`.
-_COMMANDS = ("fleet.cmd.inspect", "fleet.cmd.verify", "fleet.cmd.station_key")
+_COMMANDS = (
+    "fleet.cmd.plan",
+    "fleet.cmd.verify",
+    "fleet.cmd.station_key",
+    "fleet.cmd.inspect",
+)
 
 
 class _Parser(argparse.ArgumentParser):

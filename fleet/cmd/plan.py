@@ -1,0 +1,163 @@
+"""``fleet plan check PLAN``: validate a plan and print its expanded slots and key actions.
+
+Nothing here opens a port: globs are expanded against the file system (``--no-expand`` leaves
+them as patterns), and each key action is shown as the ``AT%KEYGEN=...`` line it would send with
+its templates unrendered. Exit 0 for a valid plan, 2 for an invalid or unreadable one (every
+``file:line: reason`` on stderr, then a line saying nothing was sent to any device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from fleet import exitcodes
+from fleet.errors import PlanError
+from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
+from fleet.plan.ports import is_glob
+
+__all__ = ["plan_document", "register", "run_check"]
+
+_NOTHING_SENT = "nothing was sent to any device"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="work with plans", description="Work with provisioning plans.")
+    commands = parser.add_subparsers(dest="plan_command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="validate a plan and print the expanded slots and key actions",
+        description="Validate PLAN and print every slot (after expanding globs, lists and "
+        "sim:// ranges) with the key actions and the AT%%KEYGEN command each would send "
+        "(templates unrendered). Nothing is sent to any device.",
+    )
+    check.add_argument("plan", metavar="PLAN", help="the plan file (YAML)")
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument("--only", metavar="SLOT", action="append", default=[],
+                       help="keep only this slot (name or port); repeatable")
+    check.add_argument("--no-expand", action="store_true",
+                       help="do not expand port globs (check a plan written for another "
+                       "machine); each glob stays one slot")
+    check.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Run ``fleet plan check``."""
+    try:
+        plan = load_plan(args.plan, only=args.only, expand_globs=not args.no_expand)
+    except PlanError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        count = len(exc.errors)
+        hint = ""
+        if not args.no_expand and any("matches no port" in e for e in exc.errors):
+            hint = " (--no-expand checks the rest without the devices)"
+        print(f"fleet plan check: {args.plan}: {count} error{'s' if count != 1 else ''}"
+              f"{hint}; {_NOTHING_SENT}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "changed": False, "failed": True,
+                              "plan": args.plan, "errors": exc.errors}, indent=2))
+        return exitcodes.USAGE
+    if args.json:
+        print(json.dumps(plan_document(plan), indent=2))
+    else:
+        _print_human(plan)
+    return exitcodes.OK
+
+
+def _settings(settings: Settings, *, slot: bool = False) -> dict[str, Any]:
+    """Settings as a dict; for a slot without ``concurrency``, which is plan-wide."""
+    return {name: getattr(settings, name) for name in Settings.__dataclass_fields__
+            if not (slot and name == "concurrency")}
+
+
+def _action(spec: KeySpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "sec_tag": spec.sec_tag,
+        "type": str(spec.type),
+        "response": str(spec.response),
+        "if_exists": str(spec.if_exists) if spec.type is KeyType.CLIENT_KEY else None,
+        "attributes": dict(spec.attributes),
+        "key_usage": spec.key_usage,
+        "command": spec.keygen_template(),
+    }
+
+
+def _slot(slot: Slot) -> dict[str, Any]:
+    return {"name": slot.name, "port": slot.port, "line": slot.line,
+            "unexpanded_pattern": is_glob(slot.port),
+            "settings": _settings(slot.settings, slot=True),
+            "keys": [_action(k) for k in slot.keys]}
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """The ``--json`` document for a valid plan."""
+    sim = plan.simulator
+    return {
+        "ok": True,
+        "changed": False,
+        "failed": False,
+        "plan": str(plan.path),
+        "sha256": plan.sha256,
+        "version": plan.version,
+        "station": plan.station,
+        "signing_key": str(plan.signing_key) if plan.signing_key else None,
+        "throwaway_signing_key": plan.throwaway_signing_key,
+        "manifest": plan.manifest,
+        "defaults": _settings(plan.defaults),
+        "keys": {name: _action(spec) for name, spec in plan.keys.items()},
+        "slots": [_slot(slot) for slot in plan.slots],
+        "simulator": None if sim is None else {
+            "count": sim.count, "seed": sim.seed, "model": sim.model, "profile": sim.profile,
+            "state": str(sim.state) if sim.state else None,
+            "log": str(sim.log) if sim.log else None, "faults": list(sim.faults),
+            "function_mode": sim.function_mode, "capacity": sim.capacity,
+        },
+    }
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "all" if value is None else str(value)
+
+
+def _print_human(plan: Plan) -> None:
+    def fmt(settings: Settings) -> str:
+        return " ".join(f"{k}={_value(v)}" for k, v in _settings(settings).items())
+
+    print(f"plan:      {plan.path}")
+    print(f"sha256:    {plan.sha256}")
+    print(f"station:   {plan.station}")
+    key = str(plan.signing_key) if plan.signing_key else "(none)"
+    if plan.throwaway_signing_key:
+        key += "  (throwaway key allowed)"
+    print(f"signing:   {key}")
+    print(f"manifest:  {plan.manifest}")
+    print(f"defaults:  {fmt(plan.defaults)}")
+    if plan.simulator is not None:
+        sim = plan.simulator
+        extra = f" faults={','.join(sim.faults)}" if sim.faults else ""
+        print(f"simulator: {sim.count} modem(s) model={sim.model} profile={sim.profile} "
+              f"seed={sim.seed}{extra}")
+    actions = sum(len(slot.keys) for slot in plan.slots)
+    print(f"slots:     {len(plan.slots)}, {actions} key action(s)")
+    for slot in plan.slots:
+        note = ", pattern not expanded" if is_glob(slot.port) else ""
+        print(f"  {slot.name}  {slot.port}  (line {slot.line}{note})")
+        own = {k: v for k, v in _settings(slot.settings).items()
+               if v != getattr(plan.defaults, k)}
+        if own:
+            print(f"    settings: {' '.join(f'{k}={_value(v)}' for k, v in own.items())} "
+                  "(the rest as defaults)")
+        for spec in slot.keys:
+            policy = (f"  if_exists={spec.if_exists}" if spec.type is KeyType.CLIENT_KEY
+                      else "")
+            print(f"    {spec.name}: sec_tag={spec.sec_tag} type={spec.type} "
+                  f"response={spec.response}{policy}")
+            print(f"      {spec.keygen_template()}")
+    print(f"plan is valid; {_NOTHING_SENT}")

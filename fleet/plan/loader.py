@@ -1,0 +1,301 @@
+"""``load_plan``: a YAML plan file in, a validated :class:`~fleet.plan.model.Plan` out.
+
+How this works, in order:
+
+1. read the exact bytes (their SHA-256 is the plan digest), decode UTF-8;
+2. ``source.read_source`` composes the YAML and records a line for every key and value
+   (duplicate keys, merge keys and bad tags are reported here);
+3. ``schema.check`` validates each section on its own against a strict pydantic model;
+4. this module applies the rules that span fields and sections (response/type combinations,
+   the simulator, ``--only``), ``slots.build_slots`` expands ports and names the slots
+   (unknown key names, duplicate ports, names and (sec_tag, type) pairs), and every attribute
+   template is rendered with sample values to prove that no device can ever be sent a broken or
+   injected ``%KEYGEN``;
+5. every problem found is collected as ``file:line: reason``; if there is any, one
+   :class:`~fleet.errors.PlanError` carries them all, sorted by line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from fleet.at import check_string
+from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
+from fleet.errors import PlanError
+from fleet.plan.context import Context, Report
+from fleet.plan.model import (
+    KEY_NAME_RE,
+    STATION_RE,
+    IfExists,
+    KeySpec,
+    KeyType,
+    Plan,
+    Response,
+    Settings,
+    SimulatorSettings,
+    Slot,
+    fault_modems,
+)
+from fleet.plan.ports import port_identity
+from fleet.plan.schema import (
+    KeyDoc,
+    SettingsDoc,
+    SimulatorDoc,
+    TopDoc,
+    check,
+)
+from fleet.plan.slots import build_slots
+from fleet.plan.source import Path_, read_source
+from fleet.plan.templates import (
+    ATTRIBUTE_PLACEHOLDERS,
+    SAMPLE_DEVICE_UUID,
+    SAMPLE_IMEI,
+    Template,
+)
+
+__all__ = ["MAX_PLAN_BYTES", "load_plan"]
+
+#: A plan larger than this is refused before parsing.
+MAX_PLAN_BYTES = 4 * 1024 * 1024
+
+
+def load_plan(path: Path | str, *, only: Sequence[str] = (), expand_globs: bool = True) -> Plan:
+    """Load and validate the plan at ``path``; raise PlanError listing every problem.
+
+    ``only`` keeps the slots whose name or port is listed (each must match a slot).
+    ``expand_globs=False`` leaves each device-path glob as one slot whose port is the pattern:
+    for checking a plan on a machine that does not have the devices (such a plan cannot run).
+    """
+    label = str(path)
+    report = Report(label)
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_PLAN_BYTES + 1)
+    except OSError as exc:
+        raise PlanError([f"{label}: cannot read the plan: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError([f"{label}: the plan is larger than {MAX_PLAN_BYTES} bytes"])
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PlanError([f"{label}:{line}: the plan is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})"]) from None
+    src = read_source(text)
+    for line, reason in src.problems:
+        report(line, reason)
+    if src.data is None:
+        report.raise_if_any()
+    if not isinstance(src.data, dict):
+        report(1, "the plan must be a mapping (version, station, keys, slots, ...), not "
+                  f"{type(src.data).__name__}")
+        report.raise_if_any()
+    plan_path = Path(os.path.abspath(path))
+    ctx = Context(src, report, plan_path.parent, expand_globs)
+    plan = _build(ctx, plan_path, hashlib.sha256(raw).hexdigest(), only)
+    report.raise_if_any()
+    assert plan is not None
+    return plan
+
+
+def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> Plan | None:
+    top = check(TopDoc, ctx.data, (), ctx.src, ctx.report)
+    version = ctx.data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != 1:
+        ctx.at(("version",), f"unsupported plan version {version} (this fleet reads version 1)")
+    station = ctx.data.get("station")
+    if not isinstance(station, str) or not STATION_RE.match(station):
+        station = "station"  # already reported; a stand-in for the sample rendering
+    defaults = Settings()
+    if isinstance(ctx.section("defaults"), dict):
+        doc = check(SettingsDoc, ctx.section("defaults"), ("defaults",), ctx.src, ctx.report)
+        if doc is not None:
+            defaults = Settings(**doc.model_dump())
+    specs = _key_specs(ctx)
+    slots = build_slots(ctx, specs, defaults)
+    _render_samples(ctx, specs, station)
+    simulator = _simulator(ctx, slots)
+    kept = _only(ctx, slots, only) if not ctx.report.items else ()  # names need a valid plan
+    if top is None or ctx.report.items:
+        return None
+    return Plan(
+        path=plan_path,
+        sha256=sha256,
+        version=top.version,
+        station=top.station,
+        signing_key=ctx.path(top.signing_key) if top.signing_key else None,
+        throwaway_signing_key=top.throwaway_signing_key,
+        manifest=top.manifest,
+        defaults=defaults,
+        keys=MappingProxyType(specs),
+        slots=kept,
+        simulator=simulator,
+    )
+
+
+def _key_specs(ctx: Context) -> dict[str, KeySpec]:
+    specs: dict[str, KeySpec] = {}
+    section = ctx.section("keys")
+    for name, raw in section.items() if isinstance(section, dict) else ():
+        if KEY_NAME_RE.match(name):  # else reported by TopDoc
+            doc = check(KeyDoc, raw, ("keys", name), ctx.src, ctx.report)
+            spec = _key_spec(ctx, name, doc) if doc is not None else None
+            if spec is not None:
+                specs[name] = spec
+    return specs
+
+
+def _key_spec(ctx: Context, name: str, doc: KeyDoc) -> KeySpec | None:
+    """The rules between the fields of one key spec (the modem's supported combinations)."""
+    path: Path_ = ("keys", name)
+    ok = True
+    if doc.type == "client_key":
+        key_type = KeyType.CLIENT_KEY
+        if doc.response is None:
+            ctx.at(path, "response is required for a client_key: csr (a certificate signing "
+                         "request) or public_key", key=True)
+            return None
+        response = Response(doc.response)
+    else:
+        key_type = KeyType.ENDORSEMENT_KEY
+        response = Response.PUBLIC_KEY
+        if doc.response == "csr":
+            ctx.at((*path, "response"), "an endorsement_key returns only its public key: "
+                                        "response must be public_key or left out")
+            ok = False
+        if doc.if_exists is not None:
+            ctx.at((*path, "if_exists"), "if_exists does not apply to an endorsement_key (its "
+                   "%KEYGEN returns the key already in the sec_tag, so it is always safe to "
+                   "send)", key=True)
+            ok = False
+    if response is not Response.CSR:
+        why = (f"with response: {response}" if key_type is KeyType.CLIENT_KEY
+               else "for an endorsement_key")
+        for field in ("attributes", "key_usage"):
+            if getattr(doc, field) is not None:
+                ctx.at((*path, field), f"{field} is only valid with response: csr, not {why} "
+                                       "(the modem would silently ignore it)", key=True)
+                ok = False
+    if doc.attributes is not None and not doc.attributes:
+        ctx.at((*path, "attributes"), "attributes is empty: leave it out for the modem's "
+                                      "default subject CN=<device UUID>", key=True)
+        ok = False
+    if not ok:
+        return None
+    try:
+        return KeySpec(
+            name=name, sec_tag=doc.sec_tag, type=key_type, response=response,
+            attributes=tuple((doc.attributes or {}).items()), key_usage=doc.key_usage,
+            if_exists=IfExists(doc.if_exists or "keep"), line=ctx.src.line(path, key=True))
+    except ValueError as exc:  # pragma: no cover - the checks above come first
+        ctx.at(path, str(exc), key=True)
+        return None
+
+
+def _render_samples(ctx: Context, specs: dict[str, KeySpec], station: str) -> None:
+    """Render every attribute of every key spec (valid or not, so that all problems show) with
+    sample values, once per slot that uses it, and check what the modem would get."""
+    section = ctx.section("keys")
+    for name, raw in section.items() if isinstance(section, dict) else ():
+        attributes = raw.get("attributes") if isinstance(raw, dict) else None
+        if not isinstance(attributes, dict):
+            continue
+        for slot_name in ctx.users.get(name, ["slot0"]):
+            values = {"imei": SAMPLE_IMEI, "slot": slot_name, "station": station,
+                      "device_uuid": SAMPLE_DEVICE_UUID}
+            if _render_sample(ctx, name, attributes, values) and name in specs:
+                try:
+                    specs[name].keygen_command(values)
+                except ValueError as exc:
+                    ctx.at(("keys", name), f"%KEYGEN cannot be sent: {exc}", key=True)
+
+
+def _render_sample(ctx: Context, name: str, attributes: dict[str, Any],
+                   values: dict[str, str]) -> bool:
+    ok = True
+    for attr, text in attributes.items():
+        if attr not in KEYGEN_ATTRIBUTES or not isinstance(text, str):
+            ok = False  # reported by the schema
+            continue
+        try:
+            template = Template.parse(text, ATTRIBUTE_PLACEHOLDERS)
+        except ValueError:
+            ok = False  # reported by the schema
+            continue
+        value = template.render(values)
+        problem = validate_attribute_value(attr, value)
+        if problem is None:
+            try:
+                check_string(value)
+            except ValueError as exc:
+                problem = str(exc)
+        if problem:
+            where = ""
+            if "slot" in template.placeholders:
+                where = f" (template {text!r} rendered for slot {values['slot']!r})"
+            elif template.placeholders:
+                where = f" (template {text!r} rendered with sample values)"
+            ctx.at(("keys", name, "attributes", attr), problem + where)
+            ok = False
+    return ok
+
+
+def _simulator(ctx: Context, slots: list[Slot]) -> SimulatorSettings | None:
+    indices = [s.sim_index for s in slots if s.sim_index is not None]
+    raw = ctx.section("simulator")
+    doc = None
+    if isinstance(raw, dict):
+        doc = check(SimulatorDoc, raw, ("simulator",), ctx.src, ctx.report)
+        if not indices and not any(isinstance(p, str) and p.startswith("sim://")
+                                   for p in _raw_ports(ctx)):
+            ctx.at(("simulator",), "no slot uses a sim:// port, so this section would do "
+                                   "nothing: remove it", key=True)
+            return None
+    if not indices:
+        return None
+    count = max(indices) + 1
+    faults = raw.get("faults") if isinstance(raw, dict) else None
+    for j, spec in enumerate(faults if isinstance(faults, list) else []):
+        bad = [i for i in fault_modems(spec) if i >= count] if isinstance(spec, str) else []
+        if bad:
+            ctx.at(("simulator", "faults", j), f"fault {spec!r} names modem {bad[0]}, but the "
+                   f"plan's sim:// ports only go up to sim://{count - 1}")
+    if raw is None:
+        return SimulatorSettings(count=count)
+    if doc is None:
+        return None
+    return SimulatorSettings(
+        seed=doc.seed, model=doc.model, profile=doc.profile,
+        state=ctx.path(doc.state) if doc.state else None,
+        log=ctx.path(doc.log) if doc.log else None,
+        faults=tuple(doc.faults), function_mode=doc.function_mode,
+        capacity=doc.capacity, count=count)
+
+
+def _raw_ports(ctx: Context) -> list[Any]:
+    section = ctx.section("slots")
+    out: list[Any] = []
+    for raw in section if isinstance(section, list) else []:
+        port = raw.get("port") if isinstance(raw, dict) else None
+        out.extend(port if isinstance(port, list) else [port])
+    return out
+
+
+def _only(ctx: Context, slots: list[Slot], only: Sequence[str]) -> tuple[Slot, ...]:
+    if not only:
+        return tuple(slots)
+    wanted: set[str] = set()
+    for item in only:
+        found = [s.name for s in slots
+                 if item in (s.name, s.port) or port_identity(item) == port_identity(s.port)]
+        if not found:
+            names = ", ".join(s.name for s in slots) or "none"
+            ctx.at(("slots",), f"--only {item!r} is neither the name nor the port of a slot "
+                               f"(slots: {names})", key=True)
+        wanted.update(found)
+    return tuple(s for s in slots if s.name in wanted)

@@ -1,0 +1,159 @@
+"""`fleet plan check` end to end, through the real command line (python -m fleet)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fleet.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+PLAN = """\
+version: 1
+station: line1-a
+signing_key: keys/station.pem
+keys:
+  tls:
+    sec_tag: 16842753
+    type: client_key
+    response: csr
+    attributes: {CN: "{imei}", O: "Acme", C: "NO"}
+    key_usage: "101010000"
+    if_exists: replace
+  endorsement:
+    sec_tag: 33
+    type: endorsement_key
+slots:
+  - port: sim://0-1
+    keys: [tls, endorsement]
+  - port: socket://gang-hub.local:4001
+    name: remote
+    keys: [tls]
+    settings: {timeout_s: 40}
+"""
+TLS_COMMAND = 'AT%KEYGEN=16842753,2,0,"CN={imei},O=Acme,C=NO","101010000"'
+NOTHING_SENT = "nothing was sent to any device"
+
+
+def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fleet", *args], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO)
+
+
+def test_valid_plan_prints_slots_and_commands(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN)
+    result = fleet("plan", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "station:   line1-a" in out
+    assert f"signing:   {tmp_path / 'keys' / 'station.pem'}" in out
+    assert "slots:     3, 5 key action(s)" in out
+    for line in ("  slot0  sim://0  (line 16)", "  slot1  sim://1  (line 16)",
+                 "  remote  socket://gang-hub.local:4001  (line 18)",
+                 "    tls: sec_tag=16842753 type=client_key response=csr  if_exists=replace",
+                 f"      {TLS_COMMAND}",
+                 "    endorsement: sec_tag=33 type=endorsement_key response=public_key",
+                 "      AT%KEYGEN=33,8",
+                 "    settings: timeout_s=40.0 (the rest as defaults)",
+                 "simulator: 2 modem(s) model=nrf9160 profile=fast seed=0"):
+        assert line in out.splitlines(), (line, out)
+    assert out.rstrip().endswith(f"plan is valid; {NOTHING_SENT}")
+    assert result.stderr == ""
+
+
+def test_json_document(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN)
+    result = fleet("plan", "check", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["changed"] is False and doc["failed"] is False
+    assert doc["station"] == "line1-a"
+    assert len(doc["sha256"]) == 64
+    assert [s["name"] for s in doc["slots"]] == ["slot0", "slot1", "remote"]
+    assert doc["slots"][2]["settings"]["timeout_s"] == 40.0
+    assert "concurrency" not in doc["slots"][2]["settings"]
+    assert doc["defaults"]["concurrency"] is None
+    tls = doc["slots"][0]["keys"][0]
+    assert tls == {"name": "tls", "sec_tag": 16842753, "type": "client_key", "response": "csr",
+                   "if_exists": "replace", "attributes": {"CN": "{imei}", "O": "Acme",
+                                                          "C": "NO"},
+                   "key_usage": "101010000", "command": TLS_COMMAND}
+    assert doc["slots"][0]["keys"][1]["command"] == "AT%KEYGEN=33,8"
+    assert doc["slots"][0]["keys"][1]["if_exists"] is None
+    assert doc["simulator"]["count"] == 2
+
+
+def test_invalid_plan_exits_2_with_every_error_on_stderr(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(PLAN.replace("sec_tag: 33", "sec_tag: 0").replace(
+        '"101010000"', '"101010001"').replace('O: "Acme"', 'O: "Acme\\"\\r\\nAT+CFUN=0"'))
+    result = fleet("plan", "check", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{path}:9: keys.tls.attributes.O: attribute O value contains a "
+                               "double quote")
+    assert lines[1].startswith(f"{path}:10: keys.tls.key_usage: key_usage '101010001' sets "
+                               "decipherOnly")
+    assert lines[2] == f"{path}:13: keys.endorsement.sec_tag: must be greater than or equal " \
+                       "to 1 (got 0)"
+    assert lines[3] == f"fleet plan check: {path}: 3 errors; {NOTHING_SENT}"
+    assert len(lines) == 4
+    as_json = fleet("plan", "check", "--json", str(path))
+    assert as_json.returncode == 2
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is False and doc["failed"] is True and len(doc["errors"]) == 3
+
+
+def test_missing_and_unreadable_plans_exit_2(tmp_path: Path) -> None:
+    result = fleet("plan", "check", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{tmp_path / 'nope.yaml'}: cannot read the plan: No such file or directory",
+        f"fleet plan check: {tmp_path / 'nope.yaml'}: 1 error; {NOTHING_SENT}"]
+    result = fleet("plan", "check", str(tmp_path))
+    assert result.returncode == 2
+    assert "cannot read the plan: Is a directory" in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert fleet("plan").returncode == 2
+    assert fleet("plan", "check").returncode == 2
+
+
+def test_glob_matching_nothing_and_no_expand(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN.replace("sim://0-1", '"/dev/serial/by-id/*no-such-board*"'))
+    result = fleet("plan", "check", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}:16: slots[0].port: port pattern '/dev/serial/by-id/*no-such-board*' matches "
+        "no port",
+        f"fleet plan check: {path}: 1 error (--no-expand checks the rest without the devices); "
+        f"{NOTHING_SENT}"]
+    result = fleet("plan", "check", "--no-expand", str(path))
+    assert result.returncode == 0, result.stderr
+    assert ("  slot0  /dev/serial/by-id/*no-such-board*  (line 16, pattern not expanded)"
+            in result.stdout.splitlines())
+
+
+def test_only(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN)
+    result = fleet("plan", "check", "--json", "--only", "remote", "--only", "sim://1",
+                   str(path))
+    assert result.returncode == 0, result.stderr
+    assert [s["name"] for s in json.loads(result.stdout)["slots"]] == ["slot1", "remote"]
+    assert main(["plan", "check", "--only", "slot7", str(path)]) == 2
+
+
+def test_example_plan_checks_without_the_devices() -> None:
+    result = fleet("plan", "check", "--no-expand", "plans/example.yaml")
+    assert result.returncode == 0, result.stderr
+    assert ('AT%KEYGEN=16842753,2,0,"CN={imei},O=Acme Devices,OU={station},C=NO","101010000"'
+            in result.stdout)
