@@ -12,7 +12,7 @@ from fleet import __version__, exitcodes
 __all__ = ["build_parser", "main"]
 
 # Each module has register(subparsers); the order is the order of `fleet --help`.
-_COMMANDS = ("fleet.cmd.inspect",)
+_COMMANDS = ("fleet.cmd.inspect", "fleet.cmd.sim")
 
 
 class _Parser(argparse.ArgumentParser):

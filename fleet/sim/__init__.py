@@ -12,6 +12,7 @@ session loop), then the transports :mod:`~fleet.sim.ports` (pty, TCP) and
 from fleet.sim.config import DEFAULT_CAPACITY, PROFILES, SimConfig, Timing
 from fleet.sim.faults import FaultName, FaultSpec, parse_fault_spec
 from fleet.sim.identity import MODELS, ModelInfo
+from fleet.sim.inprocess import InProcessSimulator
 from fleet.sim.model import Modem
 from fleet.sim.reply import Reply, Work
 from fleet.sim.store import Credential, CredentialStore
@@ -24,6 +25,7 @@ __all__ = [
     "CredentialStore",
     "FaultName",
     "FaultSpec",
+    "InProcessSimulator",
     "ModelInfo",
     "Modem",
     "Reply",
