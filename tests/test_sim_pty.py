@@ -468,6 +468,18 @@ def test_corrupt_state_file_is_a_usage_error(tmp_path: Path) -> None:
     assert "bad.json" in result.stderr and "missing" in result.stderr
 
 
+def test_a_file_where_a_link_belongs_is_not_replaced(tmp_path: Path) -> None:
+    ports = tmp_path / "p"
+    ports.mkdir()
+    (ports / "modem1").write_text("precious")
+    result = subprocess.run(
+        [sys.executable, "-m", "fleet", "sim", "--count", "2", "--dir", str(ports)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "not a symlink" in result.stderr
+    assert (ports / "modem1").read_text() == "precious"
+    assert not os.path.lexists(ports / "modem0")  # the links made before it are removed
+
+
 def test_serial_port_is_plain_pyserial(sim: SimProcess) -> None:
     """The ports work with pyserial's default class and with its poll() class alike."""
     with serial.Serial(str(sim.ports[6]), 115200, timeout=1) as port:

@@ -9,13 +9,17 @@ session loop), then the transports :mod:`~fleet.sim.ports` (pty, TCP) and
 :mod:`~fleet.sim.inprocess` (memory streams), and :mod:`~fleet.sim.server` for ``fleet sim``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from fleet.sim.config import DEFAULT_CAPACITY, PROFILES, SimConfig, Timing
 from fleet.sim.faults import FaultName, FaultSpec, parse_fault_spec
 from fleet.sim.identity import MODELS, ModelInfo
-from fleet.sim.inprocess import InProcessSimulator
 from fleet.sim.model import Modem
 from fleet.sim.reply import Reply, Work
 from fleet.sim.store import Credential, CredentialStore
+
+if TYPE_CHECKING:
+    from fleet.sim.inprocess import InProcessSimulator
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -34,3 +38,13 @@ __all__ = [
     "Work",
     "parse_fault_spec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The in-process simulator pulls in anyio; importing it lazily keeps the sans-IO modules
+    # (model, state, faults, config) importable without any I/O library.
+    if name == "InProcessSimulator":
+        from fleet.sim.inprocess import InProcessSimulator
+
+        return InProcessSimulator
+    raise AttributeError(f"module 'fleet.sim' has no attribute {name!r}")

@@ -97,12 +97,15 @@ class InProcessSimulator:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._tg is not None and self._stack is not None
-        self._tg.cancel_scope.cancel()
-        stack, self._stack, self._tg = self._stack, None, None
+        tg, stack = self._tg, self._stack
+        self._tg = self._stack = None
+        tg.cancel_scope.cancel()
         try:
-            return await stack.__aexit__(exc_type, exc, tb)
+            # The body's own exception is not handed to the task group, so it propagates as it
+            # is (not wrapped in an ExceptionGroup); a failure of the simulator's tasks does.
+            await stack.__aexit__(None, None, None)
         finally:
             self._core = None
 

@@ -110,7 +110,10 @@ class PtyPort:
         return self._pty.name
 
     def open(self) -> None:
-        """Create the pty and the link (call before :meth:`run`)."""
+        """Create the pty and the link (call before :meth:`run`). A stale link from an earlier
+        run is replaced; anything else at that path is refused (ValueError)."""
+        if os.path.lexists(self.link) and not self.link.is_symlink():
+            raise ValueError(f"{self.link} exists and is not a symlink: not replacing it")
         self._pty = _Pty()
         relink(self._pty.name, self.link)
 
