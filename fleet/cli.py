@@ -14,6 +14,7 @@ __all__ = ["build_parser", "main"]
 # Each module has register(subparsers); the order is the order of `fleet --help`.
 _COMMANDS = (
     "fleet.cmd.plan",
+    "fleet.cmd.sim",
     "fleet.cmd.verify",
     "fleet.cmd.station_key",
     "fleet.cmd.inspect",

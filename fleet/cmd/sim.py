@@ -1,0 +1,119 @@
+"""``fleet sim``: serve N simulated nRF91 modems on pseudo-terminals (and optionally TCP).
+
+Prints exactly one line on stdout once every port is ready, then runs until SIGINT or SIGTERM,
+writes the state one last time and exits 0. Usage errors (bad option, unreadable state file, a TCP
+port range that cannot be bound) exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+
+from fleet import exitcodes
+from fleet.sim import DEFAULT_CAPACITY, MODELS, PROFILES, SimConfig, parse_fault_spec
+from fleet.sim.model import FUNCTION_MODES
+from fleet.sim.server import Ready, run_server
+
+__all__ = ["parse_listen", "register", "run"]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> ``(host, port)``; raises ValueError."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host or not port_text.isdigit():
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--listen {text!r}: port must be 1-65535")
+    return host.strip("[]"), port
+
+
+def _fault(text: str) -> object:
+    try:
+        return parse_fault_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="serve simulated nRF91 modems on pseudo-terminals",
+        description="Serve N simulated nRF91 modems on pseudo-terminals linked as DIR/modem0 ... "
+        "(and with --listen also on TCP, modem i on PORT+i). Prints one line when every port is "
+        "ready; stops cleanly on SIGINT/SIGTERM.",
+    )
+    parser.add_argument("--count", type=int, required=True, metavar="N", help="number of modems")
+    parser.add_argument("--dir", type=Path, required=True, metavar="DIR",
+                        help="directory for the links modem0 .. modem{N-1}")
+    parser.add_argument("--state", type=Path, metavar="FILE",
+                        help="JSON state file: read at start, written after every change")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="fast",
+                        help="timing: fast (no delays, default) or realistic")
+    parser.add_argument("--fault", type=_fault, action="append", default=[],
+                        metavar="NAME:PROB[@I,J]",
+                        help="inject a fault (repeatable): disconnect, garble, urc-storm, "
+                        "keygen-fail, lost-answer, reboot, slow, silent; @I,J limits it to "
+                        "those modem indexes")
+    parser.add_argument("--log", type=Path, metavar="FILE",
+                        help="append one JSON line per received command (and per fault)")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="also serve modem i on TCP HOST:PORT+i (socket:// ports)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="nrf9160",
+                        help="modem model of new modems (default nrf9160)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed for IMEIs, UUIDs, identity keys and faults (default 0)")
+    parser.add_argument("--function-mode", type=int, default=0, metavar="N",
+                        choices=FUNCTION_MODES,
+                        help="initial function mode of new modems (default 0)")
+    parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, metavar="N",
+                        help=f"credentials each modem can hold (default {DEFAULT_CAPACITY})")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        listen = parse_listen(args.listen) if args.listen else None
+        config = SimConfig(count=args.count, seed=args.seed, model=args.model,
+                           profile=args.profile, faults=tuple(args.fault),
+                           state_path=args.state, log_path=args.log,
+                           function_mode=args.function_mode, capacity=args.capacity)
+        if listen is not None and listen[1] + config.count - 1 > 65535:
+            raise ValueError(f"--listen: ports {listen[1]}..{listen[1] + config.count - 1} "
+                             "run past 65535")
+    except ValueError as exc:
+        print(f"fleet sim: error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    ready: list[Ready] = []
+    try:
+        anyio.run(_main, config, args.dir, listen, ready)
+    except (ValueError, OSError, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc)
+        if not all(isinstance(e, ValueError | OSError) for e in leaves):
+            raise
+        print(f"fleet sim: error: {leaves[0]}", file=sys.stderr)
+        # before the ready line: a usage problem (state file, port in use); after: a failure
+        return exitcodes.FAILED if ready else exitcodes.USAGE
+    return exitcodes.OK
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+async def _main(config: SimConfig, directory: Path, listen: tuple[str, int] | None,
+                ready: list[Ready]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            ready.append(await tg.start(run_server, config, directory, listen))
+            print(ready[0].describe(), flush=True)
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break

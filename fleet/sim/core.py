@@ -1,0 +1,209 @@
+"""The transport-independent part of the simulator: modems, faults, timing, persistence, and the
+session loop that serves one connection to one modem.
+
+How this works
+--------------
+:class:`SimCore` owns every :class:`~fleet.sim.model.Modem`, one :class:`FaultDice` and one jitter
+generator per modem, the :class:`StateWriter` and the :class:`EventLog`. A transport (pty, TCP,
+in-process memory stream) wraps a connection in a :class:`Link` and awaits :meth:`SimCore.serve`,
+which reads bytes, feeds a :class:`fleet.at.ModemConnection` and, per command line:
+
+1. logs it; rolls silent / disconnect / reboot (each ends the command);
+2. asks the model for the reply (keygen-fail is rolled inside, when it can apply);
+3. sleeps the profile's delay for the work done (+ the slow fault);
+4. if the state changed, waits until the state file holding the change is written
+   (lost-answer drops the port here, after the key is safely stored);
+5. applies urc-storm and garble to the bytes and sends them, paced in the realistic profile.
+
+:meth:`serve` returns :attr:`Ending.DROPPED` when a fault drops the port (the transport then closes
+the connection, or makes a new pty) and :attr:`Ending.CLOSED` when the host went away.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+
+from fleet.at import MAX_COMMAND_BYTES, NEED_DATA, Error, ModemConnection, encode_final
+from fleet.errors import LineTooLong
+from fleet.sim.config import SimConfig
+from fleet.sim.faults import SLOW_EXTRA_S, FaultDice, FaultName, garble, urc_storm
+from fleet.sim.identity import MODELS
+from fleet.sim.model import Modem
+from fleet.sim.persist import EventLog, StateWriter
+from fleet.sim.reply import SYSTEM_ENTROPY, Entropy
+from fleet.sim.state import StateRenderer, parse_state
+
+__all__ = ["Ending", "Link", "LinkClosed", "SimCore", "load_modems"]
+
+
+class LinkClosed(Exception):
+    """The connection under a :class:`Link` is gone."""
+
+
+class Link(Protocol):
+    """One connection to one modem, as the session loop sees it."""
+
+    async def receive(self) -> bytes:
+        """Some bytes from the host (never empty); raises :class:`LinkClosed`."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send all of ``data`` to the host; raises :class:`LinkClosed`."""
+        ...
+
+
+class Ending(enum.Enum):
+    """Why :meth:`SimCore.serve` returned."""
+
+    CLOSED = "closed"  #: the host closed the connection
+    DROPPED = "dropped"  #: a fault dropped the port: the transport must close it
+
+
+def load_modems(config: SimConfig) -> tuple[list[Modem], list[Modem]]:
+    """``(served, all)``: the modems of the state file (if any) completed up to ``count`` with
+    new ones. Modems in the file beyond ``count`` are kept (and written back) but not served."""
+    existing: dict[int, Modem] = {}
+    path = config.state_path
+    if path is not None and path.exists():
+        try:
+            existing = parse_state(path.read_bytes(), capacity=config.capacity)
+        except ValueError as exc:
+            raise ValueError(f"state file {path}: {exc}") from exc
+    for modem in existing.values():
+        modem.store.capacity = max(config.capacity, len(modem.store))
+    served = [existing.get(i) or Modem.create(seed=config.seed, index=i,
+                                              model=MODELS[config.model],
+                                              function_mode=config.function_mode,
+                                              capacity=config.capacity)
+              for i in range(config.count)]
+    extra = [m for i, m in sorted(existing.items()) if i >= config.count]
+    return served, served + extra
+
+
+class SimCore:
+    """Everything a transport needs to serve modems."""
+
+    def __init__(self, config: SimConfig, *, entropy: Entropy = SYSTEM_ENTROPY) -> None:
+        self.config = config
+        self.timing = config.timing
+        self.modems, self._all = load_modems(config)
+        self.entropy = entropy
+        self.dice = [FaultDice(config.faults, i, config.seed) for i in range(config.count)]
+        self._jitter = [random.Random(f"fleet-sim/timing/{config.seed}/{i}")
+                        for i in range(config.count)]
+        renderer = StateRenderer()
+        self.writer = StateWriter(config.state_path, lambda: renderer.render(self._all))
+        self.log = EventLog(config.log_path)
+        self._claims: dict[int, object] = {}
+        if config.state_path is not None:
+            self.writer.mark_dirty()  # the first write creates (or completes) the file
+
+    @property
+    def state_path(self) -> Path | None:
+        return self.config.state_path
+
+    # -- one live connection per modem (TCP, in-process) --------------------------------------
+
+    def claim(self, index: int) -> object | None:
+        """A token for the only live connection to modem ``index``, or None if it has one."""
+        if index in self._claims:
+            return None
+        token = object()
+        self._claims[index] = token
+        return token
+
+    def release(self, index: int, token: object) -> None:
+        """Give the claim back (a no-op when a newer connection holds it)."""
+        if self._claims.get(index) is token:
+            del self._claims[index]
+
+    # -- the session loop ----------------------------------------------------------------------
+
+    async def serve(self, index: int, link: Link) -> Ending:
+        """Serve modem ``index`` over ``link`` until the host leaves or a fault drops it."""
+        codec = ModemConnection()
+        while True:
+            try:
+                data = await link.receive()
+            except LinkClosed:
+                return Ending.CLOSED
+            codec.receive_data(data)
+            while True:
+                try:
+                    event = codec.next_event()
+                except LineTooLong:
+                    self.log.command(index, "", error=f"command longer than {MAX_COMMAND_BYTES} "
+                                     "bytes: discarded")
+                    if not await self._send(link, ModemConnection.response((), Error())):
+                        return Ending.CLOSED
+                    continue
+                if event is NEED_DATA:
+                    break
+                ending = await self._command(index, event.text, link)
+                if ending is not None:
+                    return ending
+
+    async def _command(self, index: int, text: str, link: Link) -> Ending | None:
+        modem = self.modems[index]
+        dice = self.dice[index]
+        self.log.command(index, text)
+        if dice.roll(FaultName.SILENT):
+            self.log.fault(index, FaultName.SILENT.value, text)
+            return None
+        if dice.roll(FaultName.DISCONNECT):
+            self.log.fault(index, FaultName.DISCONNECT.value, text)
+            return Ending.DROPPED
+        if dice.roll(FaultName.REBOOT):
+            modem.reboot()
+            self.writer.mark_dirty()
+            self.log.fault(index, FaultName.REBOOT.value, text)
+            return None
+
+        reply = modem.handle(text, entropy=self.entropy,
+                             keygen_fails=lambda: dice.roll(FaultName.KEYGEN_FAIL))
+        if reply.keygen_failed:
+            self.log.fault(index, FaultName.KEYGEN_FAIL.value, text)
+        version = self.writer.mark_dirty() if reply.changed else 0
+        delay = self.timing.delay(reply.work, self._jitter[index].random())
+        if dice.roll(FaultName.SLOW):
+            self.log.fault(index, FaultName.SLOW.value, text)
+            delay += SLOW_EXTRA_S
+        if delay > 0:
+            await anyio.sleep(delay)
+        await self.writer.wait_written(version)
+        if reply.key_made and dice.roll(FaultName.LOST_ANSWER):
+            self.log.fault(index, FaultName.LOST_ANSWER.value, text)
+            return Ending.DROPPED
+
+        lines = [*reply.lines, encode_final(reply.final)]
+        if dice.roll(FaultName.URC_STORM):
+            self.log.fault(index, FaultName.URC_STORM.value, text)
+            lines = urc_storm(lines, dice.rng)
+        data = "".join(f"{line}\r\n" for line in lines).encode("utf-8")
+        if dice.roll(FaultName.GARBLE):
+            self.log.fault(index, FaultName.GARBLE.value, text)
+            data = garble(data, dice.rng)
+        if not await self._send(link, data):
+            return Ending.CLOSED
+        return None
+
+    async def _send(self, link: Link, data: bytes) -> bool:
+        """Send ``data`` (paced at the profile's baud rate); False when the host is gone."""
+        rate = self.timing.bytes_per_s
+        try:
+            if rate is None:
+                await link.send(data)
+                return True
+            step = max(1, int(rate / 100))  # 10 ms of line time per slice
+            for start in range(0, len(data), step):
+                part = data[start : start + step]
+                await link.send(part)
+                await anyio.sleep(len(part) / rate)
+        except LinkClosed:
+            return False
+        return True

@@ -1,0 +1,275 @@
+"""The sans-IO model of one nRF91 modem: its state and a pure ``handle(command line) -> Reply``.
+
+How this works
+--------------
+A :class:`Modem` holds what a real modem holds (IMEI, device UUID, model and firmware strings,
+identity key, function mode, CMEE setting, credential store). :meth:`Modem.handle` parses one
+command line with the shared AT grammar (:func:`fleet.at.parse_command`), looks the
+``(name, operation)`` pair up in one dispatch table (:data:`_COMMANDS`; a missing entry answers
+``ERROR``, like an unknown command on the modem) and returns a :class:`~fleet.sim.reply.Reply`.
+
+No I/O, no clock, no sleeping: the reply says which kind of work the command took and whether the
+persistent state changed; the server (:mod:`fleet.sim.core`) decides the delay, persists the state
+and writes the bytes. ``revision`` counts changes, so the state writer can tell which modems need
+re-serialising.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cbor2
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleet.at import Op, ParsedCommand, parse_command
+from fleet.credentials import b64url_encode, sign_cose_sign1
+from fleet.errors import CmeCode, RemoteProtocolError
+from fleet.sim.cmng import handle_cmng
+from fleet.sim.identity import (
+    ModelInfo,
+    derive_device_uuid,
+    derive_identity_key,
+    derive_imei,
+    firmware_uuid,
+)
+from fleet.sim.keygen import handle_keygen
+from fleet.sim.reply import NEVER, SYSTEM_ENTROPY, Entropy, Reply, Work, cme, error, ok
+from fleet.sim.store import CredentialStore, reserved_entries
+
+__all__ = ["ACTIVE_MODES", "FUNCTION_MODES", "Modem"]
+
+#: The function modes ``AT+CFUN=<m>`` accepts (nrf91-facts.md).
+FUNCTION_MODES = (0, 1, 2, 4, 20, 21, 30, 31, 40, 41, 44)
+#: Modes in which credential writes and %KEYGEN are refused with 518.
+ACTIVE_MODES = frozenset({1, 2, 21})
+
+_SELF_DESCRIBE = 55799
+_ATTEST_MESSAGE_TYPE = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Context:
+    """What a command handler may use besides the modem and the command."""
+
+    entropy: Entropy
+    keygen_fails: Callable[[], bool]
+
+
+class Modem:
+    """One simulated modem. Mutable state, pure behaviour."""
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        imei: str,
+        device_uuid: uuid.UUID,
+        model: ModelInfo,
+        identity_key: ec.EllipticCurvePrivateKey,
+        store: CredentialStore,
+        function_mode: int = 0,
+        firmware: str | None = None,
+    ) -> None:
+        if index < 0:
+            raise ValueError(f"modem index must be >= 0, not {index}")
+        if len(imei) != 15 or not imei.isdigit():
+            raise ValueError(f"IMEI must be 15 digits, not {imei!r}")
+        if function_mode not in FUNCTION_MODES:
+            raise ValueError(f"function mode {function_mode} is not one of {FUNCTION_MODES}")
+        if not isinstance(identity_key.curve, ec.SECP256R1):
+            raise ValueError("the identity key must be a P-256 key")
+        self.index = index
+        self.imei = imei
+        self.device_uuid = device_uuid
+        self.model = model
+        self.firmware = firmware or model.firmware
+        self.firmware_uuid = firmware_uuid(self.firmware)
+        self.identity_key = identity_key
+        self.identity_public_key_pem = identity_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+        self.store = store
+        self.function_mode = function_mode
+        self.cmee = 0
+        self.revision = 0
+        self._reserved = reserved_entries(device_uuid.bytes)
+
+    @classmethod
+    def create(cls, *, seed: int, index: int, model: ModelInfo, function_mode: int = 0,
+               capacity: int = 32) -> Modem:
+        """A fresh modem whose identity is derived from ``(seed, index)``."""
+        return cls(index=index, imei=derive_imei(seed, index),
+                   device_uuid=derive_device_uuid(seed, index), model=model,
+                   identity_key=derive_identity_key(seed, index),
+                   store=CredentialStore(capacity), function_mode=function_mode)
+
+    def __repr__(self) -> str:
+        return (f"Modem(index={self.index}, imei={self.imei}, model={self.model.name}, "
+                f"cfun={self.function_mode}, credentials={len(self.store)})")
+
+    # -- state helpers used by the command handlers ------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """True in the function modes where credential work is refused (518)."""
+        return self.function_mode in ACTIVE_MODES
+
+    def touch(self) -> None:
+        """Record that the persistent state changed."""
+        self.revision += 1
+
+    def cme(self, code: CmeCode, *, keygen_failed: bool = False) -> Reply:
+        """``+CME ERROR: <code>``, or ``ERROR`` while CMEE is 0."""
+        return cme(int(code), cmee=self.cmee, keygen_failed=keygen_failed)
+
+    def reserved_entries(self) -> list[tuple[int, int, str]]:
+        """The modem's own credentials ``(sec_tag, type, SHA)`` that %CMNG lists."""
+        return list(self._reserved)
+
+    def check_client_certificate(self, sec_tag: int, content: bytes) -> CmeCode | None:
+        """Hook for ``%CMNG=0,<tag>,1``: the error code that refuses writing client
+        certificate ``content`` to ``sec_tag``, or ``None`` to accept it.
+
+        The simulator accepts every client certificate for now. A later issue checks here that
+        the certificate's public key matches the client private key stored in the same tag.
+        """
+        del sec_tag, content
+        return None
+
+    def reboot(self) -> None:
+        """Power cycle: function mode 0 and CMEE 0; stored credentials are kept."""
+        self.function_mode = 0
+        self.cmee = 0
+        self.touch()
+
+    # -- the command interpreter -------------------------------------------------------------
+
+    def handle(self, line: str, *, entropy: Entropy = SYSTEM_ENTROPY,
+               keygen_fails: Callable[[], bool] = NEVER) -> Reply:
+        """Answer one command line (terminator removed).
+
+        ``keygen_fails`` is asked once when a %KEYGEN reaches key generation (the keygen-fail
+        fault); it returning True makes the answer ``523`` with nothing stored.
+        """
+        try:
+            cmd = parse_command(line)
+        except RemoteProtocolError:
+            return error()
+        handler = _COMMANDS.get((cmd.name, cmd.op))
+        if handler is None:
+            return error()
+        return handler(self, cmd, _Context(entropy=entropy, keygen_fails=keygen_fails))
+
+    def _at(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok()
+
+    def _cfun_read(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(f"+CFUN: {self.function_mode}")
+
+    def _cfun_test(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(f"+CFUN: ({','.join(str(m) for m in FUNCTION_MODES)})")
+
+    def _cfun_set(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        mode = cmd.arg(0)
+        if len(cmd.args) != 1 or not isinstance(mode, int) or mode not in FUNCTION_MODES:
+            return error()
+        if mode == self.function_mode:
+            return ok()
+        self.function_mode = mode
+        self.touch()
+        return ok(work=Work.CFUN_CHANGE, changed=True)
+
+    def _cmee_read(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(f"+CMEE: {self.cmee}")
+
+    def _cmee_test(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok("+CMEE: (0,1)")
+
+    def _cmee_set(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        value = cmd.arg(0)
+        if len(cmd.args) != 1 or value not in (0, 1):
+            return error()
+        self.cmee = 1 if value else 0
+        return ok()
+
+    def _cgsn(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(self.imei)
+
+    def _cgsn_set(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        kind = cmd.arg(0)
+        if len(cmd.args) > 1:
+            return error()
+        if kind in (None, 0):
+            return ok(self.imei)
+        if kind == 1:
+            return ok(f'+CGSN: "{self.imei}"')
+        if kind == 2:
+            return ok(f'+CGSN: "{self.imei[:14]}{self._svn}"')
+        if kind == 3:
+            return ok(f'+CGSN: "{self._svn}"')
+        return error()
+
+    @property
+    def _svn(self) -> str:
+        return f"{sum(map(ord, self.firmware)) % 100:02d}"
+
+    def _cgmi(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok("Nordic Semiconductor ASA")
+
+    def _cgmm(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(self.model.cgmm)
+
+    def _cgmr(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(self.firmware)
+
+    def _xmodemuuid(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(f"%XMODEMUUID: {self.firmware_uuid}")
+
+    def _attesttoken(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return ok(f'%ATTESTTOKEN: "{self.attestation_token(ctx.entropy.nonce())}"')
+
+    def attestation_token(self, nonce: bytes) -> str:
+        """``<b64url CBOR body>.<b64url COSE_Sign1>``: body ``[1, device UUID, device type,
+        firmware UUID, nonce]``; the COSE payload (tag 55799) is ``[1, device UUID,
+        SHA-256(body), nonce]``, signed with the identity key (the payload layout is this
+        simulator's choice: only the body's layout is documented)."""
+        body = cbor2.dumps([_ATTEST_MESSAGE_TYPE, self.device_uuid.bytes, self.model.device_type,
+                            self.firmware_uuid.bytes, nonce])
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(body)
+        payload = cbor2.dumps(cbor2.CBORTag(_SELF_DESCRIBE, [
+            _ATTEST_MESSAGE_TYPE, self.device_uuid.bytes, digest.finalize(), nonce]))
+        return b64url_encode(body) + "." + b64url_encode(sign_cose_sign1(payload,
+                                                                         self.identity_key))
+
+    def _cmng(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return handle_cmng(self, cmd)
+
+    def _keygen(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        return handle_keygen(self, cmd, ctx.entropy, ctx.keygen_fails)
+
+
+_Handler = Callable[[Modem, ParsedCommand, _Context], Reply]
+
+#: The command table: ``(name, operation) -> handler``. Anything else answers ERROR.
+_COMMANDS: dict[tuple[str, Op], _Handler] = {
+    ("", Op.ACTION): Modem._at,
+    ("+CFUN", Op.READ): Modem._cfun_read,
+    ("+CFUN", Op.TEST): Modem._cfun_test,
+    ("+CFUN", Op.SET): Modem._cfun_set,
+    ("+CMEE", Op.READ): Modem._cmee_read,
+    ("+CMEE", Op.TEST): Modem._cmee_test,
+    ("+CMEE", Op.SET): Modem._cmee_set,
+    ("+CGSN", Op.ACTION): Modem._cgsn,
+    ("+CGSN", Op.SET): Modem._cgsn_set,
+    ("+CGMI", Op.ACTION): Modem._cgmi,
+    ("+CGMM", Op.ACTION): Modem._cgmm,
+    ("+CGMR", Op.ACTION): Modem._cgmr,
+    ("%XMODEMUUID", Op.ACTION): Modem._xmodemuuid,
+    ("%ATTESTTOKEN", Op.ACTION): Modem._attesttoken,
+    ("%CMNG", Op.SET): Modem._cmng,
+    ("%KEYGEN", Op.SET): Modem._keygen,
+}

@@ -1,0 +1,117 @@
+"""What the sans-IO modem model hands back for one command, and what it takes from outside.
+
+The model never sleeps, reads a clock or touches a port. For each command it returns a
+:class:`Reply`: the information lines and final result, the kind of :class:`Work` the command took
+(the timing profile turns that into seconds; the server sleeps), and flags the server needs to
+keep its promises: ``changed`` (persist the state BEFORE sending the answer) and ``key_made`` (a
+``%KEYGEN`` stored a new key: the lost-answer fault applies).
+
+Randomness that must not be seeded (nonces, credential keys) comes from an :class:`Entropy`, so
+tests can substitute a deterministic one.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleet.at import CmeErrorLine, Error, Final, ModemConnection, Ok
+
+__all__ = [
+    "NEVER",
+    "SYSTEM_ENTROPY",
+    "Entropy",
+    "Reply",
+    "SystemEntropy",
+    "Work",
+    "cme",
+    "error",
+    "ok",
+]
+
+
+class Work(enum.Enum):
+    """How much work a command took, for the timing profile."""
+
+    QUICK = "quick"  #: any ordinary command
+    CFUN_CHANGE = "cfun"  #: AT+CFUN=<m> that changed the function mode
+    KEYGEN = "keygen"  #: a %KEYGEN answer (new key, or the existing endorsement key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """The model's answer to one command."""
+
+    final: Final
+    lines: tuple[str, ...] = ()
+    work: Work = Work.QUICK
+    #: the persistent state changed: the server writes it before sending the answer
+    changed: bool = False
+    #: a %KEYGEN stored a new key (lost-answer may drop its answer)
+    key_made: bool = False
+    #: the keygen-fail fault took effect (the answer is +CME ERROR: 523, nothing stored)
+    keygen_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.key_made and not self.changed:
+            raise ValueError("a reply that made a key must mark the state changed")
+
+    def encode(self) -> bytes:
+        """The bytes the modem sends: information lines, then the final line."""
+        return ModemConnection.response(self.lines, self.final)
+
+
+def ok(*lines: str, work: Work = Work.QUICK, changed: bool = False,
+       key_made: bool = False) -> Reply:
+    """An ``OK`` answer with ``lines`` before it."""
+    return Reply(final=Ok(), lines=lines, work=work, changed=changed or key_made,
+                 key_made=key_made)
+
+
+def error() -> Reply:
+    """A bare ``ERROR`` answer."""
+    return Reply(final=Error())
+
+
+def cme(code: int, *, cmee: int, keygen_failed: bool = False) -> Reply:
+    """``+CME ERROR: <code>`` with ``AT+CMEE=1``, a bare ``ERROR`` with CMEE 0."""
+    final: Final = CmeErrorLine(code=code) if cmee else Error()
+    return Reply(final=final, keygen_failed=keygen_failed)
+
+
+class Entropy(Protocol):
+    """Where the model gets its unseeded randomness."""
+
+    def nonce(self) -> bytes:
+        """16 fresh bytes for a %KEYGEN or %ATTESTTOKEN nonce."""
+        ...
+
+    def new_key(self) -> ec.EllipticCurvePrivateKey:
+        """A fresh P-256 key for %KEYGEN."""
+        ...
+
+
+class SystemEntropy:
+    """The operating system's randomness."""
+
+    def nonce(self) -> bytes:
+        return os.urandom(16)
+
+    def new_key(self) -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+
+SYSTEM_ENTROPY = SystemEntropy()
+
+
+def _never() -> bool:
+    return False
+
+
+#: The default ``keygen_fails`` decision: key generation always succeeds.
+NEVER: Callable[[], bool] = _never
