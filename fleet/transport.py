@@ -1,0 +1,237 @@
+"""Open a port URL and get a byte stream (an ``anyio.abc.ByteStream``).
+
+Port forms:
+- a device path (``/dev/ttyACM0``, ``/dev/serial/by-id/...``, a simulator link ``DIR/modem3``):
+  pyserial-asyncio's transport over :class:`PollSerial`, opened EXCLUSIVELY (``flock``), so two
+  runs never drive one port;
+- ``socket://host:port``: a TCP serial server such as ser2net (one client per port is the
+  server's rule);
+- ``sim://N``: modem N of the in-process simulator (see :mod:`fleet.sim`).
+
+Why not pyserial's default POSIX class: its ``read()`` calls ``select()``, which fails for file
+descriptors >= 1024 - about 200 ports in one process, since pyserial also opens two pipes per
+port. :class:`PollSerial` reads with a single non-blocking ``os.read`` when the event loop (epoll)
+says the port is readable, so there is no descriptor limit. :func:`raise_fd_limit` lifts the
+process's soft RLIMIT_NOFILE so hundreds of ports fit.
+
+Foreign exceptions (``serial.SerialException``, ``OSError``) are mapped to
+:class:`fleet.errors.TransportError` / :class:`fleet.errors.PortBusy` here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import resource
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import serial
+import serial.serialposix
+import serial_asyncio
+
+from fleet.errors import PortBusy, TransportError
+
+__all__ = ["PollSerial", "SerialStream", "open_port", "raise_fd_limit"]
+
+_SOCKET = re.compile(r"socket://(?P<host>[^:/]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})/?\Z")
+_READ_HIGH_WATER = 256 * 1024
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65536)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class PollSerial(serial.serialposix.PosixPollSerial):
+    """pyserial's poll-based POSIX class, with a read that never blocks and never polls.
+
+    The asyncio transport calls ``read`` only when epoll reported the descriptor readable, so a
+    single non-blocking ``os.read`` is enough; EOF or EIO (the device is gone: a USB adapter was
+    pulled, a pty's other end closed) raises ``SerialException``, which the transport turns into
+    ``connection_lost``.
+    """
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.is_open or self.fd is None:
+            raise serial.PortNotOpenError()
+        try:
+            data = os.read(self.fd, size)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise serial.SerialException(f"read failed: {exc.strerror or exc}") from exc
+        if not data:
+            raise serial.SerialException("device disconnected (end of file)")
+        return data
+
+
+class _Bridge(asyncio.Protocol):
+    """Collects what the serial transport delivers, for :class:`SerialStream` to hand out."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.readable = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.closed = asyncio.Event()
+        self.error: BaseException | None = None
+        self.transport: serial_asyncio.SerialTransport | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.readable.set()
+        if len(self.buffer) > _READ_HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error = exc
+        self.closed.set()
+        self.readable.set()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class SerialStream(anyio.abc.ByteStream):
+    """An anyio byte stream over a pyserial-asyncio transport (asyncio backend)."""
+
+    def __init__(self, port: str, transport: Any, bridge: _Bridge) -> None:
+        self.port = port
+        self._transport = transport
+        self._bridge = bridge
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        bridge = self._bridge
+        while not bridge.buffer:
+            if bridge.closed.is_set():
+                if bridge.error is not None:
+                    raise anyio.BrokenResourceError(str(bridge.error))
+                raise anyio.EndOfStream
+            bridge.readable.clear()
+            await bridge.readable.wait()
+        data = bytes(bridge.buffer[:max_bytes])
+        del bridge.buffer[:max_bytes]
+        low = len(bridge.buffer) < _READ_HIGH_WATER // 2
+        if bridge.paused and low and not bridge.closed.is_set():
+            bridge.paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def send(self, item: bytes) -> None:
+        bridge = self._bridge
+        if bridge.closed.is_set() or self._transport.is_closing():
+            raise anyio.BrokenResourceError(f"{self.port}: port closed")
+        await bridge.writable.wait()
+        self._transport.write(item)
+
+    async def send_eof(self) -> None:
+        raise NotImplementedError("serial ports have no end-of-file")
+
+    async def aclose(self) -> None:
+        if not self._transport.is_closing():
+            serial_port = self._transport.serial
+            if serial_port is not None:
+                # Drop unsent output first: the transport's close() drains with tcdrain(), which
+                # would block the whole event loop on a hung device with flow control.
+                with contextlib.suppress(serial.SerialException, OSError):
+                    serial_port.reset_output_buffer()
+            self._transport.abort()
+        with anyio.move_on_after(2):
+            await self._bridge.closed.wait()
+
+
+def _open_serial_sync(path: str, baudrate: int, rtscts: bool) -> PollSerial:
+    try:
+        port = PollSerial(port=None, baudrate=baudrate, rtscts=rtscts, exclusive=True,
+                          timeout=0, write_timeout=0)
+        port.port = path
+        port.open()
+    except serial.SerialException as exc:
+        text = str(exc)
+        if "exclusively lock" in text or getattr(exc, "errno", None) in (errno.EAGAIN,
+                                                                           errno.EWOULDBLOCK):
+            raise PortBusy(
+                f"{path} is in use by another process (another fleet run or a terminal program)"
+            ) from exc
+        raise TransportError(f"cannot open {path}: {text}") from exc
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot open {path}: {exc}") from exc
+    try:
+        port.reset_input_buffer()
+    except (serial.SerialException, OSError) as exc:
+        port.close()
+        raise TransportError(f"cannot open {path}: {exc}") from exc
+    return port
+
+
+async def open_serial(path: str, *, baudrate: int = 115200, rtscts: bool = True) -> SerialStream:
+    """Open a serial device exclusively and wrap it as a byte stream."""
+    if not os.path.exists(path):
+        raise TransportError(f"{path} does not exist (unplugged? wrong path?)")
+    port = _open_serial_sync(path, baudrate, rtscts)
+    loop = asyncio.get_running_loop()
+    transport, bridge = await serial_asyncio.connection_for_serial(loop, _Bridge, port)
+    return SerialStream(path, transport, bridge)
+
+
+async def open_socket(url: str, *, connect_timeout: float = 10.0) -> anyio.abc.ByteStream:
+    """Connect to ``socket://host:port`` (ser2net or ``fleet sim --listen``)."""
+    match = _SOCKET.match(url)
+    if not match:
+        raise TransportError(f"invalid socket URL {url!r} (expected socket://host:port)")
+    host, port = match.group("host").strip("[]"), int(match.group("port"))
+    try:
+        with anyio.fail_after(connect_timeout):
+            stream = await anyio.connect_tcp(host, port)
+    except TimeoutError as exc:
+        raise TransportError(f"{url}: no connection within {connect_timeout:g} s") from exc
+    except OSError as exc:
+        raise TransportError(f"{url}: {exc.strerror or exc}") from exc
+    return stream
+
+
+SimConnector = Callable[[int], Awaitable[anyio.abc.ByteStream]]
+
+
+async def open_port(
+    url: str,
+    *,
+    baudrate: int = 115200,
+    rtscts: bool = True,
+    sim: SimConnector | None = None,
+) -> anyio.abc.ByteStream:
+    """Open ``url`` (device path, ``socket://host:port`` or ``sim://N``)."""
+    if url.startswith("sim://"):
+        if sim is None:
+            raise TransportError(f"{url}: no in-process simulator is running")
+        index = url[len("sim://"):]
+        if not index.isdigit():
+            raise TransportError(f"invalid simulator port {url!r} (expected sim://N)")
+        return await sim(int(index))
+    if url.startswith("socket://"):
+        return await open_socket(url)
+    return await open_serial(url, baudrate=baudrate, rtscts=rtscts)
