@@ -1,0 +1,272 @@
+"""One modem session: send a command, await its final line with a timeout, route URCs aside,
+reopen after a disconnect or a timeout and re-identify the device.
+
+How this works
+--------------
+The session owns a byte stream (from :func:`fleet.transport.open_port`) and a
+:class:`fleet.at.HostConnection`. ``command()`` sends one command and reads the stream, feeding
+the codec, until the final line arrives; URCs and stray lines are logged and never mistaken for
+the answer. There is no reader task: bytes that arrive between commands wait in the stream's
+buffer and are classified (as URCs or stray lines) before the next answer.
+
+A timeout or a lost connection leaves the line in an unknown state (a late answer could be taken
+for the next command's), so the session is marked dirty and the caller must ``recover()``: close,
+reopen with bounded backoff, ``AT+CMEE=1``, and read the IMEI again. A different IMEI means the
+board in the slot was swapped: :class:`DeviceSwapped`.
+
+This is the only layer that reads a clock (``anyio.fail_after``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import structlog
+
+from fleet.at import (
+    NEED_DATA,
+    CmeErrorLine,
+    CmsErrorLine,
+    Command,
+    Error,
+    HostConnection,
+    InformationLine,
+    Ok,
+    StrayLine,
+    Urc,
+)
+from fleet.errors import (
+    CmeError,
+    CommandError,
+    DeviceTimeout,
+    FleetError,
+    LineTooLong,
+    PortBusy,
+    RemoteProtocolError,
+    TransportError,
+)
+
+__all__ = ["DeviceSession", "DeviceSwapped", "Identity", "Response", "backoff", "luhn_ok"]
+
+Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
+
+_IMEI = re.compile(r'\+CGSN:\s*"?([0-9]{15})"?\Z')
+
+
+class DeviceSwapped(FleetError):
+    """The board in the slot changed while fleet was working on it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """The information lines of a successful (``OK``) answer."""
+
+    command: str
+    lines: tuple[str, ...]
+
+    def first(self, prefix: str) -> str:
+        """The first line starting with ``prefix``, without the prefix, stripped."""
+        for line in self.lines:
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        raise RemoteProtocolError(f"{self.command}: no '{prefix}' line in the answer {self.lines}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity:
+    """What the device says it is."""
+
+    imei: str
+    model: str
+    firmware: str
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when ``digits`` ends in a valid Luhn check digit (IMEIs do)."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 8.0) -> float:
+    """Seconds to wait before ``attempt`` (1-based) of a retried step: 0, base, 2*base, ... cap."""
+    if attempt <= 1:
+        return 0.0
+    return float(min(cap, base * 2 ** (attempt - 2)))
+
+
+class DeviceSession:
+    """The host side of one modem's serial line."""
+
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        port: str,
+        reopen_attempts: int = 4,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self._opener = opener
+        self.port = port
+        self._reopen_attempts = reopen_attempts
+        self._stream: anyio.abc.ByteStream | None = None
+        self._conn = HostConnection()
+        self._dirty = False
+        self.identity: Identity | None = None
+        self.urcs = 0
+        self.log = log or structlog.get_logger().bind(port=port)
+
+    @property
+    def is_open(self) -> bool:
+        return self._stream is not None
+
+    @property
+    def needs_recover(self) -> bool:
+        """True after a timeout or a lost connection: call :meth:`recover` first."""
+        return self._dirty
+
+    async def open(self) -> None:
+        """Open the port (one attempt). PortBusy and TransportError propagate."""
+        self._stream = await self._opener()
+        self._conn = HostConnection()
+        self._dirty = False
+
+    async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(OSError,
+                                                                     anyio.BrokenResourceError):
+                await stream.aclose()
+
+    async def command(self, command: Command, *, timeout: float) -> Response:
+        """Send ``command`` and return its information lines when it ends with ``OK``.
+
+        Raises :class:`CmeError` / :class:`CommandError` for an error final line,
+        :class:`DeviceTimeout` when no final line comes within ``timeout`` seconds, and
+        :class:`TransportError` when the port goes away. After the last two the session is
+        dirty: call :meth:`recover` before the next command.
+        """
+        if self._stream is None:
+            raise TransportError(f"{self.port}: port is not open")
+        if self._dirty:
+            raise TransportError(f"{self.port}: session needs recover() after a failure")
+        text = str(command)
+        self._drain_idle()
+        try:
+            with anyio.fail_after(timeout):
+                await self._stream.send(self._conn.send(command))
+                lines: list[str] = []
+                while True:
+                    event = self._conn.next_event()
+                    if event is NEED_DATA:
+                        self._conn.receive_data(await self._stream.receive())
+                        continue
+                    if isinstance(event, InformationLine):
+                        lines.append(event.text)
+                    elif isinstance(event, Urc | StrayLine):
+                        self._note_unsolicited(event)
+                    elif isinstance(event, Ok):
+                        return Response(command=text, lines=tuple(lines))
+                    elif isinstance(event, CmeErrorLine):
+                        raise CmeError(text, event.code)
+                    elif isinstance(event, Error):
+                        raise CommandError(text, "ERROR")
+                    elif isinstance(event, CmsErrorLine):
+                        raise CommandError(text, f"+CMS ERROR: {event.code}")
+        except TimeoutError:
+            self._mark_dirty()
+            raise DeviceTimeout(f"{text}: no answer within {timeout:g} s") from None
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError) as exc:
+            self._mark_dirty()
+            reason = str(exc) or type(exc).__name__
+            raise TransportError(f"connection lost during {text} ({reason})") from exc
+        except LineTooLong as exc:
+            self._mark_dirty()
+            raise RemoteProtocolError(f"{text}: {exc}") from exc
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        if self._conn.pending is not None:
+            self._conn.abandon()
+
+    def _drain_idle(self) -> None:
+        """Log what arrived while no command was pending."""
+        while True:
+            try:
+                event = self._conn.next_event()
+            except LineTooLong:
+                continue
+            if event is NEED_DATA:
+                return
+            self._note_unsolicited(event)
+
+    def _note_unsolicited(self, event: Urc | StrayLine | object) -> None:
+        self.urcs += 1
+        if isinstance(event, Urc):
+            self.log.debug("urc", line=event.text)
+        elif isinstance(event, StrayLine):
+            self.log.info("stray line (late answer?)", line=event.text)
+
+    async def identify(self, *, timeout: float) -> Identity:
+        """``AT+CGSN=1``, ``AT+CGMM``, ``AT+CGMR``."""
+        imei = await self.read_imei(timeout=timeout)
+        model = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
+        firmware = (await self.command(Command.action("+CGMR"), timeout=timeout)).lines
+        self.identity = Identity(
+            imei=imei,
+            model=model[-1].strip() if model else "",
+            firmware=firmware[-1].strip() if firmware else "",
+        )
+        return self.identity
+
+    async def read_imei(self, *, timeout: float) -> str:
+        answer = await self.command(Command.set("+CGSN", 1), timeout=timeout)
+        found = [m.group(1) for m in (_IMEI.match(line.strip()) for line in answer.lines) if m]
+        if not found:
+            raise RemoteProtocolError(f"AT+CGSN=1: no IMEI in the answer {answer.lines}")
+        imei = found[0]
+        if not luhn_ok(imei):
+            self.log.warning("IMEI has an invalid Luhn check digit", imei=imei)
+        return imei
+
+    async def recover(self, *, timeout: float) -> None:
+        """Close, reopen (bounded attempts with backoff), re-enable CME codes and check that the
+        same device is still there. Raises TransportError when the port does not come back and
+        :class:`DeviceSwapped` when another board answers."""
+        await self.close()
+        last: Exception | None = None
+        for attempt in range(1, self._reopen_attempts + 1):
+            await anyio.sleep(backoff(attempt))
+            try:
+                await self.open()
+                await self.command(Command.set("+CMEE", 1), timeout=timeout)
+                imei = await self.read_imei(timeout=timeout)
+            except PortBusy:
+                raise
+            except (TransportError, DeviceTimeout, RemoteProtocolError, CommandError) as exc:
+                last = exc
+                self.log.info("reopen failed", attempt=attempt, error=str(exc))
+                await self.close()
+                continue
+            if self.identity is not None and imei != self.identity.imei:
+                raise DeviceSwapped(
+                    f"device swapped: the slot held IMEI {self.identity.imei}, now {imei}"
+                )
+            self.log.info("port reopened", attempt=attempt)
+            return
+        raise TransportError(
+            f"{self.port}: device not usable after reopening the port {self._reopen_attempts} "
+            f"times (last error: {last})"
+        )
