@@ -1,0 +1,463 @@
+"""The crash-safe journal: SQLite (stdlib), WAL, ``synchronous=FULL``, one writer.
+
+How this works
+--------------
+Every side effect on a device is bracketed by two durable writes: an *intent* step row before the
+command is sent and its *outcome* after the answer (``ok``: done and, for a %KEYGEN, the answer
+captured and verified; ``error``: the modem refused, nothing changed; ``unknown``: timeout,
+disconnect or an unverifiable answer - the command may or may not have taken effect). A run killed
+with SIGKILL at any instant therefore leaves, for every key, either a captured answer or an
+unresolved intent, and the next run decides from that (see :mod:`fleet.provision.decide`).
+
+Tables: ``runs``; ``devices`` (by IMEI, with the device UUID once known); ``keys`` (what fleet
+knows about each (IMEI, sec_tag, type): the captured answer, a pre-existing marker, the latest
+unresolved %KEYGEN intent); ``steps`` (the append-only log of intents and outcomes, with attempt
+counts and errors); ``run_slots`` and ``run_keys`` (per-run results, for the manifest).
+
+Writes are group-committed: concurrent callers queue operations; whoever holds the lock runs the
+whole queue in one transaction in a worker thread (one SQLite connection, so one writer) and every
+caller returns only after the COMMIT that contains its operation. Each call is shielded from
+cancellation, so a Ctrl-C never leaves half an operation. A journal is locked (``flock`` on
+``<journal>.lock``) by the run using it; a killed run's lock goes with its process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from fleet.errors import JournalError
+
+__all__ = ["DeviceInfo", "Journal", "KeyState", "PendingIntent", "RunInfo", "utc_now"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, plan_path TEXT NOT NULL, plan_sha256 TEXT NOT NULL,
+    station TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, status TEXT NOT NULL,
+    pid INTEGER, tool_version TEXT);
+CREATE TABLE IF NOT EXISTS devices (
+    imei TEXT PRIMARY KEY, device_uuid TEXT, model TEXT, firmware TEXT,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, restore_mode INTEGER);
+CREATE TABLE IF NOT EXISTS keys (
+    imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, type INTEGER NOT NULL,
+    state TEXT NOT NULL, answer TEXT, cmng_sha TEXT, run_id TEXT, updated_at TEXT NOT NULL,
+    pending_step INTEGER, pending_present_before INTEGER,
+    PRIMARY KEY (imei, sec_tag, type));
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, slot TEXT NOT NULL,
+    imei TEXT, key_name TEXT, sec_tag INTEGER, type INTEGER, action TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1, command TEXT, detail TEXT,
+    intent_at TEXT NOT NULL, done_at TEXT, outcome TEXT, answer TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS run_slots (
+    run_id TEXT NOT NULL, slot TEXT NOT NULL, port TEXT NOT NULL, imei TEXT,
+    outcome TEXT, error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, slot));
+CREATE TABLE IF NOT EXISTS run_keys (
+    run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
+    sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, slot, imei, key_name));
+CREATE INDEX IF NOT EXISTS steps_by_key ON steps (imei, sec_tag, type);
+"""
+
+#: Outcomes of earlier invocations of the same run that a later "unchanged" must not hide.
+_STICKY = ("generated", "recovered", "changed", "pre-existing")
+
+
+def utc_now() -> str:
+    """Now as RFC 3339 UTC with a ``Z`` and microseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingIntent:
+    """A %KEYGEN whose outcome is unknown (the run died, timed out or lost the answer)."""
+
+    step_id: int
+    present_before: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyState:
+    """What the journal knows about one key of one device."""
+
+    state: str | None = None  #: "captured", "pre-existing", "deleted" or None (never seen)
+    answer: str | None = None  #: the captured, verified %KEYGEN answer
+    cmng_sha: str | None = None
+    pending: PendingIntent | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceInfo:
+    """What the journal knew of a device before this run saw it."""
+
+    device_uuid: str | None = None
+    restore_mode: int | None = None  #: function mode to restore, left by an interrupted run
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunInfo:
+    run_id: str
+    started_at: str
+    resumed: bool
+
+
+class _Op:
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Journal:
+    """Open with :meth:`open`; every method is durable when it returns."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._pending: list[_Op] = []
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+        self.commits = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    def open_sync(cls, path: Path | str) -> Journal:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = path.with_name(path.name + ".lock")
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(lock_fd)
+            raise JournalError(
+                f"journal {path} is in use by another fleet run (pid {holder}); wait for it to "
+                "finish or use another --journal"
+            ) from None
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
+        except sqlite3.DatabaseError as exc:
+            os.close(lock_fd)
+            raise JournalError(f"journal {path} cannot be used: {exc}") from exc
+        return cls(path, conn, lock_fd)
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Journal:
+        """Open (creating if needed) and lock the journal at ``path``."""
+        return await anyio.to_thread.run_sync(cls.open_sync, path)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+    # --- the group-commit engine ---------------------------------------------------------------
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result = op.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    op.error = exc
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for op in batch:
+                op.error = JournalError(f"journal write failed: {exc}")
+        for op in batch:
+            op.done = True
+
+    async def _execute(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        op = _Op(fn)
+        self._pending.append(op)
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if not op.done:
+                    batch, self._pending = self._pending, []
+                    await anyio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+        if op.error is not None:
+            if isinstance(op.error, JournalError):
+                raise op.error
+            raise JournalError(f"journal operation failed: {op.error}") from op.error
+        result: T = op.result
+        return result
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    async def start_run(self, *, run_id: str, plan_path: str, plan_sha256: str, station: str,
+                        tool_version: str, fresh: bool) -> RunInfo:
+        """Resume the latest unfinished run of the same plan, or start ``run_id``."""
+
+        def op(conn: sqlite3.Connection) -> RunInfo:
+            if not fresh:
+                row = conn.execute(
+                    "SELECT run_id, started_at FROM runs WHERE plan_sha256 = ? AND station = ? "
+                    "AND status IN ('running', 'interrupted') ORDER BY started_at DESC LIMIT 1",
+                    (plan_sha256, station)).fetchone()
+                if row is not None:
+                    conn.execute("UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
+                                 (os.getpid(), row[0]))
+                    return RunInfo(run_id=row[0], started_at=row[1], resumed=True)
+            now = utc_now()
+            conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?)",
+                         (run_id, plan_path, plan_sha256, station, now, os.getpid(),
+                          tool_version))
+            return RunInfo(run_id=run_id, started_at=now, resumed=False)
+
+        return await self._execute(op)
+
+    async def finish_run(self, run_id: str, *, status: str) -> str:
+        """Mark the run ``complete`` / ``partial`` / ``interrupted``; returns the end time."""
+        now = utc_now()
+        await self._execute(lambda c: c.execute(
+            "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", (status, now, run_id)))
+        return now
+
+    async def run_row(self, run_id: str) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            cur = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+            names = [d[0] for d in cur.description]
+            row = cur.fetchone()
+            if row is None:
+                raise JournalError(f"no run {run_id} in the journal")
+            return dict(zip(names, row, strict=True))
+
+        return await self._execute(op)
+
+    # --- devices and keys ----------------------------------------------------------------------
+
+    async def device_seen(self, *, imei: str, model: str, firmware: str,
+                          device_uuid: str | None) -> DeviceInfo:
+        """Record the device; returns what the journal knew of it before."""
+
+        def op(conn: sqlite3.Connection) -> DeviceInfo:
+            now = utc_now()
+            row = conn.execute("SELECT device_uuid, restore_mode FROM devices WHERE imei = ?",
+                               (imei,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                             (imei, device_uuid, model, firmware, now, now))
+                return DeviceInfo()
+            conn.execute(
+                "UPDATE devices SET model = ?, firmware = ?, last_seen = ?, "
+                "device_uuid = COALESCE(device_uuid, ?) WHERE imei = ?",
+                (model, firmware, now, device_uuid, imei))
+            return DeviceInfo(device_uuid=row[0], restore_mode=row[1])
+
+        return await self._execute(op)
+
+    async def device_info(self, imei: str) -> DeviceInfo:
+        """What the journal knows of a device (read only)."""
+
+        def op(conn: sqlite3.Connection) -> DeviceInfo:
+            row = conn.execute("SELECT device_uuid, restore_mode FROM devices WHERE imei = ?",
+                               (imei,)).fetchone()
+            return DeviceInfo() if row is None else DeviceInfo(device_uuid=row[0],
+                                                               restore_mode=row[1])
+
+        return await self._execute(op)
+
+    async def set_restore_mode(self, imei: str, mode: int | None) -> None:
+        """Remember the function mode to restore (set before fleet changes it; ``None`` once it
+        is restored), so a run killed while the modem was offline restores the right mode."""
+        if mode is None:
+            await self._execute(lambda c: c.execute(
+                "UPDATE devices SET restore_mode = NULL WHERE imei = ?", (imei,)))
+        else:
+            await self._execute(lambda c: c.execute(
+                "UPDATE devices SET restore_mode = COALESCE(restore_mode, ?) WHERE imei = ?",
+                (mode, imei)))
+
+    async def set_device_uuid(self, imei: str, device_uuid: str) -> None:
+        await self._execute(lambda c: c.execute(
+            "UPDATE devices SET device_uuid = ? WHERE imei = ? AND device_uuid IS NULL",
+            (device_uuid, imei)))
+
+    async def key_state(self, imei: str, sec_tag: int, key_type: int) -> KeyState:
+        def op(conn: sqlite3.Connection) -> KeyState:
+            row = conn.execute(
+                "SELECT state, answer, cmng_sha, pending_step, pending_present_before FROM keys "
+                "WHERE imei = ? AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type)).fetchone()
+            if row is None:
+                return KeyState()
+            pending = None
+            if row[3] is not None:
+                pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
+            return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending)
+
+        return await self._execute(op)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    async def intent(self, *, run_id: str, slot: str, imei: str | None, action: str,
+                     key_name: str | None = None, sec_tag: int | None = None,
+                     key_type: int | None = None, attempt: int = 1, command: str | None = None,
+                     detail: dict[str, Any] | None = None) -> int:
+        """Durably record that ``action`` is about to be done; returns the step id.
+
+        For ``action="keygen"`` the key's pending intent is set (``detail["present_before"]``).
+        """
+
+        def op(conn: sqlite3.Connection) -> int:
+            now = utc_now()
+            cur = conn.execute(
+                "INSERT INTO steps (run_id, slot, imei, key_name, sec_tag, type, action, "
+                "attempt, command, detail, intent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, imei, key_name, sec_tag, key_type, action, attempt, command,
+                 json.dumps(detail or {}, sort_keys=True), now))
+            step_id = int(cur.lastrowid or 0)
+            if action == "keygen" and imei is not None:
+                present = 1 if (detail or {}).get("present_before") else 0
+                conn.execute(
+                    "INSERT INTO keys (imei, sec_tag, type, state, updated_at, pending_step, "
+                    "pending_present_before) VALUES (?, ?, ?, 'intent', ?, ?, ?) "
+                    "ON CONFLICT (imei, sec_tag, type) DO UPDATE SET pending_step = excluded."
+                    "pending_step, pending_present_before = excluded.pending_present_before, "
+                    "updated_at = excluded.updated_at",
+                    (imei, sec_tag, key_type, now, step_id, present))
+            return step_id
+
+        return await self._execute(op)
+
+    async def outcome(self, step_id: int, *, outcome: str, answer: str | None = None,
+                      error: str | None = None, cmng_sha: str | None = None) -> None:
+        """Durably record the outcome of a step (``ok``, ``error`` or ``unknown``).
+
+        A ``keygen`` step with ``ok`` stores the captured answer as the key's state; ``ok`` or
+        ``error`` resolve the key's pending intent; ``unknown`` leaves it pending. A ``delete``
+        step with ``ok`` clears the key's state.
+        """
+        if outcome not in ("ok", "error", "unknown"):
+            raise ValueError(f"invalid step outcome {outcome!r}")
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = utc_now()
+            conn.execute("UPDATE steps SET outcome = ?, answer = ?, error = ?, done_at = ? "
+                         "WHERE id = ?", (outcome, answer, error, now, step_id))
+            row = conn.execute("SELECT action, imei, sec_tag, type, run_id FROM steps "
+                               "WHERE id = ?", (step_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"no step {step_id}")
+            action, imei, sec_tag, key_type, run_id = row
+            key = (imei, sec_tag, key_type)
+            if action == "keygen" and outcome == "ok":
+                conn.execute("UPDATE keys SET state = 'captured', answer = ?, cmng_sha = ?, "
+                             "run_id = ?, updated_at = ?, pending_step = NULL WHERE imei = ? "
+                             "AND sec_tag = ? AND type = ?", (answer, cmng_sha, run_id, now, *key))
+            elif action == "keygen" and outcome == "error":
+                conn.execute("UPDATE keys SET pending_step = NULL, updated_at = ? WHERE imei = ? "
+                             "AND sec_tag = ? AND type = ? AND pending_step = ?",
+                             (now, *key, step_id))
+            elif action == "delete" and outcome == "ok":
+                conn.execute("UPDATE keys SET state = 'deleted', answer = NULL, cmng_sha = NULL, "
+                             "pending_step = NULL, updated_at = ? WHERE imei = ? AND sec_tag = ? "
+                             "AND type = ?", (now, *key))
+
+        await self._execute(op)
+
+    async def mark_pre_existing(self, *, imei: str, sec_tag: int, key_type: int,
+                                cmng_sha: str | None) -> None:
+        await self._execute(lambda c: c.execute(
+            "INSERT INTO keys (imei, sec_tag, type, state, cmng_sha, updated_at) "
+            "VALUES (?, ?, ?, 'pre-existing', ?, ?) ON CONFLICT (imei, sec_tag, type) DO UPDATE "
+            "SET state = 'pre-existing', cmng_sha = excluded.cmng_sha, updated_at = "
+            "excluded.updated_at WHERE keys.state IS NOT 'captured'",
+            (imei, sec_tag, key_type, cmng_sha, utc_now())))
+
+    async def set_cmng_sha(self, *, imei: str, sec_tag: int, key_type: int, sha: str) -> None:
+        await self._execute(lambda c: c.execute(
+            "UPDATE keys SET cmng_sha = ? WHERE imei = ? AND sec_tag = ? AND type = ?",
+            (sha, imei, sec_tag, key_type)))
+
+    # --- per-run results -----------------------------------------------------------------------
+
+    async def slot_result(self, *, run_id: str, slot: str, port: str, imei: str | None,
+                          outcome: str | None, error: str | None) -> None:
+        await self._execute(lambda c: c.execute(
+            "INSERT INTO run_slots VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot) DO "
+            "UPDATE SET port = excluded.port, imei = COALESCE(excluded.imei, run_slots.imei), "
+            "outcome = excluded.outcome, error = excluded.error, updated_at = excluded.updated_at",
+            (run_id, slot, port, imei, outcome, error, utc_now())))
+
+    async def key_result(self, *, run_id: str, slot: str, imei: str, key_name: str,
+                         sec_tag: int, key_type: int, outcome: str, error: str | None,
+                         attempts: int) -> str:
+        """Record a key's outcome in this run; returns the outcome kept. Within one run (which
+        may span several invocations after interruptions) an ``unchanged`` never replaces an
+        earlier ``generated``/``recovered``/``changed``/``pre-existing``."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT outcome, attempts FROM run_keys WHERE run_id = ? AND "
+                               "slot = ? AND imei = ? AND key_name = ?",
+                               (run_id, slot, imei, key_name)).fetchone()
+            kept, total = outcome, attempts
+            if row is not None:
+                total += int(row[1])
+                if outcome == "unchanged" and row[0] in _STICKY:
+                    kept = row[0]
+            conn.execute(
+                "INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, imei, key_name, sec_tag, key_type, kept, error, total,
+                 utc_now()))
+            return kept
+
+        return await self._execute(op)
+
+    async def run_results(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``(slots, keys)`` rows of one run, joined with device data and captured answers."""
+
+        def op(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            def rows(sql: str) -> list[dict[str, Any]]:
+                cur = conn.execute(sql, (run_id,))
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+            slots = rows(
+                "SELECT s.slot, s.port, s.imei, s.outcome, s.error, d.device_uuid, d.model, "
+                "d.firmware FROM run_slots s LEFT JOIN devices d ON d.imei = s.imei "
+                "WHERE s.run_id = ? ORDER BY s.slot")
+            keys = rows(
+                "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
+                "r.attempts, k.answer, k.cmng_sha FROM run_keys r LEFT JOIN keys k ON "
+                "k.imei = r.imei AND k.sec_tag = r.sec_tag AND k.type = r.type "
+                "WHERE r.run_id = ? ORDER BY r.slot, r.key_name")
+            return slots, keys
+
+        return await self._execute(op)

@@ -1,0 +1,169 @@
+"""The journal: durable intents and outcomes, key state, group commit, locking, per-run results."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from fleet.errors import JournalError
+from fleet.journal import Journal
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _run(journal: Journal, fresh: bool = False, sha: str = "abc") -> str:
+    info = await journal.start_run(run_id=f"r-{anyio.current_time()}", plan_path="p.yaml",
+                                   plan_sha256=sha, station="st", tool_version="t", fresh=fresh)
+    return info.run_id
+
+
+async def test_pragmas_and_schema(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    await journal.aclose()
+    conn = sqlite3.connect(tmp_path / "j.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "devices", "keys", "steps", "run_slots", "run_keys"} <= tables
+
+
+async def test_keygen_intent_then_outcome(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    step = await journal.intent(run_id=run, slot="s0", imei="1", action="keygen", key_name="tls",
+                                sec_tag=5, key_type=2, detail={"present_before": False})
+    state = await journal.key_state("1", 5, 2)
+    assert state.pending is not None
+    assert state.pending.step_id == step
+    assert state.pending.present_before is False
+    assert state.answer is None
+    await journal.outcome(step, outcome="unknown", error="timeout")
+    assert (await journal.key_state("1", 5, 2)).pending is not None
+    step2 = await journal.intent(run_id=run, slot="s0", imei="1", action="keygen",
+                                 key_name="tls", sec_tag=5, key_type=2, attempt=2,
+                                 detail={"present_before": False})
+    await journal.outcome(step2, outcome="ok", answer="a.b")
+    state = await journal.key_state("1", 5, 2)
+    assert (state.state, state.answer, state.pending) == ("captured", "a.b", None)
+    await journal.aclose()
+
+
+async def test_error_outcome_resolves_pending_and_delete_clears(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    step = await journal.intent(run_id=run, slot="s0", imei="1", action="keygen", sec_tag=5,
+                                key_type=2, detail={"present_before": False})
+    await journal.outcome(step, outcome="error", error="+CME ERROR: 519")
+    assert (await journal.key_state("1", 5, 2)).pending is None
+    step = await journal.intent(run_id=run, slot="s0", imei="1", action="keygen", sec_tag=5,
+                                key_type=2, detail={"present_before": False})
+    await journal.outcome(step, outcome="ok", answer="x.y")
+    step = await journal.intent(run_id=run, slot="s0", imei="1", action="delete", sec_tag=5,
+                                key_type=2)
+    await journal.outcome(step, outcome="ok")
+    state = await journal.key_state("1", 5, 2)
+    assert (state.state, state.answer) == ("deleted", None)
+    with pytest.raises(ValueError):
+        await journal.outcome(step, outcome="maybe")
+    await journal.aclose()
+
+
+async def test_pre_existing_never_overrides_captured(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    await journal.mark_pre_existing(imei="1", sec_tag=9, key_type=2, cmng_sha=None)
+    assert (await journal.key_state("1", 9, 2)).state == "pre-existing"
+    step = await journal.intent(run_id=run, slot="s0", imei="2", action="keygen", sec_tag=9,
+                                key_type=2, detail={"present_before": False})
+    await journal.outcome(step, outcome="ok", answer="c.d")
+    await journal.mark_pre_existing(imei="2", sec_tag=9, key_type=2, cmng_sha=None)
+    assert (await journal.key_state("2", 9, 2)).state == "captured"
+    await journal.aclose()
+
+
+async def test_group_commit_many_concurrent_writers(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+
+    async def writer(i: int) -> None:
+        for k in range(5):
+            step = await journal.intent(run_id=run, slot=f"s{i}", imei=str(i), action="keygen",
+                                        sec_tag=k + 1, key_type=2,
+                                        detail={"present_before": False})
+            await journal.outcome(step, outcome="ok", answer=f"{i}.{k}")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(64):
+            tg.start_soon(writer, i)
+    assert journal.commits < 64 * 5 * 2  # batched
+    for i in (0, 31, 63):
+        assert (await journal.key_state(str(i), 5, 2)).answer == f"{i}.4"
+    await journal.aclose()
+
+
+async def test_resume_and_fresh(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    first = await _run(journal)
+    again = await journal.start_run(run_id="other", plan_path="p", plan_sha256="abc",
+                                    station="st", tool_version="t", fresh=False)
+    assert again.resumed and again.run_id == first
+    fresh = await journal.start_run(run_id="new", plan_path="p", plan_sha256="abc",
+                                    station="st", tool_version="t", fresh=True)
+    assert not fresh.resumed and fresh.run_id == "new"
+    await journal.finish_run("new", status="complete")
+    await journal.finish_run(first, status="complete")
+    done = await journal.start_run(run_id="third", plan_path="p", plan_sha256="abc",
+                                   station="st", tool_version="t", fresh=False)
+    assert done.run_id == "third" and not done.resumed
+    await journal.aclose()
+
+
+async def test_sticky_outcomes_within_a_run(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    kept = await journal.key_result(run_id=run, slot="s", imei="1", key_name="tls", sec_tag=1,
+                                    key_type=2, outcome="generated", error=None, attempts=1)
+    assert kept == "generated"
+    kept = await journal.key_result(run_id=run, slot="s", imei="1", key_name="tls", sec_tag=1,
+                                    key_type=2, outcome="unchanged", error=None, attempts=1)
+    assert kept == "generated"
+    _, keys = await journal.run_results(run)
+    assert keys[0]["outcome"] == "generated" and keys[0]["attempts"] == 2
+    await journal.aclose()
+
+
+async def test_locked_by_a_live_run_is_refused_and_a_dead_ones_lock_is_taken(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(path)
+    with pytest.raises(JournalError, match="in use by another fleet run"):
+        await Journal.open(path)
+    await journal.aclose()
+    # A process that dies holding the journal (SIGKILL) leaves no lock behind.
+    code = ("import os, signal; from fleet.journal import Journal; "
+            f"Journal.open_sync({str(path)!r}); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    assert proc.returncode == -9
+    journal = await Journal.open(path)
+    await journal.aclose()
+
+
+async def test_restore_mode_is_remembered_once(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    await journal.device_seen(imei="1", model="m", firmware="f", device_uuid=None)
+    await journal.set_restore_mode("1", 1)
+    await journal.set_restore_mode("1", 4)  # a later change keeps the first original mode
+    assert (await journal.device_info("1")).restore_mode == 1
+    await journal.set_restore_mode("1", None)
+    assert (await journal.device_info("1")).restore_mode is None
+    await journal.aclose()
