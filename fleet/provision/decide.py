@@ -1,0 +1,133 @@
+"""What to do with one key, as a pure function of (plan, journal, what the device reported).
+
+How this works
+--------------
+The flow inspects the device (``AT%CMNG=1,<tag>,<type>``: is a key there?) and reads the
+journal's :class:`fleet.journal.KeyState` for (IMEI, sec_tag, type), then asks these functions
+for a :class:`Decision`. Nothing here does I/O, so every rule of DESIGN.md "Idempotency and
+resume" has a table test.
+
+Client key (type 2):
+
+=========  ====================================================  ===========  ============
+present    journal                                               action       outcome
+=========  ====================================================  ===========  ============
+yes        answer captured                                       NOTHING      unchanged
+yes        unresolved %KEYGEN intent, key absent before it       RECOVER      recovered
+yes        anything else (the key predates fleet)                if_exists:   keep ->
+                                                                 KEEP/         pre-existing,
+                                                                 REPLACE/FAIL  generated,
+                                                                               failed
+no         anything                                              GENERATE     generated
+=========  ====================================================  ===========  ============
+
+Endorsement key (type 8): %KEYGEN returns the existing key when there is one, so it is always safe
+to send. When the journal holds the captured answer and the device still lists the key, nothing is
+sent; otherwise CAPTURE, and :func:`endorsement_outcome` compares the answer with the journal.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from fleet.journal import KeyState
+from fleet.records import KeyOutcome
+
+__all__ = ["Action", "Decision", "decide_client_key", "decide_endorsement_key",
+           "endorsement_outcome"]
+
+
+class Action(enum.StrEnum):
+    """What the flow does for a key."""
+
+    NOTHING = "nothing"  #: the key is there and its answer is in the journal
+    KEEP = "keep"  #: a pre-existing key is kept (no CSR)
+    FAIL = "fail"  #: a pre-existing key and `if_exists: fail`
+    GENERATE = "generate"  #: %KEYGEN
+    RECOVER = "recover"  #: delete the unseen key of an interrupted %KEYGEN, then %KEYGEN
+    REPLACE = "replace"  #: delete the pre-existing key (`if_exists: replace`), then %KEYGEN
+    CAPTURE = "capture"  #: endorsement %KEYGEN (returns the existing key or makes one)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """An action, the outcome it leads to when it succeeds, and why."""
+
+    action: Action
+    outcome: KeyOutcome
+    reason: str
+
+    @property
+    def deletes(self) -> bool:
+        return self.action in (Action.RECOVER, Action.REPLACE)
+
+    @property
+    def sends_keygen(self) -> bool:
+        return self.action in (Action.GENERATE, Action.RECOVER, Action.REPLACE, Action.CAPTURE)
+
+    @property
+    def changes_device(self) -> bool:
+        """Whether carrying it out changes what the device holds (Ansible's `changed`)."""
+        return self.outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED)
+
+
+def decide_client_key(*, present: bool, journal: KeyState, if_exists: str) -> Decision:
+    """The decision for a client private key (%KEYGEN key_type 2)."""
+    if present:
+        if journal.state == "captured" and journal.answer:
+            return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
+                            reason="key present and its answer is in the journal")
+        if journal.pending is not None and not journal.pending.present_before:
+            return Decision(
+                action=Action.RECOVER, outcome=KeyOutcome.RECOVERED,
+                reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made this key but "
+                "its answer was never captured, so nobody can hold its CSR: delete and generate",
+            )
+        if if_exists == "keep":
+            return Decision(action=Action.KEEP, outcome=KeyOutcome.PRE_EXISTING,
+                            reason="a key fleet did not make is present; if_exists: keep")
+        if if_exists == "replace":
+            return Decision(action=Action.REPLACE, outcome=KeyOutcome.GENERATED,
+                            reason="a key fleet did not make is present; if_exists: replace")
+        if if_exists == "fail":
+            return Decision(
+                action=Action.FAIL, outcome=KeyOutcome.FAILED,
+                reason="a key fleet did not make is already in this sec_tag (if_exists: fail); "
+                "delete it with AT%CMNG=3 or set if_exists: keep/replace",
+            )
+        raise ValueError(f"invalid if_exists {if_exists!r}")
+    if journal.state == "captured":
+        return Decision(action=Action.GENERATE, outcome=KeyOutcome.GENERATED,
+                        reason="the key captured earlier is no longer on the device")
+    return Decision(action=Action.GENERATE, outcome=KeyOutcome.GENERATED,
+                    reason="no key in this sec_tag")
+
+
+def decide_endorsement_key(*, present: bool, journal: KeyState) -> Decision:
+    """The decision for an endorsement key (%KEYGEN key_type 8)."""
+    if present and journal.state == "captured" and journal.answer:
+        return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
+                        reason="key present and its answer is in the journal")
+    if present and journal.state != "captured":
+        if journal.pending is not None and not journal.pending.present_before:
+            return Decision(action=Action.CAPTURE, outcome=KeyOutcome.GENERATED,
+                            reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made "
+                            "this key but its answer was never captured: capture it now")
+        return Decision(action=Action.CAPTURE, outcome=KeyOutcome.PRE_EXISTING,
+                        reason="an endorsement key is present: capture its public key")
+    if journal.state == "captured":
+        return Decision(action=Action.CAPTURE, outcome=KeyOutcome.CHANGED,
+                        reason="the endorsement key in the journal is no longer on the device")
+    return Decision(action=Action.CAPTURE, outcome=KeyOutcome.GENERATED,
+                    reason="no endorsement key in this sec_tag")
+
+
+def endorsement_outcome(*, decision: Decision, journal_public_key: str | None,
+                        new_public_key: str) -> KeyOutcome:
+    """The outcome of an endorsement %KEYGEN, from the decision and the public keys before
+    and now: the same key as the journal's is unchanged, another one changed."""
+    if journal_public_key is not None:
+        same = journal_public_key == new_public_key
+        return KeyOutcome.UNCHANGED if same else KeyOutcome.CHANGED
+    return decision.outcome

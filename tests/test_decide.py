@@ -1,0 +1,100 @@
+"""The idempotency rules of DESIGN.md as table tests of the pure decision functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.journal import KeyState, PendingIntent
+from fleet.provision.decide import (
+    Action,
+    decide_client_key,
+    decide_endorsement_key,
+    endorsement_outcome,
+)
+from fleet.records import KeyOutcome
+
+NONE = KeyState()
+CAPTURED = KeyState(state="captured", answer="body.cose")
+PENDING = KeyState(state="intent", pending=PendingIntent(step_id=7, present_before=False))
+PENDING_PRESENT = KeyState(state="intent", pending=PendingIntent(step_id=7, present_before=True))
+PRE = KeyState(state="pre-existing")
+DELETED = KeyState(state="deleted")
+
+CLIENT = [
+    # present, journal, if_exists -> action, outcome
+    (False, NONE, "keep", Action.GENERATE, KeyOutcome.GENERATED),
+    (False, CAPTURED, "keep", Action.GENERATE, KeyOutcome.GENERATED),
+    (False, PENDING, "fail", Action.GENERATE, KeyOutcome.GENERATED),
+    (False, DELETED, "keep", Action.GENERATE, KeyOutcome.GENERATED),
+    (True, CAPTURED, "keep", Action.NOTHING, KeyOutcome.UNCHANGED),
+    (True, CAPTURED, "replace", Action.NOTHING, KeyOutcome.UNCHANGED),
+    (True, CAPTURED, "fail", Action.NOTHING, KeyOutcome.UNCHANGED),
+    (True, PENDING, "keep", Action.RECOVER, KeyOutcome.RECOVERED),
+    (True, PENDING, "fail", Action.RECOVER, KeyOutcome.RECOVERED),
+    (True, PENDING_PRESENT, "keep", Action.KEEP, KeyOutcome.PRE_EXISTING),
+    (True, NONE, "keep", Action.KEEP, KeyOutcome.PRE_EXISTING),
+    (True, NONE, "replace", Action.REPLACE, KeyOutcome.GENERATED),
+    (True, NONE, "fail", Action.FAIL, KeyOutcome.FAILED),
+    (True, PRE, "keep", Action.KEEP, KeyOutcome.PRE_EXISTING),
+    (True, PRE, "replace", Action.REPLACE, KeyOutcome.GENERATED),
+    (True, DELETED, "fail", Action.FAIL, KeyOutcome.FAILED),
+]
+
+
+@pytest.mark.parametrize(("present", "journal", "if_exists", "action", "outcome"), CLIENT)
+def test_client_key_rules(present: bool, journal: KeyState, if_exists: str, action: Action,
+                          outcome: KeyOutcome) -> None:
+    decision = decide_client_key(present=present, journal=journal, if_exists=if_exists)
+    assert (decision.action, decision.outcome) == (action, outcome)
+    assert decision.reason
+
+
+def test_a_captured_key_is_never_deleted() -> None:
+    for if_exists in ("keep", "replace", "fail"):
+        decision = decide_client_key(present=True, journal=CAPTURED, if_exists=if_exists)
+        assert not decision.deletes
+        assert not decision.sends_keygen
+
+
+def test_fail_reason_says_what_to_do() -> None:
+    decision = decide_client_key(present=True, journal=NONE, if_exists="fail")
+    assert "if_exists" in decision.reason
+    with pytest.raises(ValueError):
+        decide_client_key(present=True, journal=NONE, if_exists="maybe")
+
+
+ENDORSEMENT = [
+    (True, CAPTURED, Action.NOTHING, KeyOutcome.UNCHANGED),
+    (True, NONE, Action.CAPTURE, KeyOutcome.PRE_EXISTING),
+    (False, CAPTURED, Action.CAPTURE, KeyOutcome.CHANGED),
+    (False, NONE, Action.CAPTURE, KeyOutcome.GENERATED),
+    (True, PENDING, Action.CAPTURE, KeyOutcome.GENERATED),
+    (True, PENDING_PRESENT, Action.CAPTURE, KeyOutcome.PRE_EXISTING),
+]
+
+
+@pytest.mark.parametrize(("present", "journal", "action", "outcome"), ENDORSEMENT)
+def test_endorsement_rules(present: bool, journal: KeyState, action: Action,
+                           outcome: KeyOutcome) -> None:
+    decision = decide_endorsement_key(present=present, journal=journal)
+    assert (decision.action, decision.outcome) == (action, outcome)
+
+
+def test_endorsement_outcome_compares_keys() -> None:
+    existing = decide_endorsement_key(present=True, journal=NONE)
+    fresh = decide_endorsement_key(present=False, journal=NONE)
+    assert endorsement_outcome(decision=existing, journal_public_key="A",
+                               new_public_key="A") is KeyOutcome.UNCHANGED
+    assert endorsement_outcome(decision=fresh, journal_public_key="A",
+                               new_public_key="B") is KeyOutcome.CHANGED
+    assert endorsement_outcome(decision=existing, journal_public_key=None,
+                               new_public_key="B") is KeyOutcome.PRE_EXISTING
+    assert endorsement_outcome(decision=fresh, journal_public_key=None,
+                               new_public_key="B") is KeyOutcome.GENERATED
+
+
+def test_changes_device() -> None:
+    assert decide_client_key(present=False, journal=NONE, if_exists="keep").changes_device
+    assert not decide_client_key(present=True, journal=NONE, if_exists="keep").changes_device
+    assert not decide_endorsement_key(present=True, journal=NONE).changes_device
+    assert decide_endorsement_key(present=False, journal=NONE).changes_device
