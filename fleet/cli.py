@@ -13,6 +13,7 @@ __all__ = ["build_parser", "main"]
 
 # Each module has register(subparsers); the order is the order of `fleet --help`.
 _COMMANDS = (
+    "fleet.cmd.run",
     "fleet.cmd.plan",
     "fleet.cmd.sim",
     "fleet.cmd.verify",
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
+    except BrokenPipeError:  # `fleet ... | head`: the reader went away; that is not an error
+        sys.stderr.close()
+        return code if "code" in locals() else exitcodes.OK
     return code
 
 

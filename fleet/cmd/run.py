@@ -1,0 +1,119 @@
+"""``fleet run PLAN``: provision every slot of a plan; see DESIGN.md "Command line".
+
+Exit codes: 0 every device done; 1 at least one device failed (the others still finished);
+2 usage or plan error (nothing was sent to any device); 3 interrupted (the journal is consistent,
+a re-run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import anyio
+import structlog
+
+from fleet import exitcodes
+from fleet.errors import FleetError, JournalError, ManifestError, PlanError
+from fleet.logs import configure_logging
+from fleet.plan import load_plan
+from fleet.progress import ProgressTable, live_progress
+from fleet.provision.flow import SlotStatus
+from fleet.run import RunOptions, outcome_document, run_plan
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run", help="provision every slot of a plan",
+        description="Provision every slot of PLAN concurrently; resumable, journaled, signed.")
+    parser.add_argument("plan", type=Path, help="the YAML plan")
+    parser.add_argument("--check", action="store_true",
+                        help="send only read-only commands and report what a run would do")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout (logs stay on stderr)")
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        help="slots worked on at once (default: all)")
+    parser.add_argument("--only", nargs="+", metavar="SLOT", default=[],
+                        help="only these slots (by name or port)")
+    parser.add_argument("--journal", type=Path, default=Path(".fleet/journal.sqlite"),
+                        help="journal file (default: .fleet/journal.sqlite)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new run instead of resuming an interrupted one "
+                             "(what devices hold is still honoured)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty() and not args.json
+    configure_logging(level="warning" if tty and args.log_level == "info" else args.log_level)
+    log = structlog.get_logger()
+    if args.concurrency is not None and args.concurrency < 1:
+        print("fleet run: --concurrency must be at least 1", file=sys.stderr)
+        return exitcodes.USAGE
+    try:
+        plan = load_plan(args.plan, only=args.only)
+    except PlanError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print("fleet run: invalid plan; nothing was sent to any device", file=sys.stderr)
+        return exitcodes.USAGE
+    from fleet.run_manifest import prepare_manifest
+
+    try:
+        writer = None if args.check else prepare_manifest(plan)
+    except ManifestError as exc:
+        print(f"fleet run: {exc}", file=sys.stderr)
+        print("fleet run: nothing was sent to any device", file=sys.stderr)
+        return exitcodes.USAGE
+    options = RunOptions(check=args.check, concurrency=args.concurrency, journal=args.journal,
+                         fresh=args.fresh)
+    table = ProgressTable([SlotStatus(slot=s.name, port=s.port, keys_total=len(s.keys))
+                           for s in plan.slots],
+                          title=f"fleet {'check' if args.check else 'run'} {plan.station}"
+                          ) if tty else None
+
+    def on_progress(status: SlotStatus) -> None:
+        if table is not None:
+            table.update(status)
+
+    try:
+        with live_progress(table):
+            outcome = anyio.run(lambda: run_plan(plan, options, on_progress=on_progress,
+                                                 manifest_writer=writer), backend="asyncio")
+    except JournalError as exc:
+        print(f"fleet run: {exc}", file=sys.stderr)
+        print("fleet run: nothing was sent to any device", file=sys.stderr)
+        return exitcodes.USAGE
+    except FleetError as exc:
+        log.error("run failed", error=str(exc))
+        return exitcodes.FAILED
+    document = outcome_document(plan, outcome)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        _print_summary(document)
+    return outcome.exit_code
+
+
+def _print_summary(doc: dict[str, object]) -> None:
+    devices = doc["devices"]
+    assert isinstance(devices, list)
+    for device in devices:
+        keys = ", ".join(f"{k['name']}={k['outcome']}" for k in device["keys"])
+        line = f"{device['slot']:<10} {device['imei'] or '-':<16} {device['outcome']:<12} {keys}"
+        if device["error"]:
+            line += f"  ({device['error']})"
+        print(line)
+        for planned in device.get("planned", []):
+            print(f"{'':<10} would {planned['action']} {planned['name']} "
+                  f"(sec_tag {planned['sec_tag']}): {planned['reason']}")
+    state = "interrupted" if doc["interrupted"] else ("FAILED" if doc["failed"] else "ok")
+    print(f"{state}: changed={str(doc['changed']).lower()} summary={doc['summary']}")
+    if doc["manifest"]:
+        print(f"manifest: {doc['manifest']}")

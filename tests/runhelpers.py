@@ -1,0 +1,69 @@
+"""Helpers for end-to-end `fleet run` tests: write plans, run the real CLI, read its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KEYS", "fleet", "run_json", "write_plan"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+KEYS = """
+keys:
+  tls:
+    sec_tag: 16842753
+    type: client_key
+    response: csr
+    attributes: {CN: "{imei}", O: "Acme", C: "NO"}
+    key_usage: "101010000"
+    if_exists: keep
+  endorsement:
+    sec_tag: 33
+    type: endorsement_key
+"""
+
+
+def write_plan(directory: Path, *, ports: str, keys: str = KEYS, extra: str = "",
+               defaults: str = "{timeout_s: 5, keygen_timeout_s: 10, retries: 2}",
+               slot_keys: str = "[tls, endorsement]", name: str = "plan.yaml",
+               signing: str = "signing_key: keys/station.pem\nthrowaway_signing_key: true") -> Path:
+    """A plan in ``directory`` whose single slot entry covers ``ports``."""
+    text = (
+        "version: 1\n"
+        "station: test-station\n"
+        f"{signing}\n"
+        "manifest: out/{station}-{run_id}.json\n"
+        f"defaults: {defaults}\n"
+    )
+    text += textwrap.dedent(keys) + textwrap.dedent(extra)
+    text += f"slots:\n  - port: {json.dumps(ports)}\n    keys: {slot_keys}\n"
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def fleet(*args: str | Path, cwd: Path | None = None, timeout: float = 300,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `python -m fleet` command."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fleet", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=full_env)
+
+
+def run_json(plan: Path, journal: Path, *args: str | Path, timeout: float = 300
+             ) -> tuple[int, dict[str, Any], str]:
+    """`fleet run --json`; returns (exit code, the JSON document, stderr)."""
+    result = fleet("run", plan, "--journal", journal, "--json", *args, timeout=timeout)
+    try:
+        document = json.loads(result.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"stdout is not one JSON document ({exc}):\n{result.stdout}\n"
+                             f"stderr:\n{result.stderr}") from exc
+    return result.returncode, document, result.stderr
