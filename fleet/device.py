@@ -51,11 +51,15 @@ from fleet.errors import (
     TransportError,
 )
 
-__all__ = ["DeviceSession", "DeviceSwapped", "Identity", "Response", "backoff", "luhn_ok"]
+__all__ = ["FUNCTION_MODES", "DeviceSession", "DeviceSwapped", "Identity", "Response", "backoff",
+           "luhn_ok"]
 
 Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
 _IMEI = re.compile(r'\+CGSN:\s*"?([0-9]{15})"?\Z')
+
+#: Function modes documented for AT+CFUN (nrf91-facts.md).
+FUNCTION_MODES = frozenset({0, 1, 2, 4, 20, 21, 30, 31, 40, 41, 44})
 
 
 class DeviceSwapped(FleetError):
@@ -115,9 +119,11 @@ class DeviceSession:
         *,
         port: str,
         reopen_attempts: int = 4,
+        readonly: bool = False,
         log: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self._opener = opener
+        self.readonly = readonly  #: --check: never send AT+CMEE=1 (or any other set command)
         self.port = port
         self._reopen_attempts = reopen_attempts
         self._stream: anyio.abc.ByteStream | None = None
@@ -232,14 +238,37 @@ class DeviceSession:
         return self.identity
 
     async def read_imei(self, *, timeout: float) -> str:
+        """The IMEI from ``AT+CGSN=1``, read twice: both reads must agree and pass the Luhn
+        check, so a line garbled on the wire is never taken for another device's identity."""
+        first = await self._read_imei_once(timeout)
+        second = await self._read_imei_once(timeout)
+        if first != second:
+            raise RemoteProtocolError(f"AT+CGSN=1 answered {first}, then {second} (garbled line?)")
+        return first
+
+    async def _read_imei_once(self, timeout: float) -> str:
         answer = await self.command(Command.set("+CGSN", 1), timeout=timeout)
         found = [m.group(1) for m in (_IMEI.match(line.strip()) for line in answer.lines) if m]
         if not found:
             raise RemoteProtocolError(f"AT+CGSN=1: no IMEI in the answer {answer.lines}")
-        imei = found[0]
-        if not luhn_ok(imei):
-            self.log.warning("IMEI has an invalid Luhn check digit", imei=imei)
-        return imei
+        if not luhn_ok(found[0]):
+            raise RemoteProtocolError(f"AT+CGSN=1: IMEI {found[0]} fails its Luhn check "
+                                      "(garbled line?)")
+        return found[0]
+
+    async def read_function_mode(self, *, timeout: float) -> int:
+        """The function mode from ``AT+CFUN?``, read twice (both must agree): fleet restores it
+        at the end, so a garbled digit must not become the mode a device is left in."""
+        modes = []
+        for _ in range(2):
+            answer = await self.command(Command.read("+CFUN"), timeout=timeout)
+            text = answer.first("+CFUN:").split(",")[0].strip()
+            if not text.isdigit() or int(text) not in FUNCTION_MODES:
+                raise RemoteProtocolError(f"AT+CFUN?: {text!r} is not a function mode")
+            modes.append(int(text))
+        if modes[0] != modes[1]:
+            raise RemoteProtocolError(f"AT+CFUN? answered {modes[0]}, then {modes[1]}")
+        return modes[0]
 
     async def recover(self, *, timeout: float) -> None:
         """Close, reopen (bounded attempts with backoff), re-enable CME codes and check that the
@@ -251,7 +280,8 @@ class DeviceSession:
             await anyio.sleep(backoff(attempt))
             try:
                 await self.open()
-                await self.command(Command.set("+CMEE", 1), timeout=timeout)
+                if not self.readonly:
+                    await self.command(Command.set("+CMEE", 1), timeout=timeout)
                 imei = await self.read_imei(timeout=timeout)
             except PortBusy:
                 raise

@@ -226,10 +226,16 @@ class Journal:
         """Resume the latest unfinished run of the same plan, or start ``run_id``."""
 
         def op(conn: sqlite3.Connection) -> RunInfo:
+            # Only the run holding the lock writes, so an intent without an outcome belongs to
+            # a run that died: its effect is unknown (pending %KEYGEN intents stay pending).
+            conn.execute("UPDATE steps SET outcome = 'unknown', error = 'the run died before "
+                         "the outcome was recorded', done_at = ? WHERE outcome IS NULL",
+                         (utc_now(),))
+            conn.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
             if not fresh:
                 row = conn.execute(
                     "SELECT run_id, started_at FROM runs WHERE plan_sha256 = ? AND station = ? "
-                    "AND status IN ('running', 'interrupted') ORDER BY started_at DESC LIMIT 1",
+                    "AND status = 'interrupted' ORDER BY started_at DESC LIMIT 1",
                     (plan_sha256, station)).fetchone()
                 if row is not None:
                     conn.execute("UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
@@ -305,6 +311,16 @@ class Journal:
                 "UPDATE devices SET restore_mode = COALESCE(restore_mode, ?) WHERE imei = ?",
                 (mode, imei)))
 
+    async def imei_of_device_uuid(self, device_uuid: str) -> str | None:
+        """The IMEI the journal knows a device UUID under, if any."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? LIMIT 1",
+                               (device_uuid,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._execute(op)
+
     async def set_device_uuid(self, imei: str, device_uuid: str) -> None:
         await self._execute(lambda c: c.execute(
             "UPDATE devices SET device_uuid = ? WHERE imei = ? AND device_uuid IS NULL",
@@ -349,8 +365,12 @@ class Journal:
                     "INSERT INTO keys (imei, sec_tag, type, state, updated_at, pending_step, "
                     "pending_present_before) VALUES (?, ?, ?, 'intent', ?, ?, ?) "
                     "ON CONFLICT (imei, sec_tag, type) DO UPDATE SET pending_step = excluded."
-                    "pending_step, pending_present_before = excluded.pending_present_before, "
-                    "updated_at = excluded.updated_at",
+                    "pending_step, updated_at = excluded.updated_at, "
+                    # A key an unresolved earlier %KEYGEN may have made was absent before fleet
+                    # touched it, even if this attempt found it present: keep that knowledge.
+                    "pending_present_before = CASE WHEN keys.pending_step IS NULL THEN "
+                    "excluded.pending_present_before ELSE MIN(keys.pending_present_before, "
+                    "excluded.pending_present_before) END",
                     (imei, sec_tag, key_type, now, step_id, present))
             return step_id
 

@@ -167,3 +167,28 @@ async def test_restore_mode_is_remembered_once(tmp_path: Path) -> None:
     await journal.set_restore_mode("1", None)
     assert (await journal.device_info("1")).restore_mode is None
     await journal.aclose()
+
+
+async def test_a_dead_runs_open_intents_become_unknown_and_keep_absent_before(
+    tmp_path: Path,
+) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    first = await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=33,
+                                 key_type=8, detail={"present_before": False})
+    await journal.aclose()  # the process "dies" with the intent open
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    again = await _run(journal)
+    assert again == run  # resumed
+    state = await journal.key_state("1", 33, 8)
+    assert state.pending is not None and state.pending.step_id == first
+    # The next attempt finds the key present, yet it was absent before fleet's first %KEYGEN.
+    await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=33,
+                         key_type=8, detail={"present_before": True})
+    state = await journal.key_state("1", 33, 8)
+    assert state.pending is not None and state.pending.present_before is False
+    await journal.aclose()
+    with sqlite3.connect(tmp_path / "j.sqlite") as conn:
+        outcome, error = conn.execute("SELECT outcome, error FROM steps WHERE id = ?",
+                                      (first,)).fetchone()
+    assert outcome == "unknown" and "died" in error

@@ -139,7 +139,8 @@ class _Flow:
         self.status = SlotStatus(slot=job.slot.name, port=job.slot.port,
                                  keys_total=len(job.slot.keys))
         self.log = structlog.get_logger().bind(slot=job.slot.name, port=job.slot.port)
-        self.session = DeviceSession(job.opener, port=job.slot.port, log=self.log)
+        self.session = DeviceSession(job.opener, port=job.slot.port, readonly=job.check,
+                                     log=self.log)
         self.dev = _Device()
 
     def step(self, text: str) -> None:
@@ -177,6 +178,13 @@ class _Flow:
         """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise)."""
         if not force and self.dev.mode not in _ACTIVE_MODES:
             return
+        if force:
+            # 518 although the mode read said inactive: read it again rather than trust it.
+            self.dev.mode = await self.session.read_function_mode(timeout=self.settings.timeout_s)
+            if self.dev.restore_target is None:
+                self.dev.mode_before = self.dev.mode
+            if self.dev.mode not in _ACTIVE_MODES and self.dev.mode != 4:
+                self.log.info("518 in a mode fleet thought inactive", mode=self.dev.mode)
         target = self.dev.restore_target
         if target is None:
             target = self.dev.mode_before if self.dev.mode_before is not None else 4
@@ -224,6 +232,7 @@ class _Flow:
                 elif not self.job.check:
                     await self.session.command(Command.set("+CMEE", 1), timeout=timeout)
                 identity = await self.session.identify(timeout=timeout)
+                mode = await self.session.read_function_mode(timeout=timeout)
                 break
             except PortBusy:
                 raise
@@ -233,6 +242,7 @@ class _Flow:
                 self.log.info("identify failed; reopening", attempt=attempt, error=str(exc))
         self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, identity.model,
                                                             identity.firmware)
+        self.dev.mode = self.dev.mode_before = mode
         self.status.imei = identity.imei
         self.log = self.log.bind(imei=identity.imei)
         self.session.log = self.log
@@ -244,8 +254,6 @@ class _Flow:
                                                       device_uuid=None)
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
-        answer = await self.session.command(Command.read("+CFUN"), timeout=timeout)
-        self.dev.mode = self.dev.mode_before = int(answer.first("+CFUN:").split(",")[0])
         if (self.dev.device_uuid is None and not self.job.check
                 and any(k.uses_device_uuid for k in self.slot.keys)):
             await self._read_device_uuid()
@@ -262,8 +270,14 @@ class _Flow:
 
     async def _adopt_device_uuid(self, device_uuid: str) -> None:
         if self.dev.device_uuid is None:
+            owner = await self.job.journal.imei_of_device_uuid(device_uuid)
+            if owner is not None and owner != self.dev.imei:
+                raise _DeviceLost(
+                    f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "
+                    f"journal, but it reported IMEI {self.dev.imei}: stopping this slot")
             self.dev.device_uuid = device_uuid
-            await self.job.journal.set_device_uuid(self.dev.imei, device_uuid)
+            if not self.job.check:
+                await self.job.journal.set_device_uuid(self.dev.imei, device_uuid)
         elif self.dev.device_uuid != device_uuid:
             raise CredentialError(
                 f"device UUID {device_uuid} in this answer differs from this device's "
@@ -311,8 +325,7 @@ class _Flow:
         except (TransportError, DeviceSwapped) as exc:
             raise _DeviceLost(str(exc)) from exc
         # A reboot puts the modem back to CFUN 0; read it again.
-        answer = await self.session.command(Command.read("+CFUN"), timeout=self.settings.timeout_s)
-        self.dev.mode = int(answer.first("+CFUN:").split(",")[0])
+        self.dev.mode = await self.session.read_function_mode(timeout=self.settings.timeout_s)
 
     def _failed(self, key: KeySpec, reason: str, attempts: int) -> KeyRecord:
         self.log.warning("key failed", key=key.name, sec_tag=key.sec_tag, error=reason)
@@ -384,7 +397,7 @@ class _Flow:
             parsed = parse_keygen(line)
             await self._adopt_device_uuid(str(parsed.payload.device_uuid))
             verify_keygen(parsed, self._expectation(key, args, parsed))
-        except (CredentialError, RemoteProtocolError) as exc:
+        except (CredentialError, RemoteProtocolError, _DeviceLost) as exc:
             raw = "\n".join(answer.lines)
             await self.job.journal.outcome(step_id, outcome="unknown", answer=raw,
                                            error=f"answer failed verification: {exc}")
