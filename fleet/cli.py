@@ -11,15 +11,17 @@ from fleet import __version__, exitcodes
 
 __all__ = ["build_parser", "main"]
 
-# Each module has register(subparsers); the order is the order of `fleet --help`.
-_COMMANDS = (
-    "fleet.cmd.run",
-    "fleet.cmd.plan",
-    "fleet.cmd.sim",
-    "fleet.cmd.verify",
-    "fleet.cmd.station_key",
-    "fleet.cmd.inspect",
-)
+# Sub-command name -> module with register(subparsers); the order is the order of --help.
+# Only the module of the command being run is imported (start-up time is per invocation, and
+# Ansible or a shell loop may invoke fleet many times).
+_COMMANDS = {
+    "run": "fleet.cmd.run",
+    "plan": "fleet.cmd.plan",
+    "sim": "fleet.cmd.sim",
+    "verify": "fleet.cmd.verify",
+    "station-key": "fleet.cmd.station_key",
+    "inspect": "fleet.cmd.inspect",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,20 +30,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(exitcodes.USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv`` naming a sub-command, only that sub-command is registered."""
     parser = _Parser(
         prog="fleet",
         description="Provision keys on many Nordic nRF91 modems at once.",
     )
     parser.add_argument("--version", action="version", version=f"fleet {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in _COMMANDS:
-        importlib.import_module(name).register(subparsers)
+    wanted = [argv[0]] if argv and argv[0] in _COMMANDS else list(_COMMANDS)
+    for name in wanted:
+        importlib.import_module(_COMMANDS[name]).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

@@ -256,18 +256,18 @@ class DeviceSession:
                                       "(garbled line?)")
         return found[0]
 
-    async def read_function_mode(self, *, timeout: float) -> int:
-        """The function mode from ``AT+CFUN?``, read twice (both must agree): fleet restores it
-        at the end, so a garbled digit must not become the mode a device is left in."""
+    async def read_function_mode(self, *, timeout: float, reads: int = 1) -> int:
+        """The function mode from ``AT+CFUN?``; with ``reads=2`` it is read twice and both
+        reads must agree (for the value fleet will restore at the end)."""
         modes = []
-        for _ in range(2):
+        for _ in range(reads):
             answer = await self.command(Command.read("+CFUN"), timeout=timeout)
             text = answer.first("+CFUN:").split(",")[0].strip()
             if not text.isdigit() or int(text) not in FUNCTION_MODES:
                 raise RemoteProtocolError(f"AT+CFUN?: {text!r} is not a function mode")
             modes.append(int(text))
-        if modes[0] != modes[1]:
-            raise RemoteProtocolError(f"AT+CFUN? answered {modes[0]}, then {modes[1]}")
+        if len(set(modes)) != 1:
+            raise RemoteProtocolError(f"AT+CFUN? answered {' then '.join(map(str, modes))}")
         return modes[0]
 
     async def recover(self, *, timeout: float) -> None:

@@ -12,13 +12,12 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from fleet.logs import set_console
+
+if TYPE_CHECKING:
+    from rich.console import Group
 from fleet.provision.flow import SlotStatus
 
 __all__ = ["ProgressTable", "live_progress"]
@@ -38,6 +37,10 @@ class ProgressTable:
         self.statuses[status.slot] = status
 
     def render(self, height: int | None = None) -> Group:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
         rows = list(self.statuses.values())
         counts: dict[str, int] = {}
         for row in rows:
@@ -56,7 +59,7 @@ class ProgressTable:
                           f"{row.keys_done}/{row.keys_total}",
                           Text(row.outcome or "…", style=_STYLE.get(row.outcome, "")))
         hidden = len(rows) - len(shown)
-        parts: list[Text | Table] = [summary, table]
+        parts: list[Any] = [summary, table]
         if hidden:
             parts.append(Text(f"({hidden} finished slots not shown)"))
         return Group(*parts)
@@ -68,6 +71,9 @@ def live_progress(table: ProgressTable | None) -> Iterator[None]:
     if table is None:
         yield
         return
+    from rich.console import Console
+    from rich.live import Live
+
     console = Console(file=sys.stdout)
     with Live(get_renderable=table.render, console=console, refresh_per_second=4,
               transient=False, redirect_stderr=False, redirect_stdout=False):

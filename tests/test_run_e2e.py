@@ -177,3 +177,23 @@ def test_demo_plan_on_a_fresh_checkout_shows_the_table(tmp_path: Path) -> None:
     again = fleet("run", "plans/demo.yaml", "--json", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert '"changed": false' in again.stdout
+
+
+def test_production_plan_without_its_signing_key_sends_nothing(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2) as sim:
+        plan = write_plan(tmp_path, ports=str(tmp_path / "ports" / "modem*"),
+                          signing="signing_key: keys/station.pem")
+        result = fleet("run", plan, "--journal", tmp_path / "j.sqlite")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "fleet station-key init" in result.stderr
+        assert "nothing was sent" in result.stderr
+        time.sleep(0.2)
+        assert sim.log_lines() == []
+        # With the key created, the same plan runs and its manifest verifies.
+        created = fleet("station-key", "init", "--out", tmp_path / "keys")
+        assert created.returncode == 0, created.stderr
+        code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+        assert code == 0, err
+        verified = fleet("verify", doc["manifest"], "--pubkey",
+                         tmp_path / "keys" / "station.pub.pem")
+        assert verified.returncode == 0, verified.stdout

@@ -19,7 +19,6 @@ from fleet import exitcodes
 from fleet.errors import FleetError, JournalError, ManifestError, PlanError
 from fleet.logs import configure_logging
 from fleet.plan import load_plan
-from fleet.progress import ProgressTable, live_progress
 from fleet.provision.flow import SlotStatus
 from fleet.run import RunOptions, outcome_document, run_plan
 
@@ -73,14 +72,19 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     options = RunOptions(check=args.check, concurrency=args.concurrency, journal=args.journal,
                          fresh=args.fresh)
-    table = ProgressTable([SlotStatus(slot=s.name, port=s.port, keys_total=len(s.keys))
-                           for s in plan.slots],
-                          title=f"fleet {'check' if args.check else 'run'} {plan.station}"
-                          ) if tty else None
+    table = None
+    if tty:  # rich is only needed for the live table
+        from fleet.progress import ProgressTable
+
+        table = ProgressTable([SlotStatus(slot=s.name, port=s.port, keys_total=len(s.keys))
+                               for s in plan.slots],
+                              title=f"fleet {'check' if args.check else 'run'} {plan.station}")
 
     def on_progress(status: SlotStatus) -> None:
         if table is not None:
             table.update(status)
+
+    from fleet.progress import live_progress
 
     try:
         with live_progress(table):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import uuid
@@ -235,7 +236,16 @@ class KeygenAnswer:
 
 
 def parse_keygen(text: str) -> KeygenAnswer:
-    """Decode a ``%KEYGEN`` answer (line, quoted or bare value). Raises CredentialError."""
+    """Decode a ``%KEYGEN`` answer (line, quoted or bare value). Raises CredentialError.
+
+    Results are cached (answers are immutable and parsing one takes about a millisecond; a run
+    decodes each answer for its output, its manifest and the manifest's self-check).
+    """
+    return _parse_keygen_cached(text)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse_keygen_cached(text: str) -> KeygenAnswer:
     value = extract_keygen_value(text)
     parts = value.split(".")
     if len(parts) != 2 or not parts[0] or not parts[1]:

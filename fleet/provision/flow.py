@@ -175,19 +175,23 @@ class _Flow:
         return step_id, answer
 
     async def ensure_offline(self, *, force: bool = False) -> None:
-        """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise)."""
+        """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise).
+
+        Before the mode is changed it is read again, twice (both reads must agree): the mode
+        read at the start is what the device is restored to, so a garbled digit must not become
+        the mode a device is left in. ``force`` (after a 518) changes it whatever was read.
+        """
         if not force and self.dev.mode not in _ACTIVE_MODES:
             return
-        if force:
-            # 518 although the mode read said inactive: read it again rather than trust it.
-            self.dev.mode = await self.session.read_function_mode(timeout=self.settings.timeout_s)
-            if self.dev.restore_target is None:
-                self.dev.mode_before = self.dev.mode
-            if self.dev.mode not in _ACTIVE_MODES and self.dev.mode != 4:
-                self.log.info("518 in a mode fleet thought inactive", mode=self.dev.mode)
-        target = self.dev.restore_target
-        if target is None:
-            target = self.dev.mode_before if self.dev.mode_before is not None else 4
+        self.dev.mode = await self.session.read_function_mode(
+            timeout=self.settings.timeout_s, reads=2)
+        first_change = self.dev.restore_target is None
+        if first_change:
+            self.dev.mode_before = self.dev.mode
+        if not force and self.dev.mode not in _ACTIVE_MODES:
+            return
+        target = self.dev.restore_target if not first_change else self.dev.mode
+        assert target is not None
         await self.job.journal.set_restore_mode(self.dev.imei, target)
         self.dev.restore_target = target
         self.step("offline (CFUN=4)")

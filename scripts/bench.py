@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Benchmark `fleet run` against `fleet sim --profile realistic`: N in 1, 8, 64, 256.
+
+    python scripts/bench.py                 # N = 1, 8, 64, 256
+    python scripts/bench.py --sizes 1 8 64  # fewer
+
+For each N it starts `fleet sim` with N modems (its own process: its CPU is not counted), runs
+`fleet run --json` with a two-key plan (client key with CSR, endorsement key) and a fresh
+journal, and measures the fleet process: wall time, CPU seconds (user + system, from wait4),
+peak RSS, and event-loop errors (asyncio "Exception in callback", "Task exception was never
+retrieved", unhandled errors in its stderr). It also runs N=8 with `--concurrency 1` (the
+sequential baseline that one-device-per-process tools correspond to) and a re-run of the
+completed N=64 plan (nothing to do), whose simulator log must show no %KEYGEN and no function
+mode change. All figures come from this one invocation, printed as one table, with the targets
+of issue 9 checked at the end (exit 1 if one is missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FLEET = [sys.executable, "-m", "fleet"]
+_LOOP_ERRORS = re.compile(r"Exception in callback|exception was never retrieved|"
+                          r"Task was destroyed|Traceback \(most recent call last\)|slot crashed")
+
+
+@dataclass
+class Result:
+    label: str
+    n: int
+    keys: int
+    wall: float
+    cpu: float
+    rss_mb: float
+    loop_errors: int
+    exit_code: int
+    keygens: int = 0
+    cfun_sets: int = 0
+
+
+def start_sim(work: Path, n: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [*FLEET, "sim", "--count", str(n), "--dir", str(work / "ports"), "--log",
+         str(work / "sim.log"), "--state", str(work / "sim.json"), "--profile", "realistic",
+         "--seed", str(n)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    if not proc.stdout.readline():
+        raise SystemExit("fleet sim did not start")
+    return proc
+
+
+def write_plan(work: Path) -> Path:
+    plan = work / "plan.yaml"
+    plan.write_text(textwrap.dedent(f"""\
+        version: 1
+        station: bench
+        signing_key: keys/station.pem
+        throwaway_signing_key: true
+        manifest: out/{{station}}-{{run_id}}.json
+        defaults: {{timeout_s: 20, keygen_timeout_s: 30, retries: 3}}
+        keys:
+          tls:
+            sec_tag: 16842753
+            type: client_key
+            response: csr
+            attributes: {{CN: "{{imei}}", O: "Bench", C: "NO"}}
+            key_usage: "101010000"
+          endorsement:
+            sec_tag: 33
+            type: endorsement_key
+        slots:
+          - port: "{work / 'ports' / 'modem*'}"
+            keys: [tls, endorsement]
+        """))
+    return plan
+
+
+def measure(label: str, n: int, plan: Path, journal: Path, work: Path, *extra: str) -> Result:
+    log_before = _log_lines(work)
+    stderr_path = work / f"fleet-{label}.stderr"
+    with stderr_path.open("wb") as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen([*FLEET, "run", str(plan), "--journal", str(journal), "--json",
+                                 *extra], stdout=subprocess.PIPE, stderr=stderr)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    doc = json.loads(out)
+    done = sum(1 for d in doc["devices"] if d["outcome"] == "done")
+    if done != n:
+        print(f"  {label}: only {done}/{n} devices done (exit {proc.returncode})")
+    errors = len(_LOOP_ERRORS.findall(stderr_path.read_text(errors="replace")))
+    new = _log_lines(work)[len(log_before):]
+    commands = [r.get("command", "").upper() for r in new if "fault" not in r]
+    return Result(label=label, n=n, keys=2 * n, wall=wall, cpu=usage.ru_utime + usage.ru_stime,
+                  rss_mb=usage.ru_maxrss / 1024, loop_errors=errors, exit_code=proc.returncode,
+                  keygens=sum(c.startswith("AT%KEYGEN") for c in commands),
+                  cfun_sets=sum(c.startswith("AT+CFUN=") for c in commands))
+
+
+def _log_lines(work: Path) -> list[dict[str, object]]:
+    path = work / "sim.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def run_size(n: int, root: Path, extra_runs: bool) -> list[Result]:
+    work = root / f"n{n}"
+    work.mkdir()
+    sim = start_sim(work, n)
+    try:
+        plan = write_plan(work)
+        results = [measure(f"N={n}", n, plan, work / "journal.sqlite", work)]
+        if extra_runs:
+            results.append(measure(f"N={n} re-run", n, plan, work / "journal.sqlite", work))
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(60)
+    return results
+
+
+def sequential(root: Path) -> Result:
+    work = root / "seq8"
+    work.mkdir()
+    sim = start_sim(work, 8)
+    try:
+        return measure("N=8 --concurrency 1", 8, write_plan(work), work / "journal.sqlite", work,
+                       "--concurrency", "1")
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    results: list[Result] = []
+    try:
+        for n in args.sizes:
+            print(f"running N={n} ...", flush=True)
+            results += run_size(n, root, extra_runs=(n == 64))
+        print("running N=8 --concurrency 1 ...", flush=True)
+        results.append(sequential(root))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    base = next((r.wall for r in results if r.label == "N=1"), None)
+    print()
+    print(f"{'run':<22}{'wall s':>8}{'x N=1':>8}{'CPU s':>8}{'CPU ms/dev':>12}"
+          f"{'CPU ms/key':>12}{'RSS MB':>8}{'loop err':>9}{'KEYGEN':>8}{'CFUN=':>7}{'exit':>6}")
+    for r in results:
+        ratio = f"{r.wall / base:.2f}" if base else "-"
+        print(f"{r.label:<22}{r.wall:>8.2f}{ratio:>8}{r.cpu:>8.2f}{1000 * r.cpu / r.n:>12.1f}"
+              f"{1000 * r.cpu / r.keys:>12.1f}{r.rss_mb:>8.1f}{r.loop_errors:>9}{r.keygens:>8}"
+              f"{r.cfun_sets:>7}{r.exit_code:>6}")
+    return _targets(results, base)
+
+
+def _targets(results: list[Result], base: float | None) -> int:
+    by = {r.label: r for r in results}
+    checks: list[tuple[str, bool]] = []
+    if base:
+        for n, limit in ((64, 1.15), (256, 1.3)):
+            if f"N={n}" in by:
+                ratio = by[f"N={n}"].wall / base
+                checks.append((f"N={n} wall {ratio:.2f} x N=1 <= {limit}", ratio <= limit))
+    if "N=256" in by:
+        r = by["N=256"]
+        checks.append((f"N=256 CPU {1000 * r.cpu / r.keys:.1f} ms per device-key <= 20",
+                       1000 * r.cpu / r.keys <= 20))
+        checks.append((f"N=256 peak RSS {r.rss_mb:.0f} MB <= 200", r.rss_mb <= 200))
+    checks.append(("zero event-loop errors", all(r.loop_errors == 0 for r in results)))
+    checks.append(("every run exit 0", all(r.exit_code == 0 for r in results)))
+    if "N=64 re-run" in by:
+        again, first = by["N=64 re-run"], by["N=64"]
+        checks.append((f"N=64 re-run sends no %KEYGEN ({again.keygens}) and no CFUN change "
+                       f"({again.cfun_sets})", again.keygens == 0 and again.cfun_sets == 0))
+        ratio = again.wall / first.wall
+        checks.append((f"N=64 re-run wall {ratio:.2f} x first run <= 0.25", ratio <= 0.25))
+    print()
+    for text, ok in checks:
+        print(f"[{'ok' if ok else 'MISSED'}] {text}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
