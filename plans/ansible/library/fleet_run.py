@@ -192,7 +192,7 @@ fleet_log:
   elements: dict
 """
 
-# fleet's exit statuses (README, "fleet run").
+# fleet's exit statuses (fleet/exitcodes.py in the fleet project).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
