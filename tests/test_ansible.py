@@ -415,3 +415,20 @@ def test_module_documentation_matches_its_arguments(tmp_path: Path) -> None:
     assert options["plan"]["required"] is True
     assert {"changed", "manifest", "devices", "summary", "rc", "fleet_log"} <= set(doc["return"])
     assert doc["examples"].strip()
+
+
+def test_example_inventory_and_playbook_pass_syntax_check(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", "-i",
+         str(ANSIBLE_DIR / "inventory.example.yml"), str(ANSIBLE_DIR / "site.yml")],
+        capture_output=True, text=True, timeout=120, check=False, env=_ansible_env(tmp_path),
+        cwd=tmp_path)
+    assert result.returncode == 0, _show(result)
+    assert "WARNING" not in result.stderr, result.stderr
+    listed = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(ANSIBLE_DIR / "inventory.example.yml"),
+         "--list"], capture_output=True, text=True, timeout=120, check=False,
+        env=_ansible_env(tmp_path), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    hosts = json.loads(listed.stdout)["stations"]["hosts"]
+    assert hosts == ["line1-a", "line1-b"]
