@@ -129,6 +129,7 @@ class DeviceSession:
         self._stream: anyio.abc.ByteStream | None = None
         self._conn = HostConnection()
         self._dirty = False
+        self._cme_codes = False
         self.identity: Identity | None = None
         self.urcs = 0
         self.log = log or structlog.get_logger().bind(port=port)
@@ -147,6 +148,7 @@ class DeviceSession:
         self._stream = await self._opener()
         self._conn = HostConnection()
         self._dirty = False
+        self._cme_codes = False
 
     async def close(self) -> None:
         stream, self._stream = self._stream, None
@@ -225,6 +227,12 @@ class DeviceSession:
         elif isinstance(event, StrayLine):
             self.log.info("stray line (late answer?)", line=event.text)
 
+    async def enable_cme_codes(self, *, timeout: float) -> None:
+        """``AT+CMEE=1`` (numeric ``+CME ERROR`` codes), once per opened port."""
+        if not self._cme_codes and not self.readonly:
+            await self.command(Command.set("+CMEE", 1), timeout=timeout)
+            self._cme_codes = True
+
     async def identify(self, *, timeout: float) -> Identity:
         """``AT+CGSN=1``, ``AT+CGMM``, ``AT+CGMR``."""
         imei = await self.read_imei(timeout=timeout)
@@ -280,8 +288,7 @@ class DeviceSession:
             await anyio.sleep(backoff(attempt))
             try:
                 await self.open()
-                if not self.readonly:
-                    await self.command(Command.set("+CMEE", 1), timeout=timeout)
+                await self.enable_cme_codes(timeout=timeout)
                 imei = await self.read_imei(timeout=timeout)
             except PortBusy:
                 raise

@@ -106,6 +106,7 @@ class DeviceInfo:
 
     device_uuid: str | None = None
     restore_mode: int | None = None  #: function mode to restore, left by an interrupted run
+    keys: tuple[tuple[tuple[int, int], KeyState], ...] = ()  #: ((sec_tag, type), state) pairs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +114,20 @@ class RunInfo:
     run_id: str
     started_at: str
     resumed: bool
+
+
+def _key_state(row: tuple[Any, ...]) -> KeyState:
+    pending = None
+    if row[3] is not None:
+        pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
+    return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending)
+
+
+def _key_states(conn: sqlite3.Connection, imei: str
+                ) -> tuple[tuple[tuple[int, int], KeyState], ...]:
+    rows = conn.execute("SELECT state, answer, cmng_sha, pending_step, pending_present_before, "
+                        "sec_tag, type FROM keys WHERE imei = ?", (imei,)).fetchall()
+    return tuple(((row[5], row[6]), _key_state(row[:5])) for row in rows)
 
 
 class _Op:
@@ -280,12 +295,13 @@ class Journal:
             if row is None:
                 conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, NULL)",
                              (imei, device_uuid, model, firmware, now, now))
-                return DeviceInfo()
+                return DeviceInfo(keys=_key_states(conn, imei))
             conn.execute(
                 "UPDATE devices SET model = ?, firmware = ?, last_seen = ?, "
                 "device_uuid = COALESCE(device_uuid, ?) WHERE imei = ?",
                 (model, firmware, now, device_uuid, imei))
-            return DeviceInfo(device_uuid=row[0], restore_mode=row[1])
+            return DeviceInfo(device_uuid=row[0], restore_mode=row[1],
+                              keys=_key_states(conn, imei))
 
         return await self._execute(op)
 
@@ -295,8 +311,10 @@ class Journal:
         def op(conn: sqlite3.Connection) -> DeviceInfo:
             row = conn.execute("SELECT device_uuid, restore_mode FROM devices WHERE imei = ?",
                                (imei,)).fetchone()
-            return DeviceInfo() if row is None else DeviceInfo(device_uuid=row[0],
-                                                               restore_mode=row[1])
+            if row is None:
+                return DeviceInfo(keys=_key_states(conn, imei))
+            return DeviceInfo(device_uuid=row[0], restore_mode=row[1],
+                              keys=_key_states(conn, imei))
 
         return await self._execute(op)
 
@@ -331,12 +349,7 @@ class Journal:
             row = conn.execute(
                 "SELECT state, answer, cmng_sha, pending_step, pending_present_before FROM keys "
                 "WHERE imei = ? AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type)).fetchone()
-            if row is None:
-                return KeyState()
-            pending = None
-            if row[3] is not None:
-                pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
-            return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending)
+            return KeyState() if row is None else _key_state(row)
 
         return await self._execute(op)
 

@@ -4,7 +4,8 @@ How this works
 --------------
 :func:`provision_slot` drives one :class:`fleet.device.DeviceSession` through:
 
-1. open the port, ``AT+CMEE=1``, identify (IMEI, model, firmware), read ``AT+CFUN?``;
+1. open the port, identify (IMEI read twice, model, firmware); ``AT+CMEE=1`` and
+   ``AT+CFUN?`` only once a write is needed (a re-run with nothing to do sends neither);
 2. per key, in plan order, up to ``retries + 1`` attempts (tenacity; backoff from
    :func:`fleet.device.backoff`): recover the session if the last attempt left it dirty,
    inspect with ``AT%CMNG=1,<tag>,<type>``, ask :mod:`fleet.provision.decide`, and act - every
@@ -55,7 +56,7 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from fleet.journal import Journal
+from fleet.journal import Journal, KeyState
 from fleet.plan import KeySpec, KeyType, Response, Slot
 from fleet.provision.decide import (
     Action,
@@ -142,6 +143,7 @@ class _Flow:
         self.session = DeviceSession(job.opener, port=job.slot.port, readonly=job.check,
                                      log=self.log)
         self.dev = _Device()
+        self.key_states: dict[tuple[int, int], KeyState] = {}
 
     def step(self, text: str) -> None:
         self.status.step = text
@@ -153,6 +155,7 @@ class _Flow:
                      key: KeySpec | None = None, attempt: int = 1,
                      detail: dict[str, Any] | None = None) -> tuple[int, Any]:
         """Send a write with an intent before and an outcome after. Returns (step id, answer)."""
+        await self.session.enable_cme_codes(timeout=self.settings.timeout_s)
         journal = self.job.journal
         step_id = await journal.intent(
             run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei, action=action,
@@ -177,26 +180,30 @@ class _Flow:
     async def ensure_offline(self, *, force: bool = False) -> None:
         """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise).
 
-        Before the mode is changed it is read again, twice (both reads must agree): the mode
-        read at the start is what the device is restored to, so a garbled digit must not become
-        the mode a device is left in. ``force`` (after a 518) changes it whatever was read.
+        The mode is read when first needed; before fleet changes it, it is read once more and
+        both reads must agree: the mode read here is what the device is restored to, so a
+        garbled digit must not become the mode a device is left in. ``force`` (after a 518)
+        changes it whatever was read before.
         """
+        timeout = self.settings.timeout_s
+        if self.dev.mode is None:
+            self.dev.mode = await self.session.read_function_mode(timeout=timeout)
         if not force and self.dev.mode not in _ACTIVE_MODES:
             return
-        self.dev.mode = await self.session.read_function_mode(
-            timeout=self.settings.timeout_s, reads=2)
+        confirmed = await self.session.read_function_mode(timeout=timeout)
+        if not force and confirmed != self.dev.mode:
+            raise RemoteProtocolError(f"AT+CFUN? answered {self.dev.mode}, then {confirmed}")
+        self.dev.mode = confirmed
         first_change = self.dev.restore_target is None
         if first_change:
-            self.dev.mode_before = self.dev.mode
-        if not force and self.dev.mode not in _ACTIVE_MODES:
-            return
-        target = self.dev.restore_target if not first_change else self.dev.mode
+            self.dev.mode_before = confirmed
+        target = confirmed if first_change else self.dev.restore_target
         assert target is not None
         await self.job.journal.set_restore_mode(self.dev.imei, target)
         self.dev.restore_target = target
         self.step("offline (CFUN=4)")
-        await self._write(Command.set("+CFUN", 4), action="cfun", timeout=self.settings.timeout_s,
-                          detail={"from": self.dev.mode, "to": 4})
+        await self._write(Command.set("+CFUN", 4), action="cfun", timeout=timeout,
+                          detail={"from": confirmed, "to": 4})
         self.dev.mode = 4
         self.dev.changed = True
 
@@ -204,6 +211,9 @@ class _Flow:
         target = self.dev.restore_target
         if target is None or not self.settings.restore_function_mode or self.job.check:
             return
+        if self.dev.mode is None:
+            self.dev.mode = await self.session.read_function_mode(
+                timeout=self.settings.timeout_s)
         if self.dev.mode != target:
             self.step(f"restore CFUN={target}")
             await self._write(Command.set("+CFUN", target), action="cfun",
@@ -233,10 +243,7 @@ class _Flow:
             try:
                 if attempt > 1:
                     await self.session.recover(timeout=timeout)
-                elif not self.job.check:
-                    await self.session.command(Command.set("+CMEE", 1), timeout=timeout)
                 identity = await self.session.identify(timeout=timeout)
-                mode = await self.session.read_function_mode(timeout=timeout)
                 break
             except PortBusy:
                 raise
@@ -246,7 +253,6 @@ class _Flow:
                 self.log.info("identify failed; reopening", attempt=attempt, error=str(exc))
         self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, identity.model,
                                                             identity.firmware)
-        self.dev.mode = self.dev.mode_before = mode
         self.status.imei = identity.imei
         self.log = self.log.bind(imei=identity.imei)
         self.session.log = self.log
@@ -258,6 +264,7 @@ class _Flow:
                                                       device_uuid=None)
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
+        self.key_states = dict(info.keys)
         if (self.dev.device_uuid is None and not self.job.check
                 and any(k.uses_device_uuid for k in self.slot.keys)):
             await self._read_device_uuid()
@@ -328,8 +335,8 @@ class _Flow:
             await self.session.recover(timeout=self.settings.timeout_s)
         except (TransportError, DeviceSwapped) as exc:
             raise _DeviceLost(str(exc)) from exc
-        # A reboot puts the modem back to CFUN 0; read it again.
-        self.dev.mode = await self.session.read_function_mode(timeout=self.settings.timeout_s)
+        # A reboot puts the modem back to CFUN 0: read the mode again when it matters.
+        self.dev.mode = None
 
     def _failed(self, key: KeySpec, reason: str, attempts: int) -> KeyRecord:
         self.log.warning("key failed", key=key.name, sec_tag=key.sec_tag, error=reason)
@@ -340,7 +347,9 @@ class _Flow:
     async def key_attempt(self, key: KeySpec, attempt: int) -> KeyRecord:
         self.step(f"{key.name}: inspect")
         present, sha = await self.inspect(key)
-        state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
+        state = self.key_states.pop((key.sec_tag, key.type.code), None)
+        if state is None:  # a retry: the journal may have changed since identification
+            state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
         if key.type is KeyType.CLIENT_KEY:
             decision = decide_client_key(present=present, journal=state,
                                          if_exists=str(key.if_exists))
