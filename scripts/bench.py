@@ -48,6 +48,7 @@ class Result:
     exit_code: int
     keygens: int = 0
     cfun_sets: int = 0
+    sim_cpu: float = 0.0
 
 
 def start_sim(work: Path, n: int) -> subprocess.Popen[bytes]:
@@ -120,6 +121,14 @@ def _log_lines(work: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def _stop(sim: subprocess.Popen[bytes]) -> float:
+    """Stop the simulator; its CPU seconds (for information: it is not fleet's)."""
+    sim.send_signal(signal.SIGTERM)
+    _, _, usage = os.wait4(sim.pid, 0)
+    sim.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_size(n: int, root: Path, extra_runs: bool) -> list[Result]:
     work = root / f"n{n}"
     work.mkdir()
@@ -130,8 +139,7 @@ def run_size(n: int, root: Path, extra_runs: bool) -> list[Result]:
         if extra_runs:
             results.append(measure(f"N={n} re-run", n, plan, work / "journal.sqlite", work))
     finally:
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(60)
+        results[0].sim_cpu = _stop(sim)
     return results
 
 
@@ -140,11 +148,12 @@ def sequential(root: Path) -> Result:
     work.mkdir()
     sim = start_sim(work, 8)
     try:
-        return measure("N=8 --concurrency 1", 8, write_plan(work), work / "journal.sqlite", work,
-                       "--concurrency", "1")
+        result = measure("N=8 --concurrency 1", 8, write_plan(work), work / "journal.sqlite",
+                         work, "--concurrency", "1")
     finally:
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(60)
+        cpu = _stop(sim)
+    result.sim_cpu = cpu
+    return result
 
 
 def main() -> int:
@@ -166,12 +175,13 @@ def main() -> int:
     base = next((r.wall for r in results if r.label == "N=1"), None)
     print()
     print(f"{'run':<22}{'wall s':>8}{'x N=1':>8}{'CPU s':>8}{'CPU ms/dev':>12}"
-          f"{'CPU ms/key':>12}{'RSS MB':>8}{'loop err':>9}{'KEYGEN':>8}{'CFUN=':>7}{'exit':>6}")
+          f"{'CPU ms/key':>12}{'RSS MB':>8}{'loop err':>9}{'KEYGEN':>8}{'CFUN=':>7}{'exit':>6}"
+          f"{'sim CPU s':>11}")
     for r in results:
         ratio = f"{r.wall / base:.2f}" if base else "-"
         print(f"{r.label:<22}{r.wall:>8.2f}{ratio:>8}{r.cpu:>8.2f}{1000 * r.cpu / r.n:>12.1f}"
               f"{1000 * r.cpu / r.keys:>12.1f}{r.rss_mb:>8.1f}{r.loop_errors:>9}{r.keygens:>8}"
-              f"{r.cfun_sets:>7}{r.exit_code:>6}")
+              f"{r.cfun_sets:>7}{r.exit_code:>6}{r.sim_cpu:>11.2f}")
     return _targets(results, base)
 
 

@@ -241,12 +241,11 @@ def parse_keygen(text: str) -> KeygenAnswer:
     Results are cached (answers are immutable and parsing one takes about a millisecond; a run
     decodes each answer for its output, its manifest and the manifest's self-check).
     """
-    return _parse_keygen_cached(text)
+    return _parse_keygen_value(extract_keygen_value(text))
 
 
 @functools.lru_cache(maxsize=2048)
-def _parse_keygen_cached(text: str) -> KeygenAnswer:
-    value = extract_keygen_value(text)
+def _parse_keygen_value(value: str) -> KeygenAnswer:
     parts = value.split(".")
     if len(parts) != 2 or not parts[0] or not parts[1]:
         raise CredentialError(

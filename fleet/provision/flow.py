@@ -359,6 +359,13 @@ class _Flow:
         if self.job.check:
             return self._planned(key, decision)
         if decision.action is Action.NOTHING:
+            if sha and sha != state.cmng_sha:
+                await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
+                                                    key_type=key.type.code, sha=sha)
+                if state.cmng_sha:
+                    self.log.warning("the key's SHA column changed since it was recorded",
+                                     key=key.name, sec_tag=key.sec_tag, was=state.cmng_sha,
+                                     now=sha)
             return self._record(key, KeyOutcome.UNCHANGED, state.answer, attempt)
         if decision.action is Action.KEEP:
             await self.job.journal.mark_pre_existing(imei=self.dev.imei, sec_tag=key.sec_tag,
@@ -423,12 +430,8 @@ class _Flow:
         await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value)
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
             self.dev.changed = True
-        present, sha = await self.inspect(key)
-        if not present:
-            raise _Transient(f"%KEYGEN answered but AT%CMNG=1 does not list sec_tag {key.sec_tag}")
-        if sha:
-            await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
-                                                key_type=key.type.code, sha=sha)
+        # The verified answer is the proof the key exists (the modem stores it before it
+        # answers); the next run's %CMNG=1 records its SHA column.
         return self._record(key, outcome, parsed.value, attempt, parsed)
 
     def _expectation(self, key: KeySpec, args: tuple[Any, ...],

@@ -199,11 +199,12 @@ class SimCore:
             if rate is None:
                 await link.send(data)
                 return True
-            step = max(1, int(rate / 100))  # 10 ms of line time per slice
-            for start in range(0, len(data), step):
-                part = data[start : start + step]
-                await link.send(part)
+            # Each line is written when its last byte would have come off a UART at this rate:
+            # the host acts on whole lines, so that is the timing it sees on hardware, at one
+            # write per line instead of one per few bytes.
+            for part in data.splitlines(keepends=True):
                 await anyio.sleep(len(part) / rate)
+                await link.send(part)
         except LinkClosed:
             return False
         return True
