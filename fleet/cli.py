@@ -18,6 +18,8 @@ _COMMANDS = (
     "fleet.cmd.sim",
     "fleet.cmd.verify",
     "fleet.cmd.station_key",
+    "fleet.cmd.ca",
+    "fleet.cmd.export",
     "fleet.cmd.inspect",
 )
 
