@@ -99,8 +99,7 @@ def decide_certificate(*, device_sha: str | None, journal: CertState | None, csr
     (hex of the raw CSR body). ``device_cert_matches_key``: whether the certificate the device
     holds carries the CSR's public key (None when not read: only allowed where
     :func:`needs_device_certificate` is False)."""
-    if if_exists not in ("keep", "replace", "fail"):
-        raise ValueError(f"invalid if_exists {if_exists!r}")
+    _check_if_exists(if_exists)
     if journal is not None and _fleets_for(journal, csr_sha256):
         if device_sha == journal.sha256 and journal.state == "confirmed":
             return CertDecision(action=CertAction.NOTHING, outcome=CertOutcome.UNCHANGED,
@@ -130,30 +129,18 @@ def decide_certificate(*, device_sha: str | None, journal: CertState | None, csr
     if matches is None:
         raise ValueError("the decision needs to know whether the device's certificate carries "
                          "this key (needs_device_certificate)")
-    if if_exists == "fail":
-        return CertDecision(action=CertAction.FAIL, outcome=CertOutcome.FAILED,
-                            reason="a client certificate fleet did not write is in this "
-                            "sec_tag (if_exists: fail); delete it with AT%CMNG=3 or set "
-                            "if_exists: keep/replace")
-    if not matches:
-        return CertDecision(action=CertAction.SIGN, outcome=CertOutcome.ISSUED,
-                            reason="the certificate fleet did not write in this sec_tag is not "
-                            "for this key (it cannot work with it): replace it")
-    if if_exists == "keep":
-        return CertDecision(action=CertAction.KEEP, outcome=CertOutcome.PRE_EXISTING,
-                            reason="a certificate for this key that fleet did not write is on "
-                            "the device; if_exists: keep")
+    if matches or if_exists == "fail":
+        return _not_fleets(if_exists, "client certificate", CertAction.SIGN, CertOutcome.ISSUED)
     return CertDecision(action=CertAction.SIGN, outcome=CertOutcome.ISSUED,
-                        reason="a certificate fleet did not write is on the device; "
-                        "if_exists: replace")
+                        reason="the certificate fleet did not write in this sec_tag is not for "
+                        "this key (it cannot work with it): replace it")
 
 
 def decide_chain(*, device_sha: str | None, journal: CertState | None, chain_sha256: str,
                  if_exists: str) -> CertDecision:
     """The decision for the root CA (type 0) of a sec_tag whose plan has a ``chain:`` with
     SHA-256 ``chain_sha256`` (of the canonical PEM written)."""
-    if if_exists not in ("keep", "replace", "fail"):
-        raise ValueError(f"invalid if_exists {if_exists!r}")
+    _check_if_exists(if_exists)
     if device_sha == chain_sha256:
         if journal is not None and journal.state == "issued" and journal.sha256 == chain_sha256:
             return CertDecision(action=CertAction.NOTHING, outcome=CertOutcome.WRITTEN,
@@ -161,25 +148,35 @@ def decide_chain(*, device_sha: str | None, journal: CertState | None, chain_sha
                                 "was lost): confirm it")
         return CertDecision(action=CertAction.NOTHING, outcome=CertOutcome.UNCHANGED,
                             reason="the plan's chain is on the device")
-    fleets = journal is not None and journal.state in _FLEETS
+    mine = journal if journal is not None and journal.state in _FLEETS else None
     if device_sha is None:
-        again = fleets and journal is not None and journal.state == "confirmed" \
-            and journal.sha256 == chain_sha256
+        again = mine is not None and mine.state == "confirmed" and mine.sha256 == chain_sha256
         return CertDecision(action=CertAction.WRITE,
                             outcome=CertOutcome.REWRITTEN if again else CertOutcome.WRITTEN,
                             reason="no root CA in the sec_tag")
-    if fleets and journal is not None and journal.sha256 == device_sha:
+    if mine is not None and mine.sha256 == device_sha:
         return CertDecision(action=CertAction.WRITE, outcome=CertOutcome.REWRITTEN,
                             reason="the device holds a chain fleet wrote earlier; the plan's "
                             "chain is another one")
-    if if_exists == "fail":
-        return CertDecision(action=CertAction.FAIL, outcome=CertOutcome.FAILED,
-                            reason="a root CA fleet did not write is in this sec_tag "
-                            "(if_exists: fail)")
+    return _not_fleets(if_exists, "root CA", CertAction.WRITE, CertOutcome.WRITTEN)
+
+
+def _check_if_exists(if_exists: str) -> None:
+    if if_exists not in ("keep", "replace", "fail"):
+        raise ValueError(f"invalid if_exists {if_exists!r}")
+
+
+def _not_fleets(if_exists: str, what: str, replace: CertAction,
+                replaced: CertOutcome) -> CertDecision:
+    """``if_exists`` for a ``what`` fleet did not write: keep it, replace it (``replace``
+    leading to ``replaced``) or fail."""
+    found = f"a {what} fleet did not write is in this sec_tag"
     if if_exists == "keep":
         return CertDecision(action=CertAction.KEEP, outcome=CertOutcome.PRE_EXISTING,
-                            reason="a root CA fleet did not write is in this sec_tag; "
-                            "if_exists: keep")
-    return CertDecision(action=CertAction.WRITE, outcome=CertOutcome.WRITTEN,
-                        reason="a root CA fleet did not write is in this sec_tag; "
-                        "if_exists: replace")
+                            reason=f"{found}; if_exists: keep")
+    if if_exists == "replace":
+        return CertDecision(action=replace, outcome=replaced,
+                            reason=f"{found}; if_exists: replace")
+    return CertDecision(action=CertAction.FAIL, outcome=CertOutcome.FAILED,
+                        reason=f"{found} (if_exists: fail); delete it with AT%CMNG=3 or set "
+                        "if_exists: keep/replace")

@@ -63,6 +63,7 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
+from fleet.journal import CertState
 from fleet.plan import KeySpec
 from fleet.records import CertOutcome, KeyOutcome, KeyRecord
 
@@ -146,6 +147,7 @@ class _Step:
         self.journal = flow.job.journal
         self.device_pem: str | None = None  #: the certificate read from the device, if any
         self.listed: dict[int, str | None] = {}  #: the latest AT%CMNG=1 listing (type: SHA)
+        self.known: dict[int, CertState | None] = {}  #: the journal's view (type: state)
 
     # --- the attempt loop ----------------------------------------------------------------------
 
@@ -239,7 +241,10 @@ class _Step:
     async def inspect(self) -> dict[str, CertDecision]:
         """The decisions for the certificate and, when the plan has one, the chain."""
         listed = await self.list_tag()
-        known = await self.journal.cert_state(self.imei, self.key.sec_tag, _CERT)
+        await self.reload(_CERT)
+        if self.ca.chain is not None:
+            await self.reload(_CHAIN)
+        known = self.known[_CERT]
         device_sha = listed.get(_CERT)
         matches = None
         if needs_device_certificate(device_sha=device_sha, journal=known,
@@ -250,8 +255,7 @@ class _Step:
             device_cert_matches_key=matches, if_exists=str(self.key.if_exists))}
         if self.ca.chain is not None:
             out["ca_chain"] = decide_chain(
-                device_sha=listed.get(_CHAIN),
-                journal=await self.journal.cert_state(self.imei, self.key.sec_tag, _CHAIN),
+                device_sha=listed.get(_CHAIN), journal=self.known[_CHAIN],
                 chain_sha256=self.ca.chain.sha256, if_exists=str(self.key.if_exists))
         self.flow.log.debug("certificate decision", key=self.key.name,
                             **{k: f"{d.action}: {d.reason}" for k, d in out.items()})
@@ -272,6 +276,7 @@ class _Step:
                 serial=issued.serial, issuer=issued.issuer, not_after=issued.not_after)
             self.flow.log.info("certificate issued", key=key.name, serial=issued.serial,
                                issuer=issued.issuer)
+            await self.reload(_CERT)
         elif decision.action is CertAction.KEEP:
             sha = self.listed.get(_CERT)
             assert sha is not None
@@ -280,13 +285,13 @@ class _Step:
                 found = summarize(parse_pem_certificates(self.device_pem, "certificate")[0])
                 fields = {"serial": found.serial, "issuer": found.issuer,
                           "not_after": found.not_after}
-            known = await journal.cert_state(self.imei, key.sec_tag, _CERT)
+            known = self.known[_CERT]
             if known is None or known.state != "pre-existing" or known.sha256 != sha:
                 await journal.cert_issued(imei=self.imei, sec_tag=key.sec_tag, cert_type=_CERT,
                                           state="pre-existing", source_sha256=self.csr_sha256,
                                           pem=self.device_pem, sha256=sha, **fields)
             return sha
-        known = await journal.cert_state(self.imei, key.sec_tag, _CERT)
+        known = self.known[_CERT]
         assert known is not None and known.sha256 is not None
         return known.sha256
 
@@ -294,7 +299,7 @@ class _Step:
         chain = self.ca.chain
         assert chain is not None
         sec_tag = self.key.sec_tag
-        known = await self.journal.cert_state(self.imei, sec_tag, _CHAIN)
+        known = self.known[_CHAIN]
         if decision.action is CertAction.KEEP:
             sha = self.listed.get(_CHAIN)
             assert sha is not None
@@ -307,6 +312,7 @@ class _Step:
             await self.journal.cert_issued(imei=self.imei, sec_tag=sec_tag, cert_type=_CHAIN,
                                            state="issued", source_sha256=None, pem=chain.pem,
                                            sha256=chain.sha256)
+            await self.reload(_CHAIN)
         return chain.sha256
 
     def expected_subject(self) -> SubjectPairs | None:
@@ -317,7 +323,7 @@ class _Step:
 
     async def write(self, cert_type: int, action: str, attempt: int) -> None:
         """``AT%CMNG=0,<tag>,<type>,"<PEM>"`` of what the journal holds, offline."""
-        known = await self.journal.cert_state(self.imei, self.key.sec_tag, cert_type)
+        known = self.known[cert_type]
         assert known is not None and known.pem is not None
         command = Command.set("%CMNG", 0, self.key.sec_tag, cert_type, Multiline(known.pem))
         self.flow.step(f"{self.key.name}: write {'certificate' if cert_type else 'CA chain'}")
@@ -337,6 +343,11 @@ class _Step:
             return
 
     # --- record --------------------------------------------------------------------------------
+
+    async def reload(self, cert_type: int) -> None:
+        """Read what the journal holds for ``cert_type`` in this tag into ``known``."""
+        self.known[cert_type] = await self.journal.cert_state(self.imei, self.key.sec_tag,
+                                                              cert_type)
 
     async def result(self, cert_type: int, outcome: CertOutcome, error: str | None) -> None:
         await self.journal.cert_result(run_id=self.flow.job.run_id, imei=self.imei,
