@@ -20,6 +20,8 @@ _COMMANDS = {
     "sim": "fleet.cmd.sim",
     "verify": "fleet.cmd.verify",
     "station-key": "fleet.cmd.station_key",
+    "ca": "fleet.cmd.ca",
+    "export": "fleet.cmd.export",
     "inspect": "fleet.cmd.inspect",
 }
 

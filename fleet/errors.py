@@ -18,7 +18,8 @@ boundary where they occur (see :func:`map_exceptions`).
     ├── CredentialError             a %KEYGEN / %CMNG / %ATTESTTOKEN answer failed a check
     ├── PlanError                   the YAML plan is invalid (file, line, reason)
     ├── JournalError                the journal cannot be used (locked, corrupt)
-    └── ManifestError               a manifest cannot be built, signed or verified
+    ├── ManifestError               a manifest cannot be built, signed or verified
+    └── CertificateError            a CSR cannot be signed or a certificate failed a check
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Mapping
 
 __all__ = [
     "ArgumentError",
+    "CertificateError",
     "CmeCode",
     "CmeError",
     "CommandError",
@@ -166,6 +168,11 @@ class JournalError(FleetError):
 
 class ManifestError(FleetError):
     """A manifest cannot be built, signed, parsed or verified."""
+
+
+class CertificateError(FleetError):
+    """A CSR cannot be signed (bad self-signature, unexpected subject, the CA failed) or a
+    certificate failed a check (wrong key or subject, does not chain to the CA)."""
 
 
 @contextlib.contextmanager

@@ -12,7 +12,9 @@ unresolved intent, and the next run decides from that (see :mod:`fleet.provision
 Tables: ``runs``; ``devices`` (by IMEI, with the device UUID once known); ``keys`` (what fleet
 knows about each (IMEI, sec_tag, type): the captured answer, a pre-existing marker, the latest
 unresolved %KEYGEN intent); ``steps`` (the append-only log of intents and outcomes, with attempt
-counts and errors); ``run_slots`` and ``run_keys`` (per-run results, for the manifest).
+counts and errors); ``run_slots`` and ``run_keys`` (per-run results, for the manifest);
+``certs`` (per (IMEI, sec_tag, type 1 or 0): the certificate or chain fleet issued or found, the
+SHA-256 of the CSR it was issued for, its confirmation, and the latest run's outcome for it).
 
 Writes are group-committed: concurrent callers queue operations; whoever holds the lock runs the
 whole queue in one transaction in a worker thread (one SQLite connection, so one writer) and every
@@ -39,7 +41,8 @@ import anyio.to_thread
 
 from fleet.errors import JournalError
 
-__all__ = ["DeviceInfo", "Journal", "KeyState", "PendingIntent", "RunInfo", "utc_now"]
+__all__ = ["CertState", "DeviceInfo", "Journal", "KeyState", "PendingIntent", "RunInfo",
+           "utc_now"]
 
 T = TypeVar("T")
 
@@ -71,6 +74,11 @@ CREATE TABLE IF NOT EXISTS run_keys (
     attempts INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,
     PRIMARY KEY (run_id, slot, imei, key_name));
 CREATE INDEX IF NOT EXISTS steps_by_key ON steps (imei, sec_tag, type);
+CREATE TABLE IF NOT EXISTS certs (
+    imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, state TEXT,
+    source_sha256 TEXT, pem TEXT, sha256 TEXT, serial TEXT, issuer TEXT, not_after TEXT,
+    cmng_sha256 TEXT, run_id TEXT, outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
+    PRIMARY KEY (imei, sec_tag, type));
 """
 
 #: Outcomes of earlier invocations of the same run that a later "unchanged" must not hide.
@@ -494,3 +502,101 @@ class Journal:
             return slots, keys
 
         return await self._execute(op)
+
+    # --- certificates (issue 8) ------------------------------------------------------------------
+
+    async def cert_state(self, imei: str, sec_tag: int, cert_type: int) -> CertState | None:
+        """What the journal knows of the certificate (type 1) or chain (type 0) in a tag."""
+
+        def op(conn: sqlite3.Connection) -> CertState | None:
+            cur = conn.execute(f"SELECT {', '.join(_CERT_FIELDS)} FROM certs WHERE imei = ? AND "
+                               "sec_tag = ? AND type = ?", (imei, sec_tag, cert_type))
+            row = cur.fetchone()
+            return None if row is None else CertState(**dict(zip(_CERT_FIELDS, row, strict=True)))
+
+        return await self._execute(op)
+
+    async def cert_issued(self, *, imei: str, sec_tag: int, cert_type: int, state: str,
+                          source_sha256: str | None, pem: str | None, sha256: str,
+                          serial: str | None = None, issuer: str | None = None,
+                          not_after: str | None = None) -> None:
+        """Record a certificate before it is written (``state="issued"``: fleet signed it, or
+        the chain it is about to write) or one found on the device (``"pre-existing"``)."""
+        if state not in ("issued", "pre-existing"):
+            raise ValueError(f"invalid certificate state {state!r}")
+        await self._execute(lambda c: c.execute(
+            "INSERT INTO certs (imei, sec_tag, type, state, source_sha256, pem, sha256, serial, "
+            "issuer, not_after, cmng_sha256, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "NULL, ?) ON CONFLICT (imei, sec_tag, type) DO UPDATE SET state = excluded.state, "
+            "source_sha256 = excluded.source_sha256, pem = excluded.pem, sha256 = "
+            "excluded.sha256, serial = excluded.serial, issuer = excluded.issuer, not_after = "
+            "excluded.not_after, cmng_sha256 = NULL, updated_at = excluded.updated_at",
+            (imei, sec_tag, cert_type, state, source_sha256, pem, sha256, serial, issuer,
+             not_after, utc_now())))
+
+    async def cert_confirmed(self, *, imei: str, sec_tag: int, cert_type: int,
+                             cmng_sha256: str) -> None:
+        """The modem lists ``cmng_sha256`` for the journaled certificate: mark it confirmed
+        (a pre-existing one keeps its state)."""
+        await self._execute(lambda c: c.execute(
+            "UPDATE certs SET cmng_sha256 = ?, state = CASE state WHEN 'issued' THEN 'confirmed' "
+            "ELSE state END, updated_at = ? WHERE imei = ? AND sec_tag = ? AND type = ? AND "
+            "sha256 = ?", (cmng_sha256, utc_now(), imei, sec_tag, cert_type, cmng_sha256)))
+
+    async def cert_result(self, *, run_id: str, imei: str, sec_tag: int, cert_type: int,
+                          outcome: str, error: str | None) -> str:
+        """Record the outcome of a certificate in this run; returns the outcome kept. Within one
+        run an ``unchanged`` never replaces an earlier outcome that changed something."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT run_id, outcome FROM certs WHERE imei = ? AND sec_tag = ? "
+                               "AND type = ?", (imei, sec_tag, cert_type)).fetchone()
+            kept = outcome
+            if (row is not None and row[0] == run_id and outcome == "unchanged"
+                    and row[1] in _CERT_STICKY):
+                kept = row[1]
+            conn.execute(
+                "INSERT INTO certs (imei, sec_tag, type, run_id, outcome, error, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (imei, sec_tag, type) DO UPDATE SET "
+                "run_id = excluded.run_id, outcome = excluded.outcome, error = excluded.error, "
+                "updated_at = excluded.updated_at",
+                (imei, sec_tag, cert_type, run_id, kept, error, utc_now()))
+            return kept
+
+        return await self._execute(op)
+
+    async def run_certs(self, run_id: str) -> list[CertState]:
+        """The certificates and chains with an outcome in run ``run_id``."""
+
+        def op(conn: sqlite3.Connection) -> list[CertState]:
+            cur = conn.execute(f"SELECT {', '.join(_CERT_FIELDS)} FROM certs WHERE run_id = ? "
+                               "ORDER BY imei, sec_tag, type", (run_id,))
+            return [CertState(**dict(zip(_CERT_FIELDS, row, strict=True)))
+                    for row in cur.fetchall()]
+
+        return await self._execute(op)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertState:
+    """What the journal knows of one certificate (type 1) or chain (type 0) of a device."""
+
+    imei: str
+    sec_tag: int
+    type: int
+    state: str | None = None  #: "issued", "confirmed", "pre-existing" or None (only a result)
+    source_sha256: str | None = None  #: hex SHA-256 of the CSR body it was issued for
+    pem: str | None = None  #: the exact text written (or read, for a pre-existing one)
+    sha256: str | None = None  #: upper-case hex SHA-256 the modem lists for it
+    serial: str | None = None
+    issuer: str | None = None
+    not_after: str | None = None
+    cmng_sha256: str | None = None  #: the SHA the modem listed when it was confirmed
+    run_id: str | None = None  #: the run of ``outcome``
+    outcome: str | None = None
+    error: str | None = None
+
+
+_CERT_FIELDS = tuple(CertState.__dataclass_fields__)
+#: Certificate outcomes that a later "unchanged" in the same run must not hide.
+_CERT_STICKY = ("issued", "written", "rewritten", "pre-existing")

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
+__all__ = ["CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
 
 
 class KeyOutcome(enum.StrEnum):
@@ -24,6 +24,18 @@ class KeyOutcome(enum.StrEnum):
     PRE_EXISTING = "pre-existing"  #: a key was there before fleet ran and `if_exists: keep`
     FAILED = "failed"  #: the key could not be provisioned (see `error`)
     NOT_ATTEMPTED = "not-attempted"  #: the device failed or the run stopped before this key
+
+
+class CertOutcome(enum.StrEnum):
+    """What happened to a key's client certificate or CA chain (``certificate.outcome``,
+    ``ca_chain.outcome`` in the manifest)."""
+
+    ISSUED = "issued"  #: a certificate was issued for this CSR and written
+    WRITTEN = "written"  #: the chain was written
+    UNCHANGED = "unchanged"  #: it was already on the device
+    REWRITTEN = "rewritten"  #: fleet's confirmed certificate or chain was missing: written again
+    PRE_EXISTING = "pre-existing"  #: one fleet did not write was kept
+    FAILED = "failed"
 
 
 class DeviceOutcome(enum.StrEnum):

@@ -200,7 +200,9 @@ def outcome_document(plan: Plan, outcome: RunOutcome) -> dict[str, Any]:
             "keys": [{"name": k.name, "sec_tag": k.sec_tag, "type": k.type,
                       "response": k.response, "outcome": k.outcome.value, "error": k.error,
                       "attempts": k.attempts, "csr_pem": k.csr_pem,
-                      "public_key_pem": k.public_key_pem} for k in record.keys],
+                      "public_key_pem": k.public_key_pem,
+                      **{name: k.extra[name] for name in ("certificate", "ca_chain")
+                         if name in k.extra}} for k in record.keys],
         }
         if outcome.check:
             device["planned"] = list(result.planned)

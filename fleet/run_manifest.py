@@ -7,7 +7,8 @@ resumed (one run id, several invocations) gets one manifest covering everything 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import anyio.to_thread
 import structlog
 
 from fleet import __version__
+from fleet.certs.report import certificate_extra
 from fleet.credentials import parse_keygen
 from fleet.errors import CredentialError, ManifestError
-from fleet.journal import Journal, RunInfo
+from fleet.journal import CertState, Journal, RunInfo
 from fleet.manifest import ANSWER_OUTCOMES, answer_fields, build_signed, sign, write_manifest
 from fleet.plan import Plan
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord, RunRecord
@@ -71,17 +73,29 @@ def prepare_manifest(plan: Plan) -> ManifestWriter:
     return write
 
 
-def _key_record(row: dict[str, Any], plan: Plan) -> KeyRecord:
+def _key_record(row: dict[str, Any], plan: Plan, certs: Mapping[tuple[Any, ...], CertState]
+                ) -> KeyRecord:
     spec = plan.keys.get(row["key_name"])
     outcome = KeyOutcome(row["outcome"])
-    fields: dict[str, Any] = {}
-    if row["answer"] and (outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING):
+    answer = None
+    if row["answer"]:
         try:
-            fields = answer_fields(parse_keygen(row["answer"]))
+            answer = parse_keygen(row["answer"])
         except CredentialError as exc:  # cannot happen: only verified answers are captured
             raise ManifestError(f"journal answer for {row['key_name']} does not decode: {exc}"
                                 ) from exc
-    extra = {"cmng_sha256": row["cmng_sha"]} if row["cmng_sha"] else {}
+    extra: dict[str, Any] = {"cmng_sha256": row["cmng_sha"]} if row["cmng_sha"] else {}
+    if spec is not None and spec.ca is not None and answer is not None:
+        where = (row["imei"], row["sec_tag"])
+        extra.update(certificate_extra(
+            certs.get((*where, 1)), certs.get((*where, 0)) if spec.ca.chain else None,
+            csr_sha256=hashlib.sha256(answer.body).hexdigest()))
+    # A key that failed only because its certificate did keeps its captured answer.
+    cert_failed = extra.get("certificate", {}).get("outcome") == "failed"
+    fields: dict[str, Any] = {}
+    if answer is not None and (outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
+                               or cert_failed):
+        fields = answer_fields(answer)
     return KeyRecord(
         name=row["key_name"], sec_tag=row["sec_tag"], type=_TYPES.get(row["type"], "unknown"),
         response=spec.response.value if spec else "public_key", outcome=outcome,
@@ -92,6 +106,7 @@ async def build_run_record(journal: Journal, plan: Plan, run: RunInfo, *, ended_
                            complete: bool) -> RunRecord:
     """The :class:`RunRecord` of ``run`` as the journal has it."""
     slots, keys = await journal.run_results(run.run_id)
+    certs = {(c.imei, c.sec_tag, c.type): c for c in await journal.run_certs(run.run_id)}
     order = {spec.name: i for i, spec in enumerate(plan.keys.values())}
     devices = []
     for slot in slots:
@@ -101,7 +116,7 @@ async def build_run_record(journal: Journal, plan: Plan, run: RunInfo, *, ended_
             slot=slot["slot"], port=slot["port"], imei=slot["imei"],
             device_uuid=slot["device_uuid"], model=slot["model"], firmware=slot["firmware"],
             outcome=DeviceOutcome(slot["outcome"] or "interrupted"), error=slot["error"],
-            keys=tuple(_key_record(row, plan) for row in rows)))
+            keys=tuple(_key_record(row, plan, certs) for row in rows)))
     return RunRecord(run_id=run.run_id, station=plan.station, plan_path=str(plan.path),
                      plan_sha256=plan.sha256, started_at=run.started_at, ended_at=ended_at,
                      complete=complete, tool_version=__version__, devices=tuple(devices))

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from fleet import exitcodes
+from fleet.certs.authority import LocalCa
 from fleet.errors import PlanError
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
 from fleet.plan.ports import is_glob
@@ -75,7 +76,7 @@ def _settings(settings: Settings, *, slot: bool = False) -> dict[str, Any]:
 
 
 def _action(spec: KeySpec) -> dict[str, Any]:
-    return {
+    action: dict[str, Any] = {
         "name": spec.name,
         "sec_tag": spec.sec_tag,
         "type": str(spec.type),
@@ -85,6 +86,13 @@ def _action(spec: KeySpec) -> dict[str, Any]:
         "key_usage": spec.key_usage,
         "command": spec.keygen_template(),
     }
+    if spec.ca is not None:  # only keys with a CA have the field
+        action["ca"] = {
+            "kind": "local" if isinstance(spec.ca, LocalCa) else "command",
+            "describe": spec.ca.describe(),
+            "chain": str(spec.ca.chain.path) if spec.ca.chain else None,
+            "chain_sha256": spec.ca.chain.sha256 if spec.ca.chain else None}
+    return action
 
 
 def _slot(slot: Slot) -> dict[str, Any]:
@@ -160,4 +168,7 @@ def _print_human(plan: Plan) -> None:
             print(f"    {spec.name}: sec_tag={spec.sec_tag} type={spec.type} "
                   f"response={spec.response}{policy}")
             print(f"      {spec.keygen_template()}")
+            if spec.ca is not None:
+                chain = f"; chain {spec.ca.chain.path} as type 0" if spec.ca.chain else ""
+                print(f"      certificate: {spec.ca.describe()}{chain}")
     print(f"plan is valid; {_NOTHING_SENT}")

@@ -22,7 +22,7 @@ from fleet.errors import ManifestError
 from fleet.manifest import verify
 from fleet.station_key import PublicKey, load_public_key
 
-__all__ = ["register", "run"]
+__all__ = ["load_trusted", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,21 +66,26 @@ def _print_human(result: dict[str, Any]) -> None:
         return
     signers = ", ".join(result["trusted_signers"] or result["signers"])
     trust = "trusted key" if result["trusted_signers"] else "embedded station key (NOT TRUSTED)"
-    print(f"{path}: OK: {result['devices']} device(s), {result['answers']} %KEYGEN answer(s) "
-          f"re-checked, signed by {trust} {signers}")
+    certificates = (f", {result['certificates']} certificate(s)" if result.get("certificates")
+                    else "")
+    print(f"{path}: OK: {result['devices']} device(s), {result['answers']} %KEYGEN answer(s)"
+          f"{certificates} re-checked, signed by {trust} {signers}")
     if result["partial"]:
         print(f"{path}: PARTIAL: the run did not finish (complete: false); the manifest records "
               "what was done before it stopped")
 
 
+def load_trusted(paths: list[Path]) -> list[PublicKey]:
+    """The ``--pubkey`` keys; raises ManifestError for one that cannot be used."""
+    return [load_public_key(path) for path in paths]
+
+
 def run(args: argparse.Namespace) -> int:
-    trusted: list[PublicKey] = []
-    for path in args.pubkey:
-        try:
-            trusted.append(load_public_key(path))
-        except ManifestError as exc:
-            print(f"fleet verify: --pubkey: {exc}", file=sys.stderr)
-            return exitcodes.USAGE
+    try:
+        trusted = load_trusted(args.pubkey)
+    except ManifestError as exc:
+        print(f"fleet verify: --pubkey: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
     results = [_check_one(path, trusted if args.pubkey else None) for path in args.manifests]
     for result in results:
         for warning in result.get("warnings", ()):

@@ -7,7 +7,9 @@ At least one valid signature must be by the embedded station key (a manifest nam
 and, when trusted keys are given, at least one by a trusted key; without trusted keys the report
 carries a warning that the signer was not checked. Then every ``%KEYGEN`` answer is decoded again
 and checked (digest, CSR self-signature, sec_tag, payload id, device UUID), and the fields derived
-from it (``csr_pem``, ``public_key_pem``, ``cose_payload``) must equal what it yields.
+from it (``csr_pem``, ``public_key_pem``, ``cose_payload``) must equal what it yields; a key's
+``certificate`` must carry that public key and match its recorded SHA-256
+(:mod:`fleet.manifest.certcheck`).
 
 The result is a :class:`VerifyReport` with one :class:`VerifyCheck` per check (passed or failed,
 each failure with its reason and where it is) and the warnings; :func:`verify` never raises for a
@@ -25,6 +27,7 @@ from typing import Any
 from fleet.credentials import check_keygen, parse_keygen
 from fleet.errors import CredentialError, ManifestError
 from fleet.manifest.build import ANSWER_OUTCOMES, FORMAT, RESPONSE_PAYLOAD_IDS, answer_fields
+from fleet.manifest.certcheck import check_certificate_fields
 from fleet.manifest.shape import check_device, check_key, check_signed, check_summary
 from fleet.manifest.signing import ALGORITHMS, canonical_bytes, decode_sig, signature_valid
 from fleet.manifest.store import load_document
@@ -69,6 +72,7 @@ class VerifyReport:
     trusted_signers: tuple[str, ...] = ()  #: ... of which are trusted
     devices: int = 0
     answers: int = 0  #: %KEYGEN answers re-checked
+    certificates: int = 0  #: client certificates re-checked
 
     @property
     def ok(self) -> bool:
@@ -86,6 +90,7 @@ class VerifyReport:
             "trusted_signers": list(self.trusted_signers),
             "devices": self.devices,
             "answers": self.answers,
+            "certificates": self.certificates,
             "failures": [check.line() for check in self.failures],
             "warnings": list(self.warnings),
             "checks": [check.to_dict() for check in self.checks],
@@ -101,6 +106,7 @@ class _Report:
     trusted_signers: list[str] = field(default_factory=list)
     devices: int = 0
     answers: int = 0
+    certificates: int = 0
 
     def add(self, name: str, ok: bool, detail: str, where: str = "") -> None:
         self.checks.append(VerifyCheck(name=name, ok=ok, detail=detail, where=where))
@@ -112,7 +118,7 @@ class _Report:
         return VerifyReport(
             checks=tuple(self.checks), warnings=tuple(self.warnings), complete=self.complete,
             signers=tuple(self.signers), trusted_signers=tuple(self.trusted_signers),
-            devices=self.devices, answers=self.answers,
+            devices=self.devices, answers=self.answers, certificates=self.certificates,
         )
 
 
@@ -301,6 +307,7 @@ def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
                 all_ok = False
                 continue
             payload_uuid = _check_answer(key, device_uuid, key_where, report)
+            report.certificates += check_certificate_fields(key, key_where, report.add)
             if payload_uuid is not None:
                 seen[key["name"]] = payload_uuid
         if len(set(seen.values())) > 1:

@@ -8,7 +8,8 @@ How this works, in order:
 3. ``schema.check`` validates each section on its own against a strict pydantic model;
 4. this module applies the rules that span fields and sections (response/type combinations,
    the simulator, ``--only``), ``slots.build_slots`` expands ports and names the slots
-   (unknown key names, duplicate ports, names and (sec_tag, type) pairs), and every attribute
+   (unknown key names, duplicate ports, names and (sec_tag, type) pairs), ``ca.build_ca`` loads
+   and checks each key's CA (files, keys, the program), and every attribute
    template is rendered with sample values to prove that no device can ever be sent a broken or
    injected ``%KEYGEN``;
 5. every problem found is collected as ``file:line: reason``; if there is any, one
@@ -27,6 +28,7 @@ from typing import Any
 from fleet.at import check_string
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
 from fleet.errors import PlanError
+from fleet.plan.ca import build_ca
 from fleet.plan.context import Context, Report
 from fleet.plan.model import (
     KEY_NAME_RE,
@@ -185,13 +187,19 @@ def _key_spec(ctx: Context, name: str, doc: KeyDoc) -> KeySpec | None:
         ctx.at((*path, "attributes"), "attributes is empty: leave it out for the modem's "
                                       "default subject CN=<device UUID>", key=True)
         ok = False
+    ca = None
+    if doc.ca is not None:
+        ca = build_ca(ctx, path, doc.ca, key_usage=doc.key_usage,
+                      client_csr=key_type is KeyType.CLIENT_KEY and response is Response.CSR)
+        ok = ok and ca is not None
     if not ok:
         return None
     try:
         return KeySpec(
             name=name, sec_tag=doc.sec_tag, type=key_type, response=response,
             attributes=tuple((doc.attributes or {}).items()), key_usage=doc.key_usage,
-            if_exists=IfExists(doc.if_exists or "keep"), line=ctx.src.line(path, key=True))
+            if_exists=IfExists(doc.if_exists or "keep"), ca=ca,
+            line=ctx.src.line(path, key=True))
     except ValueError as exc:  # pragma: no cover - the checks above come first
         ctx.at(path, str(exc), key=True)
         return None

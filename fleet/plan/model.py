@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from fleet.at import Command, check_string
+from fleet.certs.authority import CommandCa, LocalCa
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
 from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
 
@@ -50,6 +51,7 @@ STATION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 KEY_NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 SLOT_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _FAULT_RE = re.compile(r"([a-z-]+):([0-9.eE+-]+)(?:@([0-9]+(?:,[0-9]+)*))?\Z")
 
 
@@ -92,6 +94,15 @@ def key_usage_problem(value: str) -> str | None:
     if value[8] == "1":
         return (f"key_usage {value!r} sets decipherOnly (the 9th digit), which the modem does "
                 "not support")
+    return None
+
+
+def ca_key_usage_problem(value: str | None) -> str | None:
+    """Why a key with ``ca:`` cannot request ``value`` as its key usage, or None: a client
+    certificate must not have keyCertSign or cRLSign (digits 6 and 7)."""
+    if value is not None and "1" in value[5:7]:
+        return (f"key_usage {value!r} sets keyCertSign or cRLSign (the 6th and 7th digits), "
+                "which a client certificate must not have")
     return None
 
 
@@ -172,6 +183,7 @@ class KeySpec:
     attributes: tuple[tuple[str, str], ...] = ()
     key_usage: str | None = None
     if_exists: IfExists = IfExists.KEEP
+    ca: LocalCa | CommandCa | None = None
     line: int = 0
     _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
 
@@ -192,6 +204,11 @@ class KeySpec:
                      "attributes and key_usage are only valid with response: csr")
         if self.key_usage is not None:
             problem = key_usage_problem(self.key_usage)
+            _require(problem is None, problem or "")
+        if self.ca is not None:
+            _require(self.type is KeyType.CLIENT_KEY and self.response is Response.CSR,
+                     "ca is only valid for a client_key with response: csr")
+            problem = ca_key_usage_problem(self.key_usage)
             _require(problem is None, problem or "")
         templates = []
         for attr, text in self.attributes:

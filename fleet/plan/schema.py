@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES
 from fleet.plan.model import (
     BAUDRATES,
+    ENV_NAME_RE,
     FUNCTION_MODES,
     KEY_NAME_RE,
     MAX_SEC_TAG,
@@ -30,8 +31,8 @@ from fleet.plan.model import (
 from fleet.plan.source import Path_, Source
 from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
 
-__all__ = ["DEFAULT_MANIFEST", "KeyDoc", "SettingsDoc", "SimulatorDoc", "SlotDoc", "TopDoc",
-           "check", "dotted"]
+__all__ = ["DEFAULT_MANIFEST", "CaDoc", "KeyDoc", "SettingsDoc", "SimulatorDoc", "SlotDoc",
+           "TopDoc", "check", "dotted"]
 
 DEFAULT_MANIFEST = "out/{station}-{date}.json"
 
@@ -75,6 +76,7 @@ AttributeId = Annotated[str, _checker(lambda a: None if a in KEYGEN_ATTRIBUTES e
 AttributeValue = Annotated[str, _checker(_template_problem(ATTRIBUTE_PLACEHOLDERS))]
 PathText = Annotated[str, _checker(_path_problem)]
 Fault = Annotated[str, _checker(fault_problem)]
+EnvName = Annotated[str, _checker(_pattern(ENV_NAME_RE, "environment variable name"))]
 
 
 class _Doc(BaseModel):
@@ -119,6 +121,21 @@ class KeyDoc(_Doc):
     attributes: dict[AttributeId, AttributeValue] | None = None
     key_usage: Annotated[str, _checker(key_usage_problem)] | None = None
     if_exists: Literal["keep", "replace", "fail"] | None = None
+    ca: dict[str, Any] | None = None
+
+
+class CaDoc(_Doc):
+    """``keys.<name>.ca``: a local CA (``cert``, ``key``) or an external ``command``; which
+    fields go with which form is checked by the loader (``model_fields_set``)."""
+
+    cert: PathText | None = None
+    key: PathText | None = None
+    validity_days: int = Field(default=365, ge=1, le=36500)
+    key_passphrase_env: EnvName | None = None
+    command: Any = None  #: a list of strings or one string: checked by the loader
+    timeout_s: float = Field(default=30.0, gt=0)
+    issuer: PathText | None = None
+    chain: PathText | None = None
 
 
 class SlotDoc(_Doc):

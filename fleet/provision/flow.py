@@ -58,6 +58,7 @@ from fleet.errors import (
 )
 from fleet.journal import Journal, KeyState
 from fleet.plan import KeySpec, KeyType, Response, Slot
+from fleet.provision.certs import certify_key
 from fleet.provision.decide import (
     Action,
     Decision,
@@ -542,6 +543,7 @@ async def provision_slot(job: SlotJob) -> SlotResult:
             await flow.open_and_identify()
             for key in job.slot.keys:
                 record = await flow.provision_key(key)
+                record = await certify_key(flow, key, record)  # issue 8: keys with `ca:`
                 await flow.save_key(key, record)
                 flow.status.keys_done += 1
                 flow.job.on_progress(flow.status)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import cbor2
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -130,13 +131,29 @@ class Modem:
         return list(self._reserved)
 
     def check_client_certificate(self, sec_tag: int, content: bytes) -> CmeCode | None:
-        """Hook for ``%CMNG=0,<tag>,1``: the error code that refuses writing client
-        certificate ``content`` to ``sec_tag``, or ``None`` to accept it.
+        """The error that refuses writing client certificate ``content`` to ``sec_tag`` with
+        ``%CMNG=0,<tag>,1``, or ``None`` to accept it.
 
-        The simulator accepts every client certificate for now. A later issue checks here that
-        the certificate's public key matches the client private key stored in the same tag.
+        A certificate whose public key is not the public key of the client private key (type 2)
+        stored in the same tag is refused with ``527`` (invalid credential): it could never be
+        used with that key. With no private key in the tag, or content that does not parse as a
+        PEM certificate, the write is accepted (what a real modem does there is unconfirmed; it
+        stores the bytes, and TLS would fail later).
         """
-        del sec_tag, content
+        key = self.store.get(sec_tag, 2)
+        expected = key.public_key() if key is not None else None
+        if expected is None:
+            return None
+        try:
+            cert = x509.load_pem_x509_certificate(content)
+            actual = cert.public_key()
+        except ValueError:
+            return None
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        mine = expected.public_bytes(serialization.Encoding.DER, spki)
+        if not isinstance(actual, ec.EllipticCurvePublicKey) or actual.public_bytes(
+                serialization.Encoding.DER, spki) != mine:
+            return CmeCode.INVALID_CREDENTIAL
         return None
 
     def reboot(self) -> None:

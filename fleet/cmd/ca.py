@@ -1,0 +1,64 @@
+"""``fleet ca init DIR [--cn NAME] [--days N]``: a development CA for trying certificates out.
+
+Writes ``DIR/ca.key`` (P-256, mode 0600, created with O_EXCL) and ``DIR/ca.pem`` (self-signed,
+basicConstraints CA=true pathlen 0, keyUsage keyCertSign + cRLSign) and prints the plan snippet
+that uses them. Exit 0 when both were created; 2 when either exists (nothing is overwritten) or
+cannot be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fleet import exitcodes
+from fleet.certs.devca import init_dev_ca
+from fleet.errors import CertificateError
+
+__all__ = ["register", "run_init"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "ca",
+        help="create a development CA for client certificates",
+        description="Certificate authority helpers.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = actions.add_parser(
+        "init",
+        help="create DIR/ca.pem and DIR/ca.key (0600): a development CA; never overwrites",
+        description="Create a development CA: DIR/ca.key (a P-256 private key, unencrypted "
+        "PKCS#8 PEM, mode 0600) and DIR/ca.pem (its self-signed CA certificate). For trying "
+        "out certificates with `fleet sim`; a production CA's key belongs in an HSM or a CA "
+        "service (use `ca: {command: ...}` in the plan). Refuses to overwrite either file.",
+    )
+    init.add_argument("directory", metavar="DIR", type=Path)
+    init.add_argument("--cn", default="fleet development CA",
+                      help="the CA's common name (default: %(default)s)")
+    init.add_argument("--days", type=int, default=3650,
+                      help="validity in days, 1..36500 (default: %(default)s)")
+    init.set_defaults(func=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    try:
+        files = init_dev_ca(args.directory, common_name=args.cn, days=args.days,
+                            now=datetime.now(UTC))
+    except CertificateError as exc:
+        print(f"fleet ca init: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    print(f"Created a development CA: {files.subject}, valid until {files.not_after}.")
+    print(f"  certificate  {files.cert_path}")
+    print(f"  private key  {files.key_path}  (mode 0600: a DEVELOPMENT key, never for production)")
+    print("Use it in a plan (paths relative to the plan file), under a client key with "
+          "response: csr:")
+    print("    ca:")
+    print(f"      cert: {os.path.relpath(files.cert_path)}")
+    print(f"      key: {os.path.relpath(files.key_path)}")
+    print("      validity_days: 365")
+    print(f"      chain: {os.path.relpath(files.cert_path)}   # written as the root CA (type 0)")
+    return exitcodes.OK

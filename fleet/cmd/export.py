@@ -1,0 +1,110 @@
+"""``fleet export nrfcloud MANIFEST... > onboard.csv``: nRF Cloud's bulk onboarding CSV.
+
+Every manifest is first verified exactly as ``fleet verify`` does (``--pubkey`` as there); one that
+does not verify stops the export (exit 1, the reasons on stderr, nothing on stdout). Then one row
+per device with a certificate is printed (layout: :mod:`fleet.certs.nrfcloud`); devices without
+one are named on stderr. Exit 2 for a usage error (an unreadable or non-JSON manifest, a bad
+option or --pubkey).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from fleet import exitcodes
+from fleet.certs.nrfcloud import (
+    DEVICE_ID_MODES,
+    FIRMWARE_TYPES,
+    onboarding_rows,
+    split_list,
+    write_onboarding_csv,
+)
+from fleet.cmd.verify import load_trusted
+from fleet.errors import ManifestError
+from fleet.manifest import NOT_TRUSTED_WARNING, verify
+
+__all__ = ["register", "run_nrfcloud"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export verified manifests for a cloud (nRF Cloud onboarding CSV)",
+        description="Export the certificates recorded in verified manifests.",
+    )
+    targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
+    nrf = targets.add_parser(
+        "nrfcloud",
+        help="nRF Cloud's bulk onboarding CSV on stdout (one row per device)",
+        description="Verify each manifest like `fleet verify`, then print nRF Cloud's bulk "
+        "onboarding CSV (as Nordic's nrfcloud-utils writes onboard.csv: no header; device id, "
+        "subtype, tags, firmware types, certificate PEM) with one row per device that has a "
+        "certificate. Post it with nrfcloud-utils: nrf_cloud_onboard --api-key KEY --csv "
+        "onboard.csv",
+    )
+    nrf.add_argument("manifests", metavar="MANIFEST", nargs="+", type=Path)
+    nrf.add_argument("--pubkey", metavar="FILE", type=Path, action="append", default=[],
+                     help="a trusted station public key (PEM), as for `fleet verify`")
+    nrf.add_argument("--device-id", choices=DEVICE_ID_MODES, default="cn",
+                     help="the nRF Cloud device id: the certificate's common name (cn, what "
+                     "nrfcloud-utils uses), the device UUID, the IMEI, or nrf-<IMEI> "
+                     "(default: cn)")
+    nrf.add_argument("--subtype", default="", help="device subtype column (default: empty)")
+    nrf.add_argument("--tags", default="",
+                     help="device tags separated by | or ; (written with |; default: none)")
+    nrf.add_argument("--fw-types", default="APP|MODEM",
+                     help=f"firmware types for FOTA separated by | or ; from "
+                     f"{', '.join(FIRMWARE_TYPES)} (default: APP|MODEM)")
+    nrf.add_argument("--key", metavar="NAME", default=None,
+                     help="the plan key whose certificate to export, when a device has several")
+    nrf.set_defaults(func=run_nrfcloud)
+
+
+def run_nrfcloud(args: argparse.Namespace) -> int:
+    prog = "fleet export nrfcloud"
+    try:
+        tags = split_list(args.tags, "--tags")
+        fw_types = split_list(args.fw_types, "--fw-types", allowed=FIRMWARE_TYPES)
+        trusted = load_trusted(args.pubkey)
+    except (ValueError, ManifestError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    documents = []
+    failed = False
+    for path in args.manifests:
+        try:
+            data = path.read_bytes()
+            document = json.loads(data)
+        except OSError as exc:
+            print(f"{prog}: {path}: cannot read: {exc.strerror}", file=sys.stderr)
+            return exitcodes.USAGE
+        except ValueError as exc:
+            print(f"{prog}: {path}: not JSON ({exc})", file=sys.stderr)
+            return exitcodes.USAGE
+        report = verify(data, trusted=trusted if args.pubkey else None)
+        for warning in report.warnings:
+            if warning == NOT_TRUSTED_WARNING:
+                warning += "; pass --pubkey to check it"
+            print(f"WARNING: {path}: {warning}", file=sys.stderr)
+        if not report.ok:
+            failed = True
+            for check in report.failures:
+                print(f"{path}: {check.line()}", file=sys.stderr)
+            print(f"{prog}: {path} does not verify: nothing exported", file=sys.stderr)
+            continue
+        documents.append((str(path), document))
+    if failed:
+        return exitcodes.FAILED
+    rows, warnings = onboarding_rows(documents, device_id=args.device_id, subtype=args.subtype,
+                                     tags=tags, firmware_types=fw_types, key_name=args.key)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    out = io.StringIO()
+    write_onboarding_csv(rows, out)
+    sys.stdout.write(out.getvalue())
+    print(f"{prog}: {len(rows)} device(s) exported", file=sys.stderr)
+    return exitcodes.OK
