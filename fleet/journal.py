@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS keys (
     imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, type INTEGER NOT NULL,
     state TEXT NOT NULL, answer TEXT, cmng_sha TEXT, run_id TEXT, updated_at TEXT NOT NULL,
     pending_step INTEGER, pending_present_before INTEGER,
+    csr_pem TEXT, public_key_pem TEXT, cose_payload TEXT,
     PRIMARY KEY (imei, sec_tag, type));
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, slot TEXT NOT NULL,
@@ -106,6 +107,10 @@ class KeyState:
     answer: str | None = None  #: the captured, verified %KEYGEN answer
     cmng_sha: str | None = None
     pending: PendingIntent | None = None
+    #: What the captured answer yields (stored at capture, so a re-run need not decode it again)
+    csr_pem: str | None = None
+    public_key_pem: str | None = None
+    cose_payload: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,18 +129,32 @@ class RunInfo:
     resumed: bool
 
 
+_KEY_COLUMNS = ("state, answer, cmng_sha, pending_step, pending_present_before, csr_pem, "
+                "public_key_pem, cose_payload")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns later versions use to a journal made by an earlier one."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    for column in ("csr_pem", "public_key_pem", "cose_payload"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
+
+
 def _key_state(row: tuple[Any, ...]) -> KeyState:
     pending = None
     if row[3] is not None:
         pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
-    return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending)
+    return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending,
+                    csr_pem=row[5], public_key_pem=row[6],
+                    cose_payload=json.loads(row[7]) if row[7] else None)
 
 
 def _key_states(conn: sqlite3.Connection, imei: str
                 ) -> tuple[tuple[tuple[int, int], KeyState], ...]:
-    rows = conn.execute("SELECT state, answer, cmng_sha, pending_step, pending_present_before, "
-                        "sec_tag, type FROM keys WHERE imei = ?", (imei,)).fetchall()
-    return tuple(((row[5], row[6]), _key_state(row[:5])) for row in rows)
+    rows = conn.execute(f"SELECT {_KEY_COLUMNS}, sec_tag, type FROM keys WHERE imei = ?",
+                        (imei,)).fetchall()
+    return tuple(((row[8], row[9]), _key_state(row[:8])) for row in rows)
 
 
 class _Op:
@@ -185,6 +204,7 @@ class Journal:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
         except sqlite3.DatabaseError as exc:
             os.close(lock_fd)
@@ -355,8 +375,8 @@ class Journal:
     async def key_state(self, imei: str, sec_tag: int, key_type: int) -> KeyState:
         def op(conn: sqlite3.Connection) -> KeyState:
             row = conn.execute(
-                "SELECT state, answer, cmng_sha, pending_step, pending_present_before FROM keys "
-                "WHERE imei = ? AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type)).fetchone()
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE imei = ? AND sec_tag = ? AND type = ?",
+                (imei, sec_tag, key_type)).fetchone()
             return KeyState() if row is None else _key_state(row)
 
         return await self._execute(op)
@@ -398,7 +418,8 @@ class Journal:
         return await self._execute(op)
 
     async def outcome(self, step_id: int, *, outcome: str, answer: str | None = None,
-                      error: str | None = None, cmng_sha: str | None = None) -> None:
+                      error: str | None = None, cmng_sha: str | None = None,
+                      derived: dict[str, Any] | None = None) -> None:
         """Durably record the outcome of a step (``ok``, ``error`` or ``unknown``).
 
         A ``keygen`` step with ``ok`` stores the captured answer as the key's state; ``ok`` or
@@ -419,15 +440,22 @@ class Journal:
             action, imei, sec_tag, key_type, run_id = row
             key = (imei, sec_tag, key_type)
             if action == "keygen" and outcome == "ok":
+                extra = derived or {}
+                payload = extra.get("cose_payload")
                 conn.execute("UPDATE keys SET state = 'captured', answer = ?, cmng_sha = ?, "
-                             "run_id = ?, updated_at = ?, pending_step = NULL WHERE imei = ? "
-                             "AND sec_tag = ? AND type = ?", (answer, cmng_sha, run_id, now, *key))
+                             "run_id = ?, updated_at = ?, pending_step = NULL, csr_pem = ?, "
+                             "public_key_pem = ?, cose_payload = ? WHERE imei = ? "
+                             "AND sec_tag = ? AND type = ?",
+                             (answer, cmng_sha, run_id, now, extra.get("csr_pem"),
+                              extra.get("public_key_pem"),
+                              json.dumps(payload, sort_keys=True) if payload else None, *key))
             elif action == "keygen" and outcome == "error":
                 conn.execute("UPDATE keys SET pending_step = NULL, updated_at = ? WHERE imei = ? "
                              "AND sec_tag = ? AND type = ? AND pending_step = ?",
                              (now, *key, step_id))
             elif action == "delete" and outcome == "ok":
                 conn.execute("UPDATE keys SET state = 'deleted', answer = NULL, cmng_sha = NULL, "
+                             "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL, "
                              "pending_step = NULL, updated_at = ? WHERE imei = ? AND sec_tag = ? "
                              "AND type = ?", (now, *key))
 
@@ -496,7 +524,8 @@ class Journal:
                 "WHERE s.run_id = ? ORDER BY s.slot")
             keys = rows(
                 "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
-                "r.attempts, k.answer, k.cmng_sha FROM run_keys r LEFT JOIN keys k ON "
+                "r.attempts, k.answer, k.cmng_sha, k.csr_pem, k.public_key_pem, "
+                "k.cose_payload FROM run_keys r LEFT JOIN keys k ON "
                 "k.imei = r.imei AND k.sec_tag = r.sec_tag AND k.type = r.type "
                 "WHERE r.run_id = ? ORDER BY r.slot, r.key_name")
             return slots, keys

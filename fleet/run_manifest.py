@@ -8,6 +8,7 @@ resumed (one run id, several invocations) gets one manifest covering everything 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,8 +78,9 @@ def _key_record(row: dict[str, Any], plan: Plan, certs: Mapping[tuple[Any, ...],
                 ) -> KeyRecord:
     spec = plan.keys.get(row["key_name"])
     outcome = KeyOutcome(row["outcome"])
+    has_ca = spec is not None and spec.ca is not None
     answer = None
-    if row["answer"]:
+    if row["answer"] and (has_ca or not row["public_key_pem"]):
         try:
             answer = parse_keygen(row["answer"])
         except CredentialError as exc:  # cannot happen: only verified answers are captured
@@ -93,9 +95,14 @@ def _key_record(row: dict[str, Any], plan: Plan, certs: Mapping[tuple[Any, ...],
     # A key that failed only because its certificate did keeps its captured answer.
     cert_failed = extra.get("certificate", {}).get("outcome") == "failed"
     fields: dict[str, Any] = {}
-    if answer is not None and (outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
-                               or cert_failed):
-        fields = answer_fields(answer)
+    if row["answer"] and (outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
+                          or cert_failed):
+        if answer is not None:
+            fields = answer_fields(answer)
+        else:  # what the journal stored when it captured the answer: no need to decode it
+            fields = {"keygen_answer": row["answer"], "csr_pem": row["csr_pem"],
+                      "public_key_pem": row["public_key_pem"],
+                      "cose_payload": json.loads(row["cose_payload"])}
     return KeyRecord(
         name=row["key_name"], sec_tag=row["sec_tag"], type=_TYPES.get(row["type"], "unknown"),
         response=spec.response.value if spec else "public_key", outcome=outcome,

@@ -192,3 +192,25 @@ async def test_a_dead_runs_open_intents_become_unknown_and_keep_absent_before(
         outcome, error = conn.execute("SELECT outcome, error FROM steps WHERE id = ?",
                                       (first,)).fetchone()
     assert outcome == "unknown" and "died" in error
+
+
+async def test_a_journal_from_before_the_derived_columns_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE keys (imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, "
+                     "type INTEGER NOT NULL, state TEXT NOT NULL, answer TEXT, cmng_sha TEXT, "
+                     "run_id TEXT, updated_at TEXT NOT NULL, pending_step INTEGER, "
+                     "pending_present_before INTEGER, PRIMARY KEY (imei, sec_tag, type))")
+        conn.execute("INSERT INTO keys VALUES ('1', 5, 2, 'captured', 'a.b', NULL, 'r', 't', "
+                     "NULL, NULL)")
+    journal = await Journal.open(path)
+    state = await journal.key_state("1", 5, 2)
+    assert (state.state, state.answer, state.public_key_pem) == ("captured", "a.b", None)
+    run = await _run(journal)
+    step = await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=6,
+                                key_type=8, detail={"present_before": False})
+    await journal.outcome(step, outcome="ok", answer="c.d", derived={
+        "csr_pem": None, "public_key_pem": "PEM", "cose_payload": {"sec_tag": 6}})
+    state = await journal.key_state("1", 6, 8)
+    assert (state.public_key_pem, state.cose_payload) == ("PEM", {"sec_tag": 6})
+    await journal.aclose()

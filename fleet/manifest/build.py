@@ -103,6 +103,10 @@ def _slot_order(device: DeviceRecord) -> tuple[Any, ...]:
     return (parts, device.imei or "")
 
 
+#: The key fields a %KEYGEN answer determines (filled from the answer when a record lacks them).
+_DERIVED = ("csr_pem", "public_key_pem", "cose_payload")
+
+
 def _key(key: KeyRecord, where: str) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "name": key.name,
@@ -117,7 +121,7 @@ def _key(key: KeyRecord, where: str) -> dict[str, Any]:
         "error": key.error,
         "attempts": key.attempts,
     }
-    if key.keygen_answer is not None:
+    if key.keygen_answer is not None and any(fields[name] is None for name in _DERIVED):
         try:
             derived = answer_fields(parse_keygen(key.keygen_answer))
         except CredentialError:

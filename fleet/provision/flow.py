@@ -367,7 +367,7 @@ class _Flow:
                     self.log.warning("the key's SHA column changed since it was recorded",
                                      key=key.name, sec_tag=key.sec_tag, was=state.cmng_sha,
                                      now=sha)
-            return self._record(key, KeyOutcome.UNCHANGED, state.answer, attempt)
+            return self._record(key, KeyOutcome.UNCHANGED, state.answer, attempt, stored=state)
         if decision.action is Action.KEEP:
             await self.job.journal.mark_pre_existing(imei=self.dev.imei, sec_tag=key.sec_tag,
                                                      key_type=key.type.code, cmng_sha=sha)
@@ -387,7 +387,7 @@ class _Flow:
                     raise self._retry_or_fail(exc) from exc
         return await self._keygen(key, decision, attempt,
                                   present_before=present and not decision.deletes,
-                                  journal_answer=state.answer)
+                                  journal_public_key=state.public_key_pem)
 
     def _retry_or_fail(self, exc: CmeError) -> Exception:
         if exc.code in (CmeCode.KEYGEN_FAILED, CmeCode.ACTIVE_STATE, CmeCode.ALREADY_EXISTS):
@@ -395,7 +395,7 @@ class _Flow:
         return exc
 
     async def _keygen(self, key: KeySpec, decision: Decision, attempt: int, *,
-                      present_before: bool, journal_answer: str | None) -> KeyRecord:
+                      present_before: bool, journal_public_key: str | None) -> KeyRecord:
         ctx = self.template_context()
         if key.uses_device_uuid and not self.dev.device_uuid:
             return self._failed(key, "the plan uses {device_uuid} but this modem's device UUID "
@@ -425,10 +425,10 @@ class _Flow:
             raise
         outcome = decision.outcome
         if key.type is KeyType.ENDORSEMENT_KEY:
-            before = parse_keygen(journal_answer).public_key_pem if journal_answer else None
-            outcome = endorsement_outcome(decision=decision, journal_public_key=before,
+            outcome = endorsement_outcome(decision=decision, journal_public_key=journal_public_key,
                                           new_public_key=parsed.public_key_pem)
-        await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value)
+        await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
+                                       derived=_derived(parsed))
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
             self.dev.changed = True
         # The verified answer is the proof the key exists (the modem stores it before it
@@ -447,19 +447,23 @@ class _Flow:
                            key_usage=key.key_usage or DEFAULT_KEY_USAGE)
 
     def _record(self, key: KeySpec, outcome: KeyOutcome, answer: str | None, attempts: int,
-                parsed: KeygenAnswer | None = None) -> KeyRecord:
-        if parsed is None and answer:
+                parsed: KeygenAnswer | None = None, stored: KeyState | None = None) -> KeyRecord:
+        """The key's record; the CSR / public key / payload fields come from the answer just
+        parsed, or from what the journal stored when it captured the answer."""
+        fields: dict[str, Any] = {}
+        if parsed is not None:
+            fields = _derived(parsed)
+        elif stored is not None and stored.public_key_pem:
+            fields = {"csr_pem": stored.csr_pem, "public_key_pem": stored.public_key_pem,
+                      "cose_payload": stored.cose_payload}
+        elif answer:
             try:
-                parsed = parse_keygen(answer)
+                fields = _derived(parse_keygen(answer))
             except CredentialError:
-                parsed = None
-        return KeyRecord(
-            name=key.name, sec_tag=key.sec_tag, type=key.type.value, response=key.response.value,
-            outcome=outcome, keygen_answer=answer, attempts=attempts,
-            csr_pem=parsed.csr_pem if parsed else None,
-            public_key_pem=parsed.public_key_pem if parsed else None,
-            cose_payload=parsed.payload.to_dict() if parsed else None,
-        )
+                fields = {}
+        return KeyRecord(name=key.name, sec_tag=key.sec_tag, type=key.type.value,
+                         response=key.response.value, outcome=outcome, keygen_answer=answer,
+                         attempts=attempts, **fields)
 
     async def save_key(self, key: KeySpec, record: KeyRecord) -> None:
         """Keep the key's result, in memory and (real runs) in the journal for the manifest."""
@@ -512,6 +516,12 @@ class _Flow:
         return KeyRecord(name=key.name, sec_tag=key.sec_tag, type=key.type.value,
                          response=key.response.value, outcome=KeyOutcome.NOT_ATTEMPTED,
                          extra={"planned": decision.action.value})
+
+
+def _derived(answer: KeygenAnswer) -> dict[str, Any]:
+    """The fields an answer yields for records and the manifest (kept in the journal too)."""
+    return {"csr_pem": answer.csr_pem, "public_key_pem": answer.public_key_pem,
+            "cose_payload": answer.payload.to_dict()}
 
 
 def _explain(exc: CommandError) -> str:
