@@ -233,14 +233,22 @@ class DeviceSession:
             await self.command(Command.set("+CMEE", 1), timeout=timeout)
             self._cme_codes = True
 
-    async def identify(self, *, timeout: float) -> Identity:
-        """``AT+CGSN=1``, ``AT+CGMM``, ``AT+CGMR``."""
+    async def identify(
+        self, *, timeout: float,
+        known_model: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> Identity:
+        """``AT+CGSN=1`` (twice), ``AT+CGMM``, ``AT+CGMR``. The model is fixed for an IMEI (it
+        is the modem's own number), so ``known_model(imei)`` can spare the ``AT+CGMM``; the
+        firmware is always read, since it can be updated between runs."""
         imei = await self.read_imei(timeout=timeout)
-        model = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
+        model = await known_model(imei) if known_model is not None else None
+        if not model:
+            lines = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
+            model = lines[-1].strip() if lines else ""
         firmware = (await self.command(Command.action("+CGMR"), timeout=timeout)).lines
         self.identity = Identity(
             imei=imei,
-            model=model[-1].strip() if model else "",
+            model=model,
             firmware=firmware[-1].strip() if firmware else "",
         )
         return self.identity

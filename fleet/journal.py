@@ -357,6 +357,15 @@ class Journal:
                 "UPDATE devices SET restore_mode = COALESCE(restore_mode, ?) WHERE imei = ?",
                 (mode, imei)))
 
+    async def model_of(self, imei: str) -> str | None:
+        """The model recorded for an IMEI, if any."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT model FROM devices WHERE imei = ?", (imei,)).fetchone()
+            return None if row is None or not row[0] else str(row[0])
+
+        return await self._execute(op)
+
     async def imei_of_device_uuid(self, device_uuid: str) -> str | None:
         """The IMEI the journal knows a device UUID under, if any."""
 

@@ -161,6 +161,10 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
+    # Measure fleet as installed: an install byte-compiles the package, but an editable install
+    # (or PYTHONDONTWRITEBYTECODE, set on some machines) would recompile it on every start.
+    subprocess.run([sys.executable, "-m", "compileall", "-q",
+                    str(Path(__file__).resolve().parents[1] / "fleet")], check=True)
     root = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     results: list[Result] = []
     try:

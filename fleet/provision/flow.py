@@ -244,7 +244,8 @@ class _Flow:
             try:
                 if attempt > 1:
                     await self.session.recover(timeout=timeout)
-                identity = await self.session.identify(timeout=timeout)
+                identity = await self.session.identify(timeout=timeout,
+                                                       known_model=self.job.journal.model_of)
                 break
             except PortBusy:
                 raise
