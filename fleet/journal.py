@@ -12,7 +12,7 @@ unresolved intent, and the next run decides from that (see :mod:`fleet.provision
 Tables: ``runs``; ``devices`` (by IMEI, with the device UUID once known); ``keys`` (what fleet
 knows about each (IMEI, sec_tag, type): the captured answer, a pre-existing marker, the latest
 unresolved %KEYGEN intent); ``steps`` (the append-only log of intents and outcomes, with attempt
-counts and errors); ``run_slots`` and ``run_keys`` (per-run results, for the manifest);
+counts and errors); ``run_devices`` and ``run_keys`` (per-run results, for the manifest);
 ``certs`` (per (IMEI, sec_tag, type 1 or 0): the certificate or chain fleet issued or found, the
 SHA-256 of the CSR it was issued for, its confirmation, and the latest run's outcome for it).
 
@@ -66,9 +66,9 @@ CREATE TABLE IF NOT EXISTS steps (
     imei TEXT, key_name TEXT, sec_tag INTEGER, type INTEGER, action TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 1, command TEXT, detail TEXT,
     intent_at TEXT NOT NULL, done_at TEXT, outcome TEXT, answer TEXT, error TEXT);
-CREATE TABLE IF NOT EXISTS run_slots (
-    run_id TEXT NOT NULL, slot TEXT NOT NULL, port TEXT NOT NULL, imei TEXT,
-    outcome TEXT, error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, slot));
+CREATE TABLE IF NOT EXISTS run_devices (
+    run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
+    outcome TEXT, error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, slot, imei));
 CREATE TABLE IF NOT EXISTS run_keys (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
     sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
@@ -139,6 +139,39 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for column in ("csr_pem", "public_key_pem", "cose_payload"):
         if column not in have:
             conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
+
+
+def _record_keygen_intent(conn: sqlite3.Connection, step_id: int, imei: str,
+                          sec_tag: int | None, key_type: int | None, *, present_before: bool,
+                          now: str) -> None:
+    """Make ``step_id`` the key's pending %KEYGEN.
+
+    An unresolved earlier %KEYGEN it supersedes is remembered in the step's detail (so a refusal
+    of this one makes that one pending again), and a key absent before an earlier unresolved
+    %KEYGEN stays known as absent-before. A %KEYGEN sent for an absent key forgets the captured
+    answer of a key that is no longer there: until this one is captured, nothing is.
+    """
+    row = conn.execute("SELECT pending_step, pending_present_before FROM keys WHERE imei = ? "
+                       "AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type)).fetchone()
+    earlier = row[0] if row is not None else None
+    absent_before = not present_before or (earlier is not None and not row[1])
+    if earlier is not None:
+        detail = json.loads(conn.execute("SELECT detail FROM steps WHERE id = ?",
+                                         (step_id,)).fetchone()[0] or "{}")
+        detail["supersedes"] = {"step": earlier, "present_before": bool(row[1])}
+        conn.execute("UPDATE steps SET detail = ? WHERE id = ?",
+                     (json.dumps(detail, sort_keys=True), step_id))
+    conn.execute(
+        "INSERT INTO keys (imei, sec_tag, type, state, updated_at, pending_step, "
+        "pending_present_before) VALUES (?, ?, ?, 'intent', ?, ?, ?) "
+        "ON CONFLICT (imei, sec_tag, type) DO UPDATE SET pending_step = excluded.pending_step, "
+        "pending_present_before = excluded.pending_present_before, "
+        "updated_at = excluded.updated_at",
+        (imei, sec_tag, key_type, now, step_id, 0 if absent_before else 1))
+    if not present_before:
+        conn.execute("UPDATE keys SET state = 'intent', answer = NULL, cmng_sha = NULL, "
+                     "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL "
+                     "WHERE imei = ? AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type))
 
 
 def _key_state(row: tuple[Any, ...]) -> KeyState:
@@ -410,18 +443,9 @@ class Journal:
                  json.dumps(detail or {}, sort_keys=True), now))
             step_id = int(cur.lastrowid or 0)
             if action == "keygen" and imei is not None:
-                present = 1 if (detail or {}).get("present_before") else 0
-                conn.execute(
-                    "INSERT INTO keys (imei, sec_tag, type, state, updated_at, pending_step, "
-                    "pending_present_before) VALUES (?, ?, ?, 'intent', ?, ?, ?) "
-                    "ON CONFLICT (imei, sec_tag, type) DO UPDATE SET pending_step = excluded."
-                    "pending_step, updated_at = excluded.updated_at, "
-                    # A key an unresolved earlier %KEYGEN may have made was absent before fleet
-                    # touched it, even if this attempt found it present: keep that knowledge.
-                    "pending_present_before = CASE WHEN keys.pending_step IS NULL THEN "
-                    "excluded.pending_present_before ELSE MIN(keys.pending_present_before, "
-                    "excluded.pending_present_before) END",
-                    (imei, sec_tag, key_type, now, step_id, present))
+                _record_keygen_intent(conn, step_id, imei, sec_tag, key_type,
+                                      present_before=bool((detail or {}).get("present_before")),
+                                      now=now)
             return step_id
 
         return await self._execute(op)
@@ -459,9 +483,17 @@ class Journal:
                               extra.get("public_key_pem"),
                               json.dumps(payload, sort_keys=True) if payload else None, *key))
             elif action == "keygen" and outcome == "error":
-                conn.execute("UPDATE keys SET pending_step = NULL, updated_at = ? WHERE imei = ? "
-                             "AND sec_tag = ? AND type = ? AND pending_step = ?",
-                             (now, *key, step_id))
+                # The modem refused it: this %KEYGEN made nothing. An earlier unresolved one it
+                # superseded may still have made the key (a 519 says a key is there): that one
+                # is pending again.
+                detail = json.loads(conn.execute("SELECT detail FROM steps WHERE id = ?",
+                                                 (step_id,)).fetchone()[0] or "{}")
+                earlier = detail.get("supersedes") or {}
+                conn.execute("UPDATE keys SET pending_step = ?, pending_present_before = ?, "
+                             "updated_at = ? WHERE imei = ? AND sec_tag = ? AND type = ? "
+                             "AND pending_step = ?",
+                             (earlier.get("step"), 1 if earlier.get("present_before") else 0,
+                              now, *key, step_id))
             elif action == "delete" and outcome == "ok":
                 conn.execute("UPDATE keys SET state = 'deleted', answer = NULL, cmng_sha = NULL, "
                              "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL, "
@@ -488,18 +520,28 @@ class Journal:
 
     async def slot_result(self, *, run_id: str, slot: str, port: str, imei: str | None,
                           outcome: str | None, error: str | None) -> None:
-        await self._execute(lambda c: c.execute(
-            "INSERT INTO run_slots VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot) DO "
-            "UPDATE SET port = excluded.port, imei = COALESCE(excluded.imei, run_slots.imei), "
-            "outcome = excluded.outcome, error = excluded.error, updated_at = excluded.updated_at",
-            (run_id, slot, port, imei, outcome, error, utc_now())))
+        """Record the result of the device in a slot for this run. A run resumed after the
+        board in the slot was swapped keeps both devices (keyed by slot and IMEI); a slot that
+        failed before its device was identified (IMEI unknown) is replaced by its device once
+        a later invocation identifies it."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            if imei:
+                conn.execute("DELETE FROM run_devices WHERE run_id = ? AND slot = ? AND imei = ''",
+                             (run_id, slot))
+            conn.execute(
+                "INSERT OR REPLACE INTO run_devices VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, imei or "", port, outcome, error, utc_now()))
+
+        await self._execute(op)
 
     async def key_result(self, *, run_id: str, slot: str, imei: str, key_name: str,
                          sec_tag: int, key_type: int, outcome: str, error: str | None,
                          attempts: int) -> str:
         """Record a key's outcome in this run; returns the outcome kept. Within one run (which
-        may span several invocations after interruptions) an ``unchanged`` never replaces an
-        earlier ``generated``/``recovered``/``changed``/``pre-existing``."""
+        may span several invocations after interruptions) a later ``unchanged``, ``failed`` or
+        ``not-attempted`` never replaces an earlier ``generated``/``recovered``/``changed``/
+        ``pre-existing`` (a later failure's error is still recorded)."""
 
         def op(conn: sqlite3.Connection) -> str:
             row = conn.execute("SELECT outcome, attempts FROM run_keys WHERE run_id = ? AND "
@@ -508,8 +550,8 @@ class Journal:
             kept, total = outcome, attempts
             if row is not None:
                 total += int(row[1])
-                if outcome == "unchanged" and row[0] in _STICKY:
-                    kept = row[0]
+                if outcome in ("unchanged", "failed", "not-attempted") and row[0] in _STICKY:
+                    kept = row[0]  # its captured answer stays this run's; the error is kept
             conn.execute(
                 "INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, slot, imei, key_name, sec_tag, key_type, kept, error, total,
@@ -528,9 +570,9 @@ class Journal:
                 return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
             slots = rows(
-                "SELECT s.slot, s.port, s.imei, s.outcome, s.error, d.device_uuid, d.model, "
-                "d.firmware FROM run_slots s LEFT JOIN devices d ON d.imei = s.imei "
-                "WHERE s.run_id = ? ORDER BY s.slot")
+                "SELECT s.slot, s.port, NULLIF(s.imei, '') AS imei, s.outcome, s.error, "
+                "d.device_uuid, d.model, d.firmware FROM run_devices s LEFT JOIN devices d ON "
+                "d.imei = s.imei WHERE s.run_id = ? ORDER BY s.slot, s.updated_at")
             keys = rows(
                 "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
                 "r.attempts, k.answer, k.cmng_sha, k.csr_pem, k.public_key_pem, "

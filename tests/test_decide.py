@@ -18,6 +18,9 @@ CAPTURED = KeyState(state="captured", answer="body.cose")
 PENDING = KeyState(state="intent", pending=PendingIntent(step_id=7, present_before=False))
 PENDING_PRESENT = KeyState(state="intent", pending=PendingIntent(step_id=7, present_before=True))
 PRE = KeyState(state="pre-existing")
+# A captured key vanished, a new %KEYGEN was sent and its answer lost.
+CAPTURED_THEN_PENDING = KeyState(state="captured", answer="old.cose",
+                                 pending=PendingIntent(step_id=9, present_before=False))
 DELETED = KeyState(state="deleted")
 
 CLIENT = [
@@ -30,6 +33,7 @@ CLIENT = [
     (True, CAPTURED, "replace", Action.NOTHING, KeyOutcome.UNCHANGED),
     (True, CAPTURED, "fail", Action.NOTHING, KeyOutcome.UNCHANGED),
     (True, PENDING, "keep", Action.RECOVER, KeyOutcome.RECOVERED),
+    (True, CAPTURED_THEN_PENDING, "keep", Action.RECOVER, KeyOutcome.RECOVERED),
     (True, PENDING, "fail", Action.RECOVER, KeyOutcome.RECOVERED),
     (True, PENDING_PRESENT, "keep", Action.KEEP, KeyOutcome.PRE_EXISTING),
     (True, NONE, "keep", Action.KEEP, KeyOutcome.PRE_EXISTING),
@@ -69,6 +73,7 @@ ENDORSEMENT = [
     (False, CAPTURED, Action.CAPTURE, KeyOutcome.CHANGED),
     (False, NONE, Action.CAPTURE, KeyOutcome.GENERATED),
     (True, PENDING, Action.CAPTURE, KeyOutcome.GENERATED),
+    (True, CAPTURED_THEN_PENDING, Action.CAPTURE, KeyOutcome.GENERATED),
     (True, PENDING_PRESENT, Action.CAPTURE, KeyOutcome.PRE_EXISTING),
 ]
 

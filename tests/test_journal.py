@@ -33,7 +33,7 @@ async def test_pragmas_and_schema(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "devices", "keys", "steps", "run_slots", "run_keys"} <= tables
+    assert {"runs", "devices", "keys", "steps", "run_devices", "run_keys"} <= tables
 
 
 async def test_keygen_intent_then_outcome(tmp_path: Path) -> None:
@@ -213,4 +213,59 @@ async def test_a_journal_from_before_the_derived_columns_is_migrated(tmp_path: P
         "csr_pem": None, "public_key_pem": "PEM", "cose_payload": {"sec_tag": 6}})
     state = await journal.key_state("1", 6, 8)
     assert (state.public_key_pem, state.cose_payload) == ("PEM", {"sec_tag": 6})
+    await journal.aclose()
+
+
+async def test_a_refused_keygen_makes_the_one_it_superseded_pending_again(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    lost = await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=5,
+                                key_type=2, detail={"present_before": False})
+    await journal.outcome(lost, outcome="unknown", error="timeout")  # the key may exist now
+    refused = await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=5,
+                                   key_type=2, attempt=2, detail={"present_before": False})
+    await journal.outcome(refused, outcome="error", error="+CME ERROR: 519")
+    state = await journal.key_state("1", 5, 2)
+    assert state.pending is not None
+    assert (state.pending.step_id, state.pending.present_before) == (lost, False)
+    await journal.aclose()
+
+
+async def test_a_keygen_for_an_absent_key_forgets_the_old_captured_answer(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    first = await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=5,
+                                 key_type=2, detail={"present_before": False})
+    await journal.outcome(first, outcome="ok", answer="old.cose",
+                          derived={"csr_pem": "C", "public_key_pem": "P", "cose_payload": {}})
+    # The key vanished from the device; a new %KEYGEN is sent and its answer lost.
+    second = await journal.intent(run_id=run, slot="s", imei="1", action="keygen", sec_tag=5,
+                                  key_type=2, attempt=1, detail={"present_before": False})
+    await journal.outcome(second, outcome="unknown", error="connection lost")
+    state = await journal.key_state("1", 5, 2)
+    assert state.answer is None and state.public_key_pem is None
+    assert state.pending is not None and state.pending.step_id == second
+    await journal.aclose()
+
+
+async def test_run_results_keep_every_device_of_a_slot_and_earlier_outcomes(
+    tmp_path: Path,
+) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    await journal.slot_result(run_id=run, slot="s0", port="p", imei=None, outcome="failed",
+                              error="no answer")
+    await journal.slot_result(run_id=run, slot="s0", port="p", imei="1", outcome="interrupted",
+                              error="interrupted")
+    await journal.key_result(run_id=run, slot="s0", imei="1", key_name="tls", sec_tag=5,
+                             key_type=2, outcome="generated", error=None, attempts=1)
+    # Resumed with another board in the slot; the first board's key then failed to re-check.
+    await journal.slot_result(run_id=run, slot="s0", port="p", imei="2", outcome="done",
+                              error=None)
+    kept = await journal.key_result(run_id=run, slot="s0", imei="1", key_name="tls", sec_tag=5,
+                                    key_type=2, outcome="failed", error="boom", attempts=1)
+    assert kept == "generated"
+    slots, keys = await journal.run_results(run)
+    assert [(s["slot"], s["imei"]) for s in slots] == [("s0", "1"), ("s0", "2")]
+    assert keys[0]["outcome"] == "generated" and keys[0]["error"] == "boom"
     await journal.aclose()

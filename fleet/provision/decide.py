@@ -75,15 +75,17 @@ class Decision:
 def decide_client_key(*, present: bool, journal: KeyState, if_exists: str) -> Decision:
     """The decision for a client private key (%KEYGEN key_type 2)."""
     if present:
-        if journal.state == "captured" and journal.answer:
-            return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
-                            reason="key present and its answer is in the journal")
+        # An unresolved %KEYGEN for a key that was absent comes first: the key there now may be
+        # the one it made, whatever answer the journal captured for an earlier key.
         if journal.pending is not None and not journal.pending.present_before:
             return Decision(
                 action=Action.RECOVER, outcome=KeyOutcome.RECOVERED,
                 reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made this key but "
                 "its answer was never captured, so nobody can hold its CSR: delete and generate",
             )
+        if journal.state == "captured" and journal.answer:
+            return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
+                            reason="key present and its answer is in the journal")
         if if_exists == "keep":
             return Decision(action=Action.KEEP, outcome=KeyOutcome.PRE_EXISTING,
                             reason="a key fleet did not make is present; if_exists: keep")
@@ -106,14 +108,14 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str) -> De
 
 def decide_endorsement_key(*, present: bool, journal: KeyState) -> Decision:
     """The decision for an endorsement key (%KEYGEN key_type 8)."""
+    if present and journal.pending is not None and not journal.pending.present_before:
+        return Decision(action=Action.CAPTURE, outcome=KeyOutcome.GENERATED,
+                        reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made "
+                        "this key but its answer was never captured: capture it now")
     if present and journal.state == "captured" and journal.answer:
         return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
                         reason="key present and its answer is in the journal")
     if present and journal.state != "captured":
-        if journal.pending is not None and not journal.pending.present_before:
-            return Decision(action=Action.CAPTURE, outcome=KeyOutcome.GENERATED,
-                            reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made "
-                            "this key but its answer was never captured: capture it now")
         return Decision(action=Action.CAPTURE, outcome=KeyOutcome.PRE_EXISTING,
                         reason="an endorsement key is present: capture its public key")
     if journal.state == "captured":
