@@ -50,16 +50,14 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
+from fleet.nrf91 import FUNCTION_MODES
 
-__all__ = ["FUNCTION_MODES", "DeviceSession", "DeviceSwapped", "Identity", "Response", "backoff",
+__all__ = ["DeviceSession", "DeviceSwapped", "Identity", "Response", "backoff",
            "luhn_ok"]
 
 Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
 _IMEI = re.compile(r'\+CGSN:\s*"?([0-9]{15})"?\Z')
-
-#: Function modes documented for AT+CFUN (nrf91-facts.md).
-FUNCTION_MODES = frozenset({0, 1, 2, 4, 20, 21, 30, 31, 40, 41, 44})
 
 
 class DeviceSwapped(FleetError):
@@ -131,7 +129,6 @@ class DeviceSession:
         self._dirty = False
         self._cme_codes = False
         self.identity: Identity | None = None
-        self.urcs = 0
         self.log = log or structlog.get_logger().bind(port=port)
 
     @property
@@ -221,7 +218,6 @@ class DeviceSession:
             self._note_unsolicited(event)
 
     def _note_unsolicited(self, event: Urc | StrayLine | object) -> None:
-        self.urcs += 1
         if isinstance(event, Urc):
             self.log.debug("urc", line=event.text)
         elif isinstance(event, StrayLine):
@@ -272,19 +268,13 @@ class DeviceSession:
                                       "(garbled line?)")
         return found[0]
 
-    async def read_function_mode(self, *, timeout: float, reads: int = 1) -> int:
-        """The function mode from ``AT+CFUN?``; with ``reads=2`` it is read twice and both
-        reads must agree (for the value fleet will restore at the end)."""
-        modes = []
-        for _ in range(reads):
-            answer = await self.command(Command.read("+CFUN"), timeout=timeout)
-            text = answer.first("+CFUN:").split(",")[0].strip()
-            if not text.isdigit() or int(text) not in FUNCTION_MODES:
-                raise RemoteProtocolError(f"AT+CFUN?: {text!r} is not a function mode")
-            modes.append(int(text))
-        if len(set(modes)) != 1:
-            raise RemoteProtocolError(f"AT+CFUN? answered {' then '.join(map(str, modes))}")
-        return modes[0]
+    async def read_function_mode(self, *, timeout: float) -> int:
+        """The function mode from ``AT+CFUN?`` (a documented mode, or RemoteProtocolError)."""
+        answer = await self.command(Command.read("+CFUN"), timeout=timeout)
+        text = answer.first("+CFUN:").split(",")[0].strip()
+        if not text.isdigit() or int(text) not in FUNCTION_MODES:
+            raise RemoteProtocolError(f"AT+CFUN?: {text!r} is not a function mode")
+        return int(text)
 
     async def recover(self, *, timeout: float) -> None:
         """Close, reopen (bounded attempts with backoff), re-enable CME codes and check that the

@@ -215,11 +215,20 @@ class Journal:
     # --- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def open_sync(cls, path: Path | str) -> Journal:
+    def open_sync(cls, path: Path | str, *, create: bool = True) -> Journal:
+        """Open and lock the journal at ``path``. With ``create=False`` (``--check``) a journal
+        that does not exist is not created: an empty one in memory stands in for it."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = path.with_name(path.name + ".lock")
-        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not create and not path.exists():
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            conn.executescript(_SCHEMA)
+            return cls(path, conn, -1)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot use journal {path}: {exc.strerror or exc} "
+                               "(choose another place with --journal)") from exc
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -245,16 +254,17 @@ class Journal:
         return cls(path, conn, lock_fd)
 
     @classmethod
-    async def open(cls, path: Path | str) -> Journal:
-        """Open (creating if needed) and lock the journal at ``path``."""
-        return await anyio.to_thread.run_sync(cls.open_sync, path)
+    async def open(cls, path: Path | str, *, create: bool = True) -> Journal:
+        """Open (creating it unless ``create=False``) and lock the journal at ``path``."""
+        return await anyio.to_thread.run_sync(lambda: cls.open_sync(path, create=create))
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
 
     # --- the group-commit engine ---------------------------------------------------------------
 
@@ -325,9 +335,10 @@ class Journal:
 
         return await self._execute(op)
 
-    async def finish_run(self, run_id: str, *, status: str) -> str:
-        """Mark the run ``complete`` / ``partial`` / ``interrupted``; returns the end time."""
-        now = utc_now()
+    async def finish_run(self, run_id: str, *, status: str, ended_at: str | None = None) -> str:
+        """Mark the run ``complete`` or ``interrupted`` (a later run of the plan resumes an
+        interrupted one); returns the end time."""
+        now = ended_at or utc_now()
         await self._execute(lambda c: c.execute(
             "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", (status, now, run_id)))
         return now

@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="print one JSON document on stdout (logs stay on stderr)")
     parser.add_argument("--concurrency", type=int, metavar="N",
                         help="slots worked on at once (default: all)")
-    parser.add_argument("--only", nargs="+", metavar="SLOT", default=[],
-                        help="only these slots (by name or port)")
+    parser.add_argument("--only", nargs="+", action="extend", metavar="SLOT", default=[],
+                        help="only these slots (by name or port; may be repeated)")
     parser.add_argument("--journal", type=Path, default=Path(".fleet/journal.sqlite"),
                         help="journal file (default: .fleet/journal.sqlite)")
     parser.add_argument("--fresh", action="store_true",
@@ -48,30 +48,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _refuse(args: argparse.Namespace, lines: list[str], reason: str) -> int:
+    """Exit 2 (nothing was sent): the reasons on stderr, and with ``--json`` a document that
+    says so, so a caller reading stdout (Ansible) always gets one."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    print(f"fleet run: {reason}; nothing was sent to any device", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"changed": False, "failed": True, "interrupted": False,
+                          "check": bool(args.check), "manifest": None, "error": "\n".join(lines),
+                          "summary": {"devices": 0}, "devices": []}, indent=2))
+    return exitcodes.USAGE
+
+
 def run(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not args.json
     configure_logging(level="warning" if tty and args.log_level == "info" else args.log_level)
-    log = structlog.get_logger()
     if args.concurrency is not None and args.concurrency < 1:
-        print("fleet run: --concurrency must be at least 1", file=sys.stderr)
-        return exitcodes.USAGE
+        return _refuse(args, ["fleet run: --concurrency must be at least 1"], "usage error")
     try:
         plan = load_plan(args.plan, only=args.only)
     except PlanError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        print("fleet run: invalid plan; nothing was sent to any device", file=sys.stderr)
-        return exitcodes.USAGE
+        return _refuse(args, exc.errors, "invalid plan")
     from fleet.run_manifest import prepare_manifest
 
     try:
         writer = None if args.check else prepare_manifest(plan)
     except ManifestError as exc:
-        print(f"fleet run: {exc}", file=sys.stderr)
-        print("fleet run: nothing was sent to any device", file=sys.stderr)
-        return exitcodes.USAGE
+        return _refuse(args, [f"fleet run: {exc}"], "no signing key")
     options = RunOptions(check=args.check, concurrency=args.concurrency, journal=args.journal,
-                         fresh=args.fresh)
+                         fresh=args.fresh, partial=bool(args.only))
     table = None
     if tty:  # rich is only needed for the live table
         from fleet.progress import ProgressTable
@@ -91,11 +97,15 @@ def run(args: argparse.Namespace) -> int:
             outcome = anyio.run(lambda: run_plan(plan, options, on_progress=on_progress,
                                                  manifest_writer=writer), backend="asyncio")
     except JournalError as exc:
-        print(f"fleet run: {exc}", file=sys.stderr)
-        print("fleet run: nothing was sent to any device", file=sys.stderr)
-        return exitcodes.USAGE
-    except FleetError as exc:
-        log.error("run failed", error=str(exc))
+        return _refuse(args, [f"fleet run: {exc}"], "journal not usable")
+    except PlanError as exc:
+        return _refuse(args, exc.errors, "invalid plan")
+    except FleetError as exc:  # not expected: slots report their own failures
+        structlog.get_logger().error("run failed", error=str(exc))
+        if args.json:
+            print(json.dumps({"changed": False, "failed": True, "interrupted": False,
+                              "check": bool(args.check), "manifest": None, "error": str(exc),
+                              "summary": {"devices": 0}, "devices": []}, indent=2))
         return exitcodes.FAILED
     document = outcome_document(plan, outcome)
     if args.json:
@@ -121,3 +131,5 @@ def _print_summary(doc: dict[str, object]) -> None:
     print(f"{state}: changed={str(doc['changed']).lower()} summary={doc['summary']}")
     if doc["manifest"]:
         print(f"manifest: {doc['manifest']}")
+    if doc.get("manifest_error"):
+        print(f"manifest NOT written: {doc['manifest_error']} (the next run writes it)")

@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 
 from fleet import exitcodes
+from fleet.nrf91 import FUNCTION_MODES
 from fleet.sim import DEFAULT_CAPACITY, MODELS, PROFILES, SimConfig, parse_fault_spec
-from fleet.sim.model import FUNCTION_MODES
 from fleet.sim.server import Ready, run_server
 
 __all__ = ["parse_listen", "register", "run"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from fleet.at import Command, check_string
 from fleet.certs.authority import CommandCa, LocalCa
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
+from fleet.nrf91 import FUNCTION_MODES
 from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
 
 __all__ = [
@@ -42,8 +43,6 @@ BAUDRATES = (9600, 14400, 19200, 28800, 31250, 38400, 56000, 57600, 76800, 11520
 #: Fault names the simulator knows (``simulator.faults``).
 FAULT_NAMES = ("disconnect", "garble", "urc-storm", "keygen-fail", "lost-answer", "reboot",
                "slow", "silent")
-#: Function modes documented for ``AT+CFUN`` (``simulator.function_mode``).
-FUNCTION_MODES = (0, 1, 2, 4, 20, 21, 30, 31, 40, 41, 44)
 MODELS = ("nrf9160", "nrf9151")
 PROFILES = ("fast", "realistic")
 

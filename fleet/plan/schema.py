@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES
+from fleet.nrf91 import FUNCTION_MODES
 from fleet.plan.model import (
     BAUDRATES,
     ENV_NAME_RE,
-    FUNCTION_MODES,
     KEY_NAME_RE,
     MAX_SEC_TAG,
     SLOT_NAME_RE,

@@ -28,10 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import anyio
-import tenacity
+from typing import Any
 
 from fleet.at import Command, Multiline
 from fleet.certs.authority import CommandCa, LocalCa, check_csr
@@ -51,34 +48,27 @@ from fleet.credentials import (
     parse_cmng_read,
     parse_keygen,
 )
-from fleet.device import backoff
 from fleet.errors import (
     CertificateError,
     CmeCode,
     CmeError,
     CommandError,
     CredentialError,
-    DeviceTimeout,
     FleetError,
-    RemoteProtocolError,
-    TransportError,
 )
 from fleet.journal import CertState
 from fleet.plan import KeySpec
+from fleet.provision.base import RETRYABLE, DeviceWork, explain_error, retrying
 from fleet.records import CertOutcome, KeyOutcome, KeyRecord
-
-if TYPE_CHECKING:
-    from fleet.provision.flow import _Flow
 
 __all__ = ["certify_key"]
 
 #: Key outcomes that leave a captured, verified CSR to certify.
 _WITH_CSR = frozenset({KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.RECOVERED})
-_RETRYABLE = (DeviceTimeout, TransportError, RemoteProtocolError, CredentialError)
 _CERT, _CHAIN = 1, 0
 
 
-async def certify_key(flow: _Flow, key: KeySpec, record: KeyRecord) -> KeyRecord:
+async def certify_key(flow: DeviceWork, key: KeySpec, record: KeyRecord) -> KeyRecord:
     """Give the key of ``record`` its certificate (and the CA chain) when its spec has a CA.
     Returns ``record`` with ``extra["certificate"]`` / ``extra["ca_chain"]``; a failure makes it
     a FAILED key whose error names the certificate. Raises no FleetError: the key's result is
@@ -99,7 +89,7 @@ async def certify_key(flow: _Flow, key: KeySpec, record: KeyRecord) -> KeyRecord
                                extra={**record.extra, **extra})
 
 
-async def _plan(flow: _Flow, key: KeySpec, record: KeyRecord) -> None:
+async def _plan(flow: DeviceWork, key: KeySpec, record: KeyRecord) -> None:
     """``--check``: what the certificate step would do, with read-only commands only."""
     planned = record.extra.get("planned")
     state = await flow.job.journal.key_state(flow.dev.imei, key.sec_tag, key.type.code)
@@ -123,19 +113,10 @@ async def _plan(flow: _Flow, key: KeySpec, record: KeyRecord) -> None:
         flow.dev.changed = flow.dev.changed or decision.writes
 
 
-def _explain(exc: CommandError) -> str:
-    if isinstance(exc, CmeError) and exc.code == CmeCode.INVALID_CREDENTIAL:
-        return (f"{exc}: the modem refused the certificate (its public key may not be the "
-                "private key's in this sec_tag, or the firmware refuses its format)")
-    if isinstance(exc, CmeError) and exc.code == CmeCode.MEMORY_FULL:
-        return f"{exc}: the credential store is full"
-    return str(exc)
-
-
 class _Step:
     """The certificate step for one key of one device."""
 
-    def __init__(self, flow: _Flow, key: KeySpec, answer: KeygenAnswer) -> None:
+    def __init__(self, flow: DeviceWork, key: KeySpec, answer: KeygenAnswer) -> None:
         assert key.ca is not None and answer.csr is not None
         self.flow = flow
         self.key = key
@@ -153,26 +134,20 @@ class _Step:
 
     async def run(self) -> str | None:
         """Do the step with retries; the reason it failed, or None. The outcome is journaled."""
-        settings = self.flow.settings
         attempts = 0
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(settings.retries + 1),
-            wait=lambda state: backoff(state.attempt_number + 1),
-            retry=tenacity.retry_if_exception_type(_RETRYABLE),
-            sleep=anyio.sleep, reraise=True)
         try:
-            async for attempt in retrying:
+            async for attempt in retrying(self.flow.settings):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     session = self.flow.session
                     if not session.is_open or session.needs_recover:
-                        await self.flow._recover()
+                        await self.flow.recover()
                     await self.attempt(attempts)
             return None
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             reason = f"gave up after {attempts} attempt(s): {exc}"
         except CommandError as exc:
-            reason = _explain(exc)
+            reason = explain_error(exc)
         except FleetError as exc:
             # A CertificateError, or the device lost for good: the key's result is still
             # returned (and journaled); the device fails at its next step.
@@ -319,7 +294,7 @@ class _Step:
         """The subject the plan requests for this device (what the flow checked the CSR for)."""
         key = self.key
         args = key.keygen_args(self.flow.template_context())
-        return self.flow._expectation(key, args, self.answer).subject
+        return self.flow.expectation(key, args, self.answer).subject
 
     async def write(self, cert_type: int, action: str, attempt: int) -> None:
         """``AT%CMNG=0,<tag>,<type>,"<PEM>"`` of what the journal holds, offline."""
@@ -330,7 +305,7 @@ class _Step:
         await self.flow.ensure_offline()
         for tries in (1, 2):
             try:
-                await self.flow._write(command, action=action, key=self.key, attempt=attempt,
+                await self.flow.write(command, action=action, key=self.key, attempt=attempt,
                                        timeout=self.flow.settings.timeout_s,
                                        detail={"credential_type": cert_type,
                                                "sha256": known.sha256, "serial": known.serial})

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.nrf91 import FUNCTION_MODES
 from fleet.sim.faults import FaultSpec, parse_fault_spec
 from fleet.sim.identity import MODELS
-from fleet.sim.model import FUNCTION_MODES
 from fleet.sim.reply import Work
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_MODEMS", "PROFILES", "SimConfig", "Timing"]

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.at import Op, ParsedCommand, parse_command
 from fleet.credentials import b64url_encode, sign_cose_sign1
 from fleet.errors import CmeCode, RemoteProtocolError
+from fleet.nrf91 import ACTIVE_MODES, FUNCTION_MODES
 from fleet.sim.cmng import handle_cmng
 from fleet.sim.identity import (
     ModelInfo,
@@ -42,10 +43,6 @@ from fleet.sim.store import CredentialStore, reserved_entries
 
 __all__ = ["ACTIVE_MODES", "FUNCTION_MODES", "Modem"]
 
-#: The function modes ``AT+CFUN=<m>`` accepts (nrf91-facts.md).
-FUNCTION_MODES = (0, 1, 2, 4, 20, 21, 30, 31, 40, 41, 44)
-#: Modes in which credential writes and %KEYGEN are refused with 518.
-ACTIVE_MODES = frozenset({1, 2, 21})
 
 _SELF_DESCRIBE = 55799
 _ATTEST_MESSAGE_TYPE = 1

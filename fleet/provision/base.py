@@ -1,0 +1,300 @@
+"""The device-side plumbing shared by the key step (:mod:`.flow`) and the certificate step
+(:mod:`.certs`): the slot's job and progress, journaled writes, the function mode, recovery,
+retries and error wording.
+
+How this works
+--------------
+:class:`DeviceWork` owns one device's :class:`fleet.device.DeviceSession` and its mutable
+:class:`DeviceState`. Every write goes through :meth:`DeviceWork.write`: a journal intent, the
+command, a journal outcome (``ok``, ``error`` when the modem refused it, ``unknown`` when nobody
+knows whether it took effect). :meth:`DeviceWork.ensure_offline` takes the modem to ``CFUN=4``
+only when it is active, after reading the mode twice (the mode read is what the device is
+restored to), and remembers it in the journal before changing it, so a run killed while the modem
+was offline still restores it. :func:`retrying` is the retry policy of both steps: tenacity for the
+mechanism, :func:`fleet.device.backoff` for the wait, attempts from the plan.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+import tenacity
+
+from fleet.at import Command
+from fleet.credentials import (
+    DEFAULT_KEY_USAGE,
+    Expectation,
+    KeygenAnswer,
+    attributes_subject,
+    default_subject,
+)
+from fleet.device import DeviceSession, DeviceSwapped, Opener, Response, backoff
+from fleet.errors import (
+    CmeCode,
+    CmeError,
+    CommandError,
+    CredentialError,
+    DeviceTimeout,
+    FleetError,
+    RemoteProtocolError,
+    TransportError,
+)
+from fleet.journal import Journal
+from fleet.nrf91 import ACTIVE_MODES
+from fleet.plan import KeySpec, Settings, Slot
+from fleet.plan import Response as KeyResponse
+from fleet.records import DeviceRecord, KeyOutcome, KeyRecord
+
+__all__ = [
+    "RETRYABLE",
+    "DeviceLost",
+    "DeviceState",
+    "DeviceWork",
+    "SlotJob",
+    "SlotResult",
+    "SlotStatus",
+    "Transient",
+    "derived_fields",
+    "explain_error",
+    "not_attempted",
+    "retrying",
+]
+
+
+class Transient(FleetError):
+    """This attempt failed in a way worth another attempt (after inspecting again)."""
+
+
+class DeviceLost(FleetError):
+    """The device cannot be worked on any more in this run (port gone, board swapped)."""
+
+
+#: What a step retries (each retry starts again from inspection).
+RETRYABLE = (Transient, DeviceTimeout, TransportError, RemoteProtocolError, CredentialError)
+
+
+def retrying(settings: Settings) -> tenacity.AsyncRetrying:
+    """The retry policy of a key or certificate step: ``retries + 1`` attempts, backoff between."""
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(settings.retries + 1),
+        wait=lambda state: backoff(state.attempt_number + 1),
+        retry=tenacity.retry_if_exception_type(RETRYABLE),
+        sleep=anyio.sleep,
+        reraise=True,
+    )
+
+
+_HINTS = {
+    CmeCode.MEMORY_FULL: "the credential store is full: delete unused credentials",
+    CmeCode.NOT_ALLOWED: "the sec_tag is reserved or the operation is not allowed",
+    CmeCode.INVALID_CREDENTIAL: "the modem refused the credential as invalid (for a "
+    "certificate: its public key may not be the private key's in this sec_tag, or the firmware "
+    "refuses its format)",
+    CmeCode.NOT_SUPPORTED: "this modem firmware does not support the command",
+}
+
+
+def explain_error(exc: FleetError) -> str:
+    """The error's message, with what to do about it for the ``+CME ERROR`` codes that need it."""
+    hint = _HINTS.get(exc.code) if isinstance(exc, CmeError) and isinstance(exc.code, CmeCode) \
+        else None
+    return f"{exc}: {hint}" if hint else str(exc)
+
+
+def derived_fields(answer: KeygenAnswer) -> dict[str, Any]:
+    """The record and manifest fields an answer yields (the journal keeps them too)."""
+    return {"csr_pem": answer.csr_pem, "public_key_pem": answer.public_key_pem,
+            "cose_payload": answer.payload.to_dict()}
+
+
+def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:
+    """The record of a key that was never worked on (or, in ``--check``, only planned)."""
+    return KeyRecord(name=key.name, sec_tag=key.sec_tag, type=key.type.value,
+                     response=key.response.value, outcome=KeyOutcome.NOT_ATTEMPTED, extra=extra)
+
+
+@dataclass(slots=True)
+class SlotStatus:
+    """Live progress of one slot (read by the progress table)."""
+
+    slot: str
+    port: str
+    imei: str = ""
+    step: str = "waiting"
+    keys_done: int = 0
+    keys_total: int = 0
+    outcome: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotResult:
+    record: DeviceRecord
+    changed: bool
+    planned: tuple[dict[str, Any], ...] = ()  #: check mode: what a real run would do per key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotJob:
+    """Everything one slot's provisioning needs."""
+
+    run_id: str
+    station: str
+    slot: Slot
+    journal: Journal
+    opener: Opener
+    check: bool = False
+    on_progress: Callable[[SlotStatus], None] = lambda status: None
+    #: Called with the slot's result once it is known, also when the run is cancelled.
+    on_result: Callable[[SlotResult], None] = lambda result: None
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """Mutable state of the device being provisioned."""
+
+    imei: str = ""
+    model: str | None = None
+    firmware: str | None = None
+    device_uuid: str | None = None  #: confirmed (journal, or an answer that passed every check)
+    attested_uuid: str | None = None  #: what %ATTESTTOKEN said, to confirm the first answer's
+    mode: int | None = None  #: function mode as last read or set (None: not read yet)
+    restore_target: int | None = None  #: mode to restore at the end (None: never changed)
+    changed: bool = False
+    keys: list[KeyRecord] = field(default_factory=list)
+    planned: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DeviceWork:
+    """One device's session, state and journaled writes."""
+
+    def __init__(self, job: SlotJob) -> None:
+        self.job = job
+        self.slot = job.slot
+        self.settings = job.slot.settings
+        self.status = SlotStatus(slot=job.slot.name, port=job.slot.port,
+                                 keys_total=len(job.slot.keys))
+        self.log = structlog.get_logger().bind(slot=job.slot.name, port=job.slot.port)
+        self.session = DeviceSession(job.opener, port=job.slot.port, readonly=job.check,
+                                     log=self.log)
+        self.dev = DeviceState()
+
+    def step(self, text: str) -> None:
+        self.status.step = text
+        self.job.on_progress(self.status)
+
+    def template_context(self) -> dict[str, str]:
+        return {"imei": self.dev.imei, "slot": self.slot.name, "station": self.job.station,
+                "device_uuid": self.dev.device_uuid or ""}
+
+    async def write(self, command: Command, *, action: str, timeout: float,
+                    key: KeySpec | None = None, attempt: int = 1,
+                    detail: dict[str, Any] | None = None) -> tuple[int, Response]:
+        """Send a write with a journal intent before and an outcome after; returns the step id
+        and the answer. A ``keygen`` step's ``ok`` outcome is the caller's to record, once the
+        answer is verified."""
+        await self.session.enable_cme_codes(timeout=self.settings.timeout_s)
+        journal = self.job.journal
+        step_id = await journal.intent(
+            run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei, action=action,
+            key_name=key.name if key else None, sec_tag=key.sec_tag if key else None,
+            key_type=key.type.code if key else None, attempt=attempt, command=str(command),
+            detail=detail)
+        try:
+            answer = await self.session.command(command, timeout=timeout)
+        except CommandError as exc:
+            await journal.outcome(step_id, outcome="error", error=str(exc))
+            raise
+        except (DeviceTimeout, TransportError, RemoteProtocolError) as exc:
+            await journal.outcome(step_id, outcome="unknown", error=str(exc))
+            raise
+        except BaseException:
+            await journal.outcome(step_id, outcome="unknown", error="interrupted")
+            raise
+        if action != "keygen":
+            await journal.outcome(step_id, outcome="ok")
+        return step_id, answer
+
+    async def ensure_offline(self, *, force: bool = False) -> None:
+        """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise).
+
+        The mode is read when first needed; before fleet changes it, it is read once more and
+        both reads must agree: the mode read here is what the device is restored to, so a
+        garbled digit must not become the mode a device is left in. ``force`` (after a 518)
+        changes it whatever was read before.
+        """
+        timeout = self.settings.timeout_s
+        if self.dev.mode is None:
+            self.dev.mode = await self.session.read_function_mode(timeout=timeout)
+        if not force and self.dev.mode not in ACTIVE_MODES:
+            return
+        confirmed = await self.session.read_function_mode(timeout=timeout)
+        if not force and confirmed != self.dev.mode:
+            raise RemoteProtocolError(f"AT+CFUN? answered {self.dev.mode}, then {confirmed}")
+        target = confirmed if self.dev.restore_target is None else self.dev.restore_target
+        await self.job.journal.set_restore_mode(self.dev.imei, target)
+        self.dev.restore_target = target
+        self.step("offline (CFUN=4)")
+        await self.write(Command.set("+CFUN", 4), action="cfun", timeout=timeout,
+                         detail={"from": confirmed, "to": 4})
+        self.dev.mode = 4
+        self.dev.changed = True
+
+    async def restore_mode(self) -> None:
+        """Put the function mode back (``restore_function_mode``), also one an interrupted
+        run left in the journal."""
+        target = self.dev.restore_target
+        if target is None or not self.settings.restore_function_mode or self.job.check:
+            return
+        if self.dev.mode is None:
+            self.dev.mode = await self.session.read_function_mode(
+                timeout=self.settings.timeout_s)
+        if self.dev.mode != target:
+            self.step(f"restore CFUN={target}")
+            await self.write(Command.set("+CFUN", target), action="cfun",
+                             timeout=self.settings.timeout_s,
+                             detail={"from": self.dev.mode, "to": target, "restore": True})
+            self.dev.mode = target
+            self.dev.changed = True
+        await self.job.journal.set_restore_mode(self.dev.imei, None)
+
+    async def try_restore_after_failure(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.timeout_s):
+            try:
+                if self.session.is_open and not self.session.needs_recover:
+                    await self.restore_mode()
+            except FleetError as exc:
+                self.log.warning("function mode not restored", error=str(exc))
+
+    async def recover(self) -> None:
+        """Reopen the port and check it is the same device (after a timeout or disconnect)."""
+        self.step("reopening")
+        try:
+            await self.session.recover(timeout=self.settings.timeout_s)
+        except (TransportError, DeviceSwapped) as exc:
+            raise DeviceLost(str(exc)) from exc
+        # A reboot puts the modem back to CFUN 0: read the mode again when it matters.
+        self.dev.mode = None
+
+    async def ensure_same_device(self) -> None:
+        """Read the IMEI again (twice) right before a destructive write: on a serial server a
+        board can be swapped without the connection dropping."""
+        imei = await self.session.read_imei(timeout=self.settings.timeout_s)
+        if imei != self.dev.imei:
+            raise DeviceLost(f"device swapped: the slot held IMEI {self.dev.imei}, now {imei}")
+
+    def expectation(self, key: KeySpec, args: tuple[Any, ...],
+                    answer: KeygenAnswer) -> Expectation:
+        """What a %KEYGEN answer for ``key`` sent with ``args`` must show."""
+        device = uuid.UUID(self.dev.device_uuid) if self.dev.device_uuid else None
+        if key.response is not KeyResponse.CSR:
+            return Expectation(sec_tag=key.sec_tag, payload_id=8, device_uuid=device)
+        attributes = args[3] if len(args) > 3 else None
+        subject = (attributes_subject(attributes) if attributes
+                   else default_subject(answer.payload.device_uuid))
+        return Expectation(sec_tag=key.sec_tag, payload_id=9, device_uuid=device, subject=subject,
+                           key_usage=key.key_usage or DEFAULT_KEY_USAGE)

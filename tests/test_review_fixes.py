@@ -1,0 +1,160 @@
+"""Regression tests for the findings of the code review: a vanished captured key, interrupted
+runs' output, check mode and the journal, --only, journal and manifest failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fleet.credentials import parse_keygen
+from tests.runhelpers import fleet, run_json, write_plan
+from tests.simproc import command, open_port, run_sim
+
+TLS = 16842753
+
+
+def _ports(tmp_path: Path) -> str:
+    return str(tmp_path / "ports" / "modem*")
+
+
+def _device_key(sim_state: dict, index: int, sec_tag: int) -> str:  # type: ignore[type-arg]
+    modem = next(m for m in sim_state["modems"] if m["index"] == index)
+    return next(c["public_key_pem"] for c in modem["credentials"]
+                if c["sec_tag"] == sec_tag and c["type"] == 2)
+
+
+def test_a_vanished_captured_key_whose_new_answer_was_lost_is_recovered(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]",
+                      defaults="{timeout_s: 2, keygen_timeout_s: 4, retries: 0}")
+    journal = tmp_path / "j.sqlite"
+    with run_sim(tmp_path, 1) as sim:
+        code, _, err = run_json(plan, journal)
+        assert code == 0, err
+        port = open_port(sim.ports[0])  # someone deletes the key behind fleet's back
+        try:
+            assert command(port, "AT+CMEE=1")[-1] == "OK"
+            assert command(port, f"AT%CMNG=3,{TLS},2")[-1] == "OK"
+        finally:
+            port.close()
+    with run_sim(tmp_path, 1, "--fault", "lost-answer:1@0"):
+        code, doc, _ = run_json(plan, journal)  # a new key is made; its answer is lost
+        assert code == 1
+    with run_sim(tmp_path, 1) as sim:
+        code, doc, err = run_json(plan, journal)
+        assert code == 0, err
+        key = doc["devices"][0]["keys"][0]
+        assert key["outcome"] == "recovered"
+        assert key["public_key_pem"] == _device_key(sim.state(), 0, TLS)
+    with sqlite3.connect(journal) as conn:
+        answer = conn.execute("SELECT answer FROM keys WHERE sec_tag = ?", (TLS,)).fetchone()[0]
+    assert parse_keygen(answer).public_key_pem == _device_key(sim.state(), 0, TLS)
+
+
+def test_sigint_twice_still_exits_3_with_every_device_in_the_output(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 3, "--profile", "realistic"):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        proc = subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
+                                 str(journal), "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+                    if conn.execute("SELECT count(*) FROM steps WHERE action = 'keygen'"
+                                    ).fetchone()[0] >= 3:
+                        break
+            except sqlite3.Error:
+                continue
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 3, err
+        doc = json.loads(out)
+        assert doc["interrupted"] is True
+        assert [d["outcome"] for d in doc["devices"]] == ["interrupted"] * 3
+        manifest = json.loads(Path(doc["manifest"]).read_text())
+        assert manifest["signed"]["run"]["complete"] is False
+        assert len(manifest["signed"]["devices"]) == 3
+        # The next run resumes and finishes the same run.
+        code, again, err = run_json(plan, journal)
+        assert code == 0, err
+        assert again["resumed"] is True and again["run_id"] == doc["run_id"]
+
+
+def test_check_mode_creates_no_journal(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "never" / "j.sqlite"
+        code, doc, err = run_json(plan, journal, "--check")
+        assert code == 0, err
+        assert doc["changed"] is True
+        assert not journal.parent.exists()
+
+
+def test_only_may_be_repeated_and_keeps_the_run_open(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 3):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        code, doc, err = run_json(plan, journal, "--only", "slot0", "--only", "slot2")
+        assert code == 0, err
+        assert [d["slot"] for d in doc["devices"]] == ["slot0", "slot2"]
+        manifest = json.loads(Path(doc["manifest"]).read_text())
+        assert manifest["signed"]["run"]["complete"] is False
+        code, rest, err = run_json(plan, journal)
+        assert code == 0, err
+        assert rest["resumed"] is True and rest["run_id"] == doc["run_id"]
+        full = json.loads(Path(rest["manifest"]).read_text())
+        assert full["signed"]["run"]["complete"] is True
+        outcomes = {d["slot"]: [k["outcome"] for k in d["keys"]]
+                    for d in full["signed"]["devices"]}
+        assert outcomes == {f"slot{i}": ["generated", "generated"] for i in range(3)}
+
+
+def test_unusable_journal_path_exits_2_with_a_json_document(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with run_sim(tmp_path, 1) as sim:
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        result = fleet("run", plan, "--journal", blocker / "j.sqlite", "--json")
+        assert result.returncode == 2, result.stderr
+        assert "cannot use journal" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert json.loads(result.stdout)["failed"] is True
+        assert sim.log_lines() == []
+
+
+def test_a_manifest_that_cannot_be_written_keeps_the_run_open(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("a file where the manifest directory should be")
+    with run_sim(tmp_path, 1):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        code, doc, _ = run_json(plan, journal)
+        assert code == 1
+        assert doc["manifest"] is None and "cannot write manifest" in doc["manifest_error"]
+        (tmp_path / "out").unlink()
+        code, again, err = run_json(plan, journal)
+        assert code == 0, err
+        assert again["resumed"] is True
+        signed = json.loads(Path(again["manifest"]).read_text())["signed"]
+        assert signed["run"]["complete"] is True
+        assert [k["outcome"] for k in signed["devices"][0]["keys"]] == ["generated"] * 2
+
+
+def test_a_new_device_uuid_is_cross_checked_once(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2) as sim:
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        code, _, err = run_json(plan, tmp_path / "j.sqlite")
+        assert code == 0, err
+        first = [c.upper() for c in sim.commands(0)]
+        assert first.count("AT%ATTESTTOKEN") == 1
+        code, _, err = run_json(plan, tmp_path / "j.sqlite")
+        assert code == 0, err
+        assert [c.upper() for c in sim.commands(0)].count("AT%ATTESTTOKEN") == 1
