@@ -1,0 +1,310 @@
+"""The journal's runs, devices, keys, steps and per-run results (see :mod:`fleet.journal`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from fleet.errors import JournalError
+from fleet.journal.certs import CertJournal
+from fleet.journal.records import DeviceInfo, KeyState, RunInfo, utc_now
+from fleet.journal.schema import KEY_COLUMNS, key_state, key_states, record_keygen_intent
+
+__all__ = ["Journal"]
+
+_STICKY = ("generated", "recovered", "changed", "pre-existing")
+
+
+class Journal(CertJournal):
+    """Open with :meth:`open`; every method is durable when it returns."""
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    async def start_run(self, *, run_id: str, plan_path: str, plan_sha256: str, station: str,
+                        tool_version: str, fresh: bool) -> RunInfo:
+        """Resume the latest unfinished run of the same plan, or start ``run_id``."""
+
+        def op(conn: sqlite3.Connection) -> RunInfo:
+            # Only the run holding the lock writes, so an intent without an outcome belongs to
+            # a run that died: its effect is unknown (pending %KEYGEN intents stay pending).
+            conn.execute("UPDATE steps SET outcome = 'unknown', error = 'the run died before "
+                         "the outcome was recorded', done_at = ? WHERE outcome IS NULL",
+                         (utc_now(),))
+            conn.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+            if not fresh:
+                row = conn.execute(
+                    "SELECT run_id, started_at FROM runs WHERE plan_sha256 = ? AND station = ? "
+                    "AND status = 'interrupted' ORDER BY started_at DESC LIMIT 1",
+                    (plan_sha256, station)).fetchone()
+                if row is not None:
+                    conn.execute("UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
+                                 (os.getpid(), row[0]))
+                    return RunInfo(run_id=row[0], started_at=row[1], resumed=True)
+            now = utc_now()
+            conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?)",
+                         (run_id, plan_path, plan_sha256, station, now, os.getpid(),
+                          tool_version))
+            return RunInfo(run_id=run_id, started_at=now, resumed=False)
+
+        return await self._execute(op)
+
+    async def finish_run(self, run_id: str, *, status: str, ended_at: str | None = None) -> str:
+        """Mark the run ``complete`` or ``interrupted`` (a later run of the plan resumes an
+        interrupted one); returns the end time."""
+        now = ended_at or utc_now()
+        await self._execute(lambda c: c.execute(
+            "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", (status, now, run_id)))
+        return now
+
+    async def run_row(self, run_id: str) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            cur = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+            names = [d[0] for d in cur.description]
+            row = cur.fetchone()
+            if row is None:
+                raise JournalError(f"no run {run_id} in the journal")
+            return dict(zip(names, row, strict=True))
+
+        return await self._execute(op)
+
+    # --- devices and keys ----------------------------------------------------------------------
+
+    async def device_seen(self, *, imei: str, model: str, firmware: str,
+                          device_uuid: str | None) -> DeviceInfo:
+        """Record the device; returns what the journal knew of it before."""
+
+        def op(conn: sqlite3.Connection) -> DeviceInfo:
+            now = utc_now()
+            row = conn.execute("SELECT device_uuid, restore_mode FROM devices WHERE imei = ?",
+                               (imei,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                             (imei, device_uuid, model, firmware, now, now))
+                return DeviceInfo(keys=key_states(conn, imei))
+            conn.execute(
+                "UPDATE devices SET model = ?, firmware = ?, last_seen = ?, "
+                "device_uuid = COALESCE(device_uuid, ?) WHERE imei = ?",
+                (model, firmware, now, device_uuid, imei))
+            return DeviceInfo(device_uuid=row[0], restore_mode=row[1],
+                              keys=key_states(conn, imei))
+
+        return await self._execute(op)
+
+    async def device_info(self, imei: str) -> DeviceInfo:
+        """What the journal knows of a device (read only)."""
+
+        def op(conn: sqlite3.Connection) -> DeviceInfo:
+            row = conn.execute("SELECT device_uuid, restore_mode FROM devices WHERE imei = ?",
+                               (imei,)).fetchone()
+            if row is None:
+                return DeviceInfo(keys=key_states(conn, imei))
+            return DeviceInfo(device_uuid=row[0], restore_mode=row[1],
+                              keys=key_states(conn, imei))
+
+        return await self._execute(op)
+
+    async def set_restore_mode(self, imei: str, mode: int | None) -> None:
+        """Remember the function mode to restore (set before fleet changes it; ``None`` once it
+        is restored), so a run killed while the modem was offline restores the right mode."""
+        if mode is None:
+            await self._execute(lambda c: c.execute(
+                "UPDATE devices SET restore_mode = NULL WHERE imei = ?", (imei,)))
+        else:
+            await self._execute(lambda c: c.execute(
+                "UPDATE devices SET restore_mode = COALESCE(restore_mode, ?) WHERE imei = ?",
+                (mode, imei)))
+
+    async def model_of(self, imei: str) -> str | None:
+        """The model recorded for an IMEI, if any."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT model FROM devices WHERE imei = ?", (imei,)).fetchone()
+            return None if row is None or not row[0] else str(row[0])
+
+        return await self._execute(op)
+
+    async def imei_of_device_uuid(self, device_uuid: str) -> str | None:
+        """The IMEI the journal knows a device UUID under, if any."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? LIMIT 1",
+                               (device_uuid,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._execute(op)
+
+    async def set_device_uuid(self, imei: str, device_uuid: str) -> None:
+        await self._execute(lambda c: c.execute(
+            "UPDATE devices SET device_uuid = ? WHERE imei = ? AND device_uuid IS NULL",
+            (device_uuid, imei)))
+
+    async def key_state(self, imei: str, sec_tag: int, key_type: int) -> KeyState:
+        def op(conn: sqlite3.Connection) -> KeyState:
+            row = conn.execute(
+                f"SELECT {KEY_COLUMNS} FROM keys WHERE imei = ? AND sec_tag = ? AND type = ?",
+                (imei, sec_tag, key_type)).fetchone()
+            return KeyState() if row is None else key_state(row)
+
+        return await self._execute(op)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    async def intent(self, *, run_id: str, slot: str, imei: str | None, action: str,
+                     key_name: str | None = None, sec_tag: int | None = None,
+                     key_type: int | None = None, attempt: int = 1, command: str | None = None,
+                     detail: dict[str, Any] | None = None) -> int:
+        """Durably record that ``action`` is about to be done; returns the step id.
+
+        For ``action="keygen"`` the key's pending intent is set (``detail["present_before"]``).
+        """
+
+        def op(conn: sqlite3.Connection) -> int:
+            now = utc_now()
+            cur = conn.execute(
+                "INSERT INTO steps (run_id, slot, imei, key_name, sec_tag, type, action, "
+                "attempt, command, detail, intent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, imei, key_name, sec_tag, key_type, action, attempt, command,
+                 json.dumps(detail or {}, sort_keys=True), now))
+            step_id = int(cur.lastrowid or 0)
+            if action == "keygen" and imei is not None:
+                record_keygen_intent(conn, step_id, imei, sec_tag, key_type,
+                                      present_before=bool((detail or {}).get("present_before")),
+                                      now=now)
+            return step_id
+
+        return await self._execute(op)
+
+    async def outcome(self, step_id: int, *, outcome: str, answer: str | None = None,
+                      error: str | None = None, cmng_sha: str | None = None,
+                      derived: dict[str, Any] | None = None) -> None:
+        """Durably record the outcome of a step (``ok``, ``error`` or ``unknown``).
+
+        A ``keygen`` step with ``ok`` stores the captured answer as the key's state; ``ok`` or
+        ``error`` resolve the key's pending intent; ``unknown`` leaves it pending. A ``delete``
+        step with ``ok`` clears the key's state.
+        """
+        if outcome not in ("ok", "error", "unknown"):
+            raise ValueError(f"invalid step outcome {outcome!r}")
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = utc_now()
+            conn.execute("UPDATE steps SET outcome = ?, answer = ?, error = ?, done_at = ? "
+                         "WHERE id = ?", (outcome, answer, error, now, step_id))
+            row = conn.execute("SELECT action, imei, sec_tag, type, run_id FROM steps "
+                               "WHERE id = ?", (step_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"no step {step_id}")
+            action, imei, sec_tag, key_type, run_id = row
+            key = (imei, sec_tag, key_type)
+            if action == "keygen" and outcome == "ok":
+                extra = derived or {}
+                payload = extra.get("cose_payload")
+                conn.execute("UPDATE keys SET state = 'captured', answer = ?, cmng_sha = ?, "
+                             "run_id = ?, updated_at = ?, pending_step = NULL, csr_pem = ?, "
+                             "public_key_pem = ?, cose_payload = ? WHERE imei = ? "
+                             "AND sec_tag = ? AND type = ?",
+                             (answer, cmng_sha, run_id, now, extra.get("csr_pem"),
+                              extra.get("public_key_pem"),
+                              json.dumps(payload, sort_keys=True) if payload else None, *key))
+            elif action == "keygen" and outcome == "error":
+                # The modem refused it: this %KEYGEN made nothing. An earlier unresolved one it
+                # superseded may still have made the key (a 519 says a key is there): that one
+                # is pending again.
+                detail = json.loads(conn.execute("SELECT detail FROM steps WHERE id = ?",
+                                                 (step_id,)).fetchone()[0] or "{}")
+                earlier = detail.get("supersedes") or {}
+                conn.execute("UPDATE keys SET pending_step = ?, pending_present_before = ?, "
+                             "updated_at = ? WHERE imei = ? AND sec_tag = ? AND type = ? "
+                             "AND pending_step = ?",
+                             (earlier.get("step"), 1 if earlier.get("present_before") else 0,
+                              now, *key, step_id))
+            elif action == "delete" and outcome == "ok":
+                conn.execute("UPDATE keys SET state = 'deleted', answer = NULL, cmng_sha = NULL, "
+                             "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL, "
+                             "pending_step = NULL, updated_at = ? WHERE imei = ? AND sec_tag = ? "
+                             "AND type = ?", (now, *key))
+
+        await self._execute(op)
+
+    async def mark_pre_existing(self, *, imei: str, sec_tag: int, key_type: int,
+                                cmng_sha: str | None) -> None:
+        await self._execute(lambda c: c.execute(
+            "INSERT INTO keys (imei, sec_tag, type, state, cmng_sha, updated_at) "
+            "VALUES (?, ?, ?, 'pre-existing', ?, ?) ON CONFLICT (imei, sec_tag, type) DO UPDATE "
+            "SET state = 'pre-existing', cmng_sha = excluded.cmng_sha, updated_at = "
+            "excluded.updated_at WHERE keys.state IS NOT 'captured'",
+            (imei, sec_tag, key_type, cmng_sha, utc_now())))
+
+    async def set_cmng_sha(self, *, imei: str, sec_tag: int, key_type: int, sha: str) -> None:
+        await self._execute(lambda c: c.execute(
+            "UPDATE keys SET cmng_sha = ? WHERE imei = ? AND sec_tag = ? AND type = ?",
+            (sha, imei, sec_tag, key_type)))
+
+    # --- per-run results -----------------------------------------------------------------------
+
+    async def slot_result(self, *, run_id: str, slot: str, port: str, imei: str | None,
+                          outcome: str | None, error: str | None) -> None:
+        """Record the result of the device in a slot for this run. A run resumed after the
+        board in the slot was swapped keeps both devices (keyed by slot and IMEI); a slot that
+        failed before its device was identified (IMEI unknown) is replaced by its device once
+        a later invocation identifies it."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            if imei:
+                conn.execute("DELETE FROM run_devices WHERE run_id = ? AND slot = ? AND imei = ''",
+                             (run_id, slot))
+            conn.execute(
+                "INSERT OR REPLACE INTO run_devices VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, imei or "", port, outcome, error, utc_now()))
+
+        await self._execute(op)
+
+    async def key_result(self, *, run_id: str, slot: str, imei: str, key_name: str,
+                         sec_tag: int, key_type: int, outcome: str, error: str | None,
+                         attempts: int) -> str:
+        """Record a key's outcome in this run; returns the outcome kept. Within one run (which
+        may span several invocations after interruptions) a later ``unchanged``, ``failed`` or
+        ``not-attempted`` never replaces an earlier ``generated``/``recovered``/``changed``/
+        ``pre-existing`` (a later failure's error is still recorded)."""
+
+        def op(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT outcome, attempts FROM run_keys WHERE run_id = ? AND "
+                               "slot = ? AND imei = ? AND key_name = ?",
+                               (run_id, slot, imei, key_name)).fetchone()
+            kept, total = outcome, attempts
+            if row is not None:
+                total += int(row[1])
+                if outcome in ("unchanged", "failed", "not-attempted") and row[0] in _STICKY:
+                    kept = row[0]  # its captured answer stays this run's; the error is kept
+            conn.execute(
+                "INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, imei, key_name, sec_tag, key_type, kept, error, total,
+                 utc_now()))
+            return kept
+
+        return await self._execute(op)
+
+    async def run_results(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``(slots, keys)`` rows of one run, joined with device data and captured answers."""
+
+        def op(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            def rows(sql: str) -> list[dict[str, Any]]:
+                cur = conn.execute(sql, (run_id,))
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+            slots = rows(
+                "SELECT s.slot, s.port, NULLIF(s.imei, '') AS imei, s.outcome, s.error, "
+                "d.device_uuid, d.model, d.firmware FROM run_devices s LEFT JOIN devices d ON "
+                "d.imei = s.imei WHERE s.run_id = ? ORDER BY s.slot, s.updated_at")
+            keys = rows(
+                "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
+                "r.attempts, k.answer, k.cmng_sha, k.csr_pem, k.public_key_pem, "
+                "k.cose_payload FROM run_keys r LEFT JOIN keys k ON "
+                "k.imei = r.imei AND k.sec_tag = r.sec_tag AND k.type = r.type "
+                "WHERE r.run_id = ? ORDER BY r.slot, r.key_name")
+            return slots, keys
+
+        return await self._execute(op)

@@ -1,0 +1,113 @@
+"""The journal's SQLite schema, its migration, and the row helpers shared by its parts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from fleet.journal.records import CertState, KeyState, PendingIntent
+
+__all__ = ["CERT_FIELDS", "KEY_COLUMNS", "SCHEMA", "key_state", "key_states", "migrate",
+           "record_keygen_intent"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, plan_path TEXT NOT NULL, plan_sha256 TEXT NOT NULL,
+    station TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, status TEXT NOT NULL,
+    pid INTEGER, tool_version TEXT);
+CREATE TABLE IF NOT EXISTS devices (
+    imei TEXT PRIMARY KEY, device_uuid TEXT, model TEXT, firmware TEXT,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL, restore_mode INTEGER);
+CREATE TABLE IF NOT EXISTS keys (
+    imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, type INTEGER NOT NULL,
+    state TEXT NOT NULL, answer TEXT, cmng_sha TEXT, run_id TEXT, updated_at TEXT NOT NULL,
+    pending_step INTEGER, pending_present_before INTEGER,
+    csr_pem TEXT, public_key_pem TEXT, cose_payload TEXT,
+    PRIMARY KEY (imei, sec_tag, type));
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, slot TEXT NOT NULL,
+    imei TEXT, key_name TEXT, sec_tag INTEGER, type INTEGER, action TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1, command TEXT, detail TEXT,
+    intent_at TEXT NOT NULL, done_at TEXT, outcome TEXT, answer TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS run_devices (
+    run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
+    outcome TEXT, error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, slot, imei));
+CREATE TABLE IF NOT EXISTS run_keys (
+    run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
+    sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, slot, imei, key_name));
+CREATE INDEX IF NOT EXISTS steps_by_key ON steps (imei, sec_tag, type);
+CREATE TABLE IF NOT EXISTS certs (
+    imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, state TEXT,
+    source_sha256 TEXT, pem TEXT, sha256 TEXT, serial TEXT, issuer TEXT, not_after TEXT,
+    cmng_sha256 TEXT, run_id TEXT, outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
+    PRIMARY KEY (imei, sec_tag, type));
+"""
+
+#: Outcomes of earlier invocations of the same run that a later "unchanged" must not hide.
+
+KEY_COLUMNS = ("state, answer, cmng_sha, pending_step, pending_present_before, csr_pem, "
+                "public_key_pem, cose_payload")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns later versions use to a journal made by an earlier one."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    for column in ("csr_pem", "public_key_pem", "cose_payload"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
+
+
+def record_keygen_intent(conn: sqlite3.Connection, step_id: int, imei: str,
+                          sec_tag: int | None, key_type: int | None, *, present_before: bool,
+                          now: str) -> None:
+    """Make ``step_id`` the key's pending %KEYGEN.
+
+    An unresolved earlier %KEYGEN it supersedes is remembered in the step's detail (so a refusal
+    of this one makes that one pending again), and a key absent before an earlier unresolved
+    %KEYGEN stays known as absent-before. A %KEYGEN sent for an absent key forgets the captured
+    answer of a key that is no longer there: until this one is captured, nothing is.
+    """
+    row = conn.execute("SELECT pending_step, pending_present_before FROM keys WHERE imei = ? "
+                       "AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type)).fetchone()
+    earlier = row[0] if row is not None else None
+    absent_before = not present_before or (earlier is not None and not row[1])
+    if earlier is not None:
+        detail = json.loads(conn.execute("SELECT detail FROM steps WHERE id = ?",
+                                         (step_id,)).fetchone()[0] or "{}")
+        detail["supersedes"] = {"step": earlier, "present_before": bool(row[1])}
+        conn.execute("UPDATE steps SET detail = ? WHERE id = ?",
+                     (json.dumps(detail, sort_keys=True), step_id))
+    conn.execute(
+        "INSERT INTO keys (imei, sec_tag, type, state, updated_at, pending_step, "
+        "pending_present_before) VALUES (?, ?, ?, 'intent', ?, ?, ?) "
+        "ON CONFLICT (imei, sec_tag, type) DO UPDATE SET pending_step = excluded.pending_step, "
+        "pending_present_before = excluded.pending_present_before, "
+        "updated_at = excluded.updated_at",
+        (imei, sec_tag, key_type, now, step_id, 0 if absent_before else 1))
+    if not present_before:
+        conn.execute("UPDATE keys SET state = 'intent', answer = NULL, cmng_sha = NULL, "
+                     "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL "
+                     "WHERE imei = ? AND sec_tag = ? AND type = ?", (imei, sec_tag, key_type))
+
+
+def key_state(row: tuple[Any, ...]) -> KeyState:
+    pending = None
+    if row[3] is not None:
+        pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
+    return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending,
+                    csr_pem=row[5], public_key_pem=row[6],
+                    cose_payload=json.loads(row[7]) if row[7] else None)
+
+
+def key_states(conn: sqlite3.Connection, imei: str
+                ) -> tuple[tuple[tuple[int, int], KeyState], ...]:
+    rows = conn.execute(f"SELECT {KEY_COLUMNS}, sec_tag, type FROM keys WHERE imei = ?",
+                        (imei,)).fetchall()
+    return tuple(((row[8], row[9]), key_state(row[:8])) for row in rows)
+
+#: Columns of the ``certs`` table, in the order of :class:`CertState`'s fields.
+CERT_FIELDS = tuple(CertState.__dataclass_fields__)
