@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -58,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `fleet ... | head`: the reader went away; that is not an error
         sys.stderr.close()
         return code if "code" in locals() else exitcodes.OK
+    # Everything is written and closed by now. Freezing the heap spares the interpreter's exit a
+    # garbage-collection pass over every object a run made (about 0.2 s after a large run).
+    gc.freeze()
     return code
 
 

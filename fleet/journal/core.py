@@ -228,6 +228,30 @@ class Journal(CertJournal):
 
         await self._execute(op)
 
+    async def suspect_capture(self, *, imei: str, sec_tag: int, key_type: int,
+                              reason: str) -> None:
+        """Take back the capture of a key whose answer turned out wrong (its device UUID could
+        not be confirmed): its %KEYGEN becomes unresolved again, so the next run treats the key
+        as one fleet made but nobody saw the answer of (recovered)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT id, detail FROM steps WHERE imei = ? AND sec_tag = ? AND type = ? AND "
+                "action = 'keygen' AND outcome = 'ok' ORDER BY id DESC LIMIT 1",
+                (imei, sec_tag, key_type)).fetchone()
+            if row is None:
+                return
+            present = 1 if json.loads(row[1] or "{}").get("present_before") else 0
+            conn.execute("UPDATE steps SET outcome = 'unknown', error = ? WHERE id = ?",
+                         (reason, row[0]))
+            conn.execute("UPDATE keys SET state = 'intent', answer = NULL, csr_pem = NULL, "
+                         "public_key_pem = NULL, cose_payload = NULL, pending_step = ?, "
+                         "pending_present_before = ?, updated_at = ? WHERE imei = ? AND "
+                         "sec_tag = ? AND type = ?",
+                         (row[0], present, utc_now(), imei, sec_tag, key_type))
+
+        await self._execute(op)
+
     async def mark_pre_existing(self, *, imei: str, sec_tag: int, key_type: int,
                                 cmng_sha: str | None) -> None:
         await self._execute(lambda c: c.execute(
@@ -263,7 +287,7 @@ class Journal(CertJournal):
 
     async def key_result(self, *, run_id: str, slot: str, imei: str, key_name: str,
                          sec_tag: int, key_type: int, outcome: str, error: str | None,
-                         attempts: int) -> str:
+                         attempts: int, replace: bool = False) -> str:
         """Record a key's outcome in this run; returns the outcome kept. Within one run (which
         may span several invocations after interruptions) a later ``unchanged``, ``failed`` or
         ``not-attempted`` never replaces an earlier ``generated``/``recovered``/``changed``/
@@ -276,7 +300,8 @@ class Journal(CertJournal):
             kept, total = outcome, attempts
             if row is not None:
                 total += int(row[1])
-                if outcome in ("unchanged", "failed", "not-attempted") and row[0] in _STICKY:
+                if (not replace and outcome in ("unchanged", "failed", "not-attempted")
+                        and row[0] in _STICKY):
                     kept = row[0]  # its captured answer stays this run's; the error is kept
             conn.execute(
                 "INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

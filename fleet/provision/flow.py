@@ -13,9 +13,8 @@ How this works
    arguments, a known device UUID) is settled before the first write of an attempt, and the IMEI
    is read again right before a delete;
 3. verify each %KEYGEN answer (all the checks of :mod:`fleet.credentials`, the requested
-   sec_tag, subject and key usage, and one device UUID for every key of the device, cross-checked
-   with ``%ATTESTTOKEN`` before a new device's UUID is trusted) before it is journaled as
-   captured;
+   sec_tag, subject and key usage) before it is journaled as captured; a new device's UUID is
+   journaled only once two sources agree (two answers, or an answer and ``%ATTESTTOKEN``);
 4. the certificate step for keys with ``ca:`` (:mod:`fleet.provision.certs`);
 5. restore the function mode read at the start (or the one an interrupted run left in the
    journal) when ``restore_function_mode``.
@@ -86,6 +85,11 @@ class _Flow(DeviceWork):
     def __init__(self, job: SlotJob) -> None:
         super().__init__(job)
         self.key_states: dict[tuple[int, int], KeyState] = {}
+        #: (key, device UUID) of this run's answers while the device UUID is not confirmed
+        self.uuid_sources: list[tuple[KeySpec, str]] = []
+        #: One ``AT%CMNG=1`` listing of everything, for each key's first inspection (one
+        #: command instead of one per key); a retry inspects its key again.
+        self.listing: dict[tuple[int, int], str | None] | None = None
 
     # --- device ------------------------------------------------------------------------------
 
@@ -147,28 +151,62 @@ class _Flow(DeviceWork):
         except CredentialError as exc:
             raise Transient(f"%ATTESTTOKEN answer does not decode: {exc}") from exc
 
-    async def confirm_device_uuid(self, candidate: str) -> None:
-        """Trust ``candidate`` (from a verified answer) as the device UUID of a device whose UUID
-        was not known: only if ``%ATTESTTOKEN`` says the same (a changed bit in the answer's COSE
-        payload would pass every local check), and only if the journal does not know that UUID
-        under another IMEI. Then it is journaled for good."""
-        if self.dev.device_uuid is not None:
-            return  # the answer's expectation already required the known UUID
-        attested = self.dev.attested_uuid or await self._attest()
-        if attested is not None and attested != candidate:
-            self.dev.attested_uuid = None  # read it again on the next attempt
-            raise CredentialError(f"device UUID {candidate} in the answer differs from "
-                                  f"%ATTESTTOKEN's {attested}")
-        if attested is None:
-            self.log.warning("device UUID taken from the %KEYGEN answer alone (no %ATTESTTOKEN "
-                             "to cross-check it)", device_uuid=candidate)
-        owner = await self.job.journal.imei_of_device_uuid(candidate)
-        if owner is not None and owner != self.dev.imei:
-            raise DeviceLost(
-                f"this modem's device UUID {candidate} belongs to IMEI {owner} in the journal, "
-                f"but it reported IMEI {self.dev.imei}: stopping this slot")
-        self.dev.device_uuid = candidate
-        await self.job.journal.set_device_uuid(self.dev.imei, candidate)
+    async def _attest_with_retries(self) -> str | None:
+        for attempt in range(1, self.settings.retries + 2):
+            try:
+                if self.session.needs_recover:
+                    await self.recover()
+                return await self._attest()
+            except RETRYABLE:
+                if attempt > self.settings.retries:
+                    raise
+                await anyio.sleep(backoff(attempt + 1))
+        return None  # pragma: no cover - the loop returns or raises
+
+    async def settle_device_uuid(self) -> None:
+        """Confirm the device UUID of a device the journal did not know, from two sources,
+        before it is journaled for good: every answer of the device must carry the same one (a
+        changed bit in a COSE payload passes every local check), and two answers - or one
+        answer and ``%ATTESTTOKEN`` - must agree. An answer that disagrees with the confirmed
+        UUID, or a single answer that cannot be confirmed, loses its capture: its key is
+        regenerated ("recovered") by the next run, and the device fails now, saying why."""
+        if self.dev.device_uuid is not None or not self.uuid_sources:
+            return
+        seen = {device for _, device in self.uuid_sources}
+        confirmed: str | None = None
+        if len(seen) == 1 and len(self.uuid_sources) >= 2:
+            confirmed = next(iter(seen))
+        else:
+            attested = self.dev.attested_uuid or await self._attest_with_retries()
+            if attested is None and len(seen) == 1:
+                confirmed = next(iter(seen))
+                self.log.warning("device UUID from one %KEYGEN answer alone (no %ATTESTTOKEN "
+                                 "to cross-check it)", device_uuid=confirmed)
+            elif attested in seen:
+                confirmed = attested
+        if confirmed is not None:
+            owner = await self.job.journal.imei_of_device_uuid(confirmed)
+            if owner is not None and owner != self.dev.imei:
+                raise DeviceLost(
+                    f"this modem's device UUID {confirmed} belongs to IMEI {owner} in the "
+                    f"journal, but it reported IMEI {self.dev.imei}: stopping this slot")
+            self.dev.device_uuid = confirmed
+            await self.job.journal.set_device_uuid(self.dev.imei, confirmed)
+        for key, device in self.uuid_sources:
+            if device != confirmed:
+                await self._take_back(key, f"its answer's device UUID {device} could not be "
+                                      "confirmed (another answer or %ATTESTTOKEN disagrees): the "
+                                      "key is regenerated on the next run")
+
+    async def _take_back(self, key: KeySpec, reason: str) -> None:
+        await self.job.journal.suspect_capture(imei=self.dev.imei, sec_tag=key.sec_tag,
+                                               key_type=key.type.code, reason=reason)
+        record = self._failed(key, reason, 1)
+        self.dev.keys = [record if k.name == key.name else k for k in self.dev.keys]
+        await self.job.journal.key_result(
+            run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei, key_name=key.name,
+            sec_tag=key.sec_tag, key_type=key.type.code, outcome=record.outcome.value,
+            error=reason, attempts=0, replace=True)
 
     def template_context(self) -> dict[str, str]:
         context = super().template_context()
@@ -178,11 +216,21 @@ class _Flow(DeviceWork):
 
     # --- keys ----------------------------------------------------------------------------------
 
-    async def inspect(self, key: KeySpec) -> tuple[bool, str | None]:
+    async def inspect(self, key: KeySpec, *, first: bool = False) -> tuple[bool, str | None]:
+        """Is a key of this sec_tag and type on the device, and its SHA column. A key's first
+        inspection reads one listing of every credential, made when the first key needs it;
+        writes for one key never change another key's (sec_tag, type), so it stays true."""
+        where = (key.sec_tag, key.type.code)
+        if first and len(self.slot.keys) > 1:
+            if self.listing is None:
+                answer = await self.session.command(Command.set("%CMNG", 1),
+                                                    timeout=self.settings.timeout_s)
+                self.listing = {(e.sec_tag, e.type): e.sha256
+                                for e in parse_cmng_list(answer.lines)}
+            return where in self.listing, self.listing.get(where)
         answer = await self.session.command(
             Command.set("%CMNG", 1, key.sec_tag, key.type.code), timeout=self.settings.timeout_s)
-        entries = [e for e in parse_cmng_list(answer.lines)
-                   if e.sec_tag == key.sec_tag and e.type == key.type.code]
+        entries = [e for e in parse_cmng_list(answer.lines) if (e.sec_tag, e.type) == where]
         return bool(entries), entries[0].sha256 if entries else None
 
     async def provision_key(self, key: KeySpec) -> KeyRecord:
@@ -208,7 +256,7 @@ class _Flow(DeviceWork):
 
     async def key_attempt(self, key: KeySpec, attempt: int) -> KeyRecord:
         self.step(f"{key.name}: inspect")
-        present, sha = await self.inspect(key)
+        present, sha = await self.inspect(key, first=attempt == 1)
         state = self.key_states.pop((key.sec_tag, key.type.code), None)
         if state is None:  # a retry: the journal may have changed since identification
             state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
@@ -228,6 +276,8 @@ class _Flow(DeviceWork):
                     self.log.warning("the key's SHA column changed since it was recorded",
                                      key=key.name, sec_tag=key.sec_tag, was=state.cmng_sha,
                                      now=sha)
+            if self.dev.device_uuid is None and state.cose_payload:
+                self.uuid_sources.append((key, str(state.cose_payload["device_uuid"])))
             return self._record(key, KeyOutcome.UNCHANGED, state.answer, attempt, stored=state)
         if decision.action is Action.KEEP:
             await self.job.journal.mark_pre_existing(imei=self.dev.imei, sec_tag=key.sec_tag,
@@ -281,8 +331,7 @@ class _Flow(DeviceWork):
         try:
             parsed = parse_keygen(answer.first("%KEYGEN:"))
             verify_keygen(parsed, self.expectation(key, args, parsed))
-            await self.confirm_device_uuid(str(parsed.payload.device_uuid))
-        except (CredentialError, RemoteProtocolError, DeviceLost, Transient) as exc:
+        except (CredentialError, RemoteProtocolError) as exc:
             await self.job.journal.outcome(step_id, outcome="unknown",
                                            answer="\n".join(answer.lines),
                                            error=f"answer failed verification: {exc}")
@@ -293,6 +342,8 @@ class _Flow(DeviceWork):
                                           new_public_key=parsed.public_key_pem)
         await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
                                        derived=derived_fields(parsed))
+        if self.dev.device_uuid is None:
+            self.uuid_sources.append((key, str(parsed.payload.device_uuid)))
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
             self.dev.changed = True
         # The verified answer is the proof the key exists (the modem stores it before it
@@ -382,6 +433,8 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 await flow.save_key(key, record)
                 flow.status.keys_done += 1
                 flow.job.on_progress(flow.status)
+            if not job.check:
+                await flow.settle_device_uuid()
             await flow.restore_mode()
         except (DeviceLost, DeviceSwapped, PortBusy) as exc:
             error = str(exc)
