@@ -115,9 +115,12 @@ async def build_run_record(journal: Journal, plan: Plan, run: RunInfo, *, ended_
     slots, keys = await journal.run_results(run.run_id)
     certs = {(c.imei, c.sec_tag, c.type): c for c in await journal.run_certs(run.run_id)}
     order = {spec.name: i for i, spec in enumerate(plan.keys.values())}
+    by_device: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    for row in keys:
+        by_device.setdefault((row["slot"], row["imei"]), []).append(row)
     devices = []
     for slot in slots:
-        rows = sorted((k for k in keys if k["slot"] == slot["slot"] and k["imei"] == slot["imei"]),
+        rows = sorted(by_device.get((slot["slot"], slot["imei"]), []),
                       key=lambda k: order.get(k["key_name"], len(order)))
         devices.append(DeviceRecord(
             slot=slot["slot"], port=slot["port"], imei=slot["imei"],

@@ -121,7 +121,9 @@ def _key(key: KeyRecord, where: str) -> dict[str, Any]:
         "error": key.error,
         "attempts": key.attempts,
     }
-    if key.keygen_answer is not None and any(fields[name] is None for name in _DERIVED):
+    missing = [name for name in _DERIVED if fields[name] is None
+               and not (name == "csr_pem" and key.response != "csr")]
+    if key.keygen_answer is not None and missing:
         try:
             derived = answer_fields(parse_keygen(key.keygen_answer))
         except CredentialError:
@@ -133,8 +135,7 @@ def _key(key: KeyRecord, where: str) -> dict[str, Any]:
         if name in fields:
             raise ManifestError(f"{where}: extra field {name!r} would replace a standard field")
         fields[name] = value
-    out: dict[str, Any] = plain_json(fields, where)
-    return out
+    return fields  # build_signed checks the whole document is plain JSON
 
 
 def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
