@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from fleet.aio import both
 from fleet.at import (
     NEED_DATA,
     CmeErrorLine,
@@ -233,15 +234,19 @@ class DeviceSession:
         self, *, timeout: float,
         known_model: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> Identity:
-        """``AT+CGSN=1`` (twice), ``AT+CGMM``, ``AT+CGMR``. The model is fixed for an IMEI (it
+        """``AT+CGSN=1`` (twice), ``AT+CGMR``, ``AT+CGMM``. The model is fixed for an IMEI (it
         is the modem's own number), so ``known_model(imei)`` can spare the ``AT+CGMM``; the
         firmware is always read, since it can be updated between runs."""
         imei = await self.read_imei(timeout=timeout)
-        model = await known_model(imei) if known_model is not None else None
+        cgmr = self.command(Command.action("+CGMR"), timeout=timeout)
+        if known_model is not None:  # the journal is asked while the modem answers
+            model, answer = await both(known_model(imei), cgmr)
+        else:
+            model, answer = None, await cgmr
+        firmware = answer.lines
         if not model:
             lines = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
             model = lines[-1].strip() if lines else ""
-        firmware = (await self.command(Command.action("+CGMR"), timeout=timeout)).lines
         self.identity = Identity(
             imei=imei,
             model=model,

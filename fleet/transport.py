@@ -146,7 +146,22 @@ class SerialStream(anyio.abc.ByteStream):
         if bridge.closed.is_set() or self._transport.is_closing():
             raise anyio.BrokenResourceError(f"{self.port}: port closed")
         await bridge.writable.wait()
-        self._transport.write(item)
+        transport = self._transport
+        if transport.get_write_buffer_size() == 0 and transport.serial is not None:
+            # Write at once, as asyncio's own transports do: the transport would first register
+            # a writer with epoll and write on the next loop iteration (two epoll changes and a
+            # callback per command, for hundreds of ports). What the port does not take now
+            # (or an error) goes to the transport, which sends it or reports the loss.
+            try:
+                written = os.write(transport.serial.fd, item)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = 0  # the transport meets the same error and closes the stream
+            item = item[written:]
+            if not item:
+                return
+        transport.write(item)
 
     async def send_eof(self) -> None:
         raise NotImplementedError("serial ports have no end-of-file")

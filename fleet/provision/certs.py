@@ -179,6 +179,12 @@ class _Step:
         for cert_type, sha in expected.items():
             if listed.get(cert_type) != sha:
                 what = "certificate" if cert_type == _CERT else "CA chain"
+                if cert_type in listed and listed[cert_type] is None:
+                    raise CertificateError(
+                        f"AT%CMNG=1 lists the {what} in sec_tag {self.key.sec_tag} without a "
+                        "SHA-256 column, so the bytes on the device cannot be confirmed: this "
+                        "firmware is too old for the certificate step (update the modem "
+                        "firmware, or drop `ca:` from the plan)")
                 raise CertificateError(
                     f"after writing, AT%CMNG=1 lists {listed.get(cert_type) or 'nothing'} for "
                     f"the {what} in sec_tag {self.key.sec_tag}, expected {sha}")

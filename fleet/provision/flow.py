@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from fleet.aio import both
 from fleet.at import Command
 from fleet.credentials import (
     KeygenAnswer,
@@ -85,6 +86,7 @@ class _Flow(DeviceWork):
     def __init__(self, job: SlotJob) -> None:
         super().__init__(job)
         self.key_states: dict[tuple[int, int], KeyState] = {}
+        self.states_used: set[tuple[int, int]] = set()
         #: (key, device UUID) of this run's answers while the device UUID is not confirmed
         self.uuid_sources: list[tuple[KeySpec, str]] = []
         #: One ``AT%CMNG=1`` listing of everything, for each key's first inspection (one
@@ -126,17 +128,35 @@ class _Flow(DeviceWork):
         self.log = self.log.bind(imei=identity.imei)
         self.session.log = self.log
         if self.job.check:
-            info = await self.job.journal.device_info(identity.imei)
+            seen = self.job.journal.device_info(identity.imei)
         else:
-            info = await self.job.journal.device_seen(imei=identity.imei, model=identity.model,
-                                                      firmware=identity.firmware,
-                                                      device_uuid=None)
+            seen = self.job.journal.device_seen(imei=identity.imei, model=identity.model,
+                                                firmware=identity.firmware, device_uuid=None)
+        # The journal records the device while the modem lists its credentials.
+        info, _ = await both(seen, self._prefetch_listing())
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
         self.key_states = dict(info.keys)
         if (self.dev.device_uuid is None and not self.job.check
                 and any(k.uses_device_uuid for k in self.slot.keys)):
             self.dev.attested_uuid = await self._attest()
+
+    async def _prefetch_listing(self) -> None:
+        """The one ``AT%CMNG=1`` listing every key's first inspection uses (plans with more
+        than one key). A failure here is left for the first key's attempt to meet again and
+        handle (it recovers the session and retries)."""
+        if len(self.slot.keys) < 2 or self.listing is not None:
+            return
+        try:
+            await self._read_listing()
+        except (FleetError, OSError) as exc:
+            self.log.info("credential listing failed; the first key retries it", error=str(exc))
+
+    async def _read_listing(self) -> dict[tuple[int, int], str | None]:
+        answer = await self.session.command(Command.set("%CMNG", 1),
+                                            timeout=self.settings.timeout_s)
+        self.listing = {(e.sec_tag, e.type): e.sha256 for e in parse_cmng_list(answer.lines)}
+        return self.listing
 
     async def _attest(self) -> str | None:
         """The device UUID from ``%ATTESTTOKEN``; ``None`` when the firmware does not offer it."""
@@ -222,12 +242,8 @@ class _Flow(DeviceWork):
         writes for one key never change another key's (sec_tag, type), so it stays true."""
         where = (key.sec_tag, key.type.code)
         if first and len(self.slot.keys) > 1:
-            if self.listing is None:
-                answer = await self.session.command(Command.set("%CMNG", 1),
-                                                    timeout=self.settings.timeout_s)
-                self.listing = {(e.sec_tag, e.type): e.sha256
-                                for e in parse_cmng_list(answer.lines)}
-            return where in self.listing, self.listing.get(where)
+            listing = self.listing if self.listing is not None else await self._read_listing()
+            return where in listing, listing.get(where)
         answer = await self.session.command(
             Command.set("%CMNG", 1, key.sec_tag, key.type.code), timeout=self.settings.timeout_s)
         entries = [e for e in parse_cmng_list(answer.lines) if (e.sec_tag, e.type) == where]
@@ -257,8 +273,13 @@ class _Flow(DeviceWork):
     async def key_attempt(self, key: KeySpec, attempt: int) -> KeyRecord:
         self.step(f"{key.name}: inspect")
         present, sha = await self.inspect(key, first=attempt == 1)
-        state = self.key_states.pop((key.sec_tag, key.type.code), None)
-        if state is None:  # a retry: the journal may have changed since identification
+        where = (key.sec_tag, key.type.code)
+        if attempt == 1 and where not in self.states_used:
+            # What identification read: every key the journal knows of this device (one the
+            # journal does not know has an empty state); writes for other keys never touch it.
+            self.states_used.add(where)
+            state = self.key_states.get(where, KeyState())
+        else:  # a retry: the journal may have changed since identification
             state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
         if key.type is KeyType.CLIENT_KEY:
             decision = decide_client_key(present=present, journal=state,
