@@ -66,6 +66,8 @@ _NAME = re.compile(r"(?:[+%][A-Z][A-Z0-9]*|[A-Z&][A-Z0-9]*|)\Z")
 
 def check_string(value: str, *, allow_lf: bool = False) -> None:
     """Raise :class:`ArgumentError` if ``value`` cannot travel inside a quoted AT argument."""
+    if '"' not in value and value.isprintable():
+        return  # the usual case, checked in C: no quote, and no Cc, Zl or Zp character at all
     for index, char in enumerate(value):
         if char == '"':
             raise ArgumentError(

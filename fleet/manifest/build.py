@@ -66,25 +66,66 @@ def answer_fields(answer: KeygenAnswer) -> dict[str, Any]:
 def plain_json(value: Any, where: str) -> Any:
     """A deep copy of ``value`` as plain JSON data; ``ManifestError`` naming ``where`` for a
     float, a non-string key, an integer RFC 8785 cannot represent exactly, or any other type."""
-    if value is None or isinstance(value, bool | str):
-        return str(value) if isinstance(value, str) else value
-    if isinstance(value, int):
+    try:
+        return _copy_plain(value)
+    except _NotPlain:  # something to convert, or an error to name with its path
+        return _plain(value, where, ())
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _copy_plain(value: Any) -> Any:
+    """The fast path of :func:`plain_json` for built-in types (a manifest is tens of thousands
+    of values): no path bookkeeping; anything else raises ``_NotPlain``."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int and -_MAX_INT <= value <= _MAX_INT:
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            out[key] = _copy_plain(item)
+        return out
+    if kind is list or kind is tuple:
+        return [_copy_plain(item) for item in value]
+    raise _NotPlain
+
+
+def _where(where: str, path: tuple[str | int, ...]) -> str:
+    """``where`` followed by ``.key`` and ``[index]`` steps, built only for an error message."""
+    return where + "".join(f"[{step}]" if isinstance(step, int) else f".{step}"
+                           for step in path)
+
+
+def _plain(value: Any, where: str, path: tuple[str | int, ...]) -> Any:
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         if not -_MAX_INT <= value <= _MAX_INT:
-            raise ManifestError(f"{where}: integer {value} is outside the exact JSON range")
+            raise ManifestError(f"{_where(where, path)}: integer {value} is outside the exact "
+                                "JSON range")
         return int(value)
     if isinstance(value, float):
-        raise ManifestError(f"{where}: floating-point value {value!r} (manifests hold integers "
-                            "and strings only)")
+        raise ManifestError(f"{_where(where, path)}: floating-point value {value!r} (manifests "
+                            "hold integers and strings only)")
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ManifestError(f"{where}: key {key!r} is not a string")
-            out[str(key)] = plain_json(item, f"{where}.{key}")
+                raise ManifestError(f"{_where(where, path)}: key {key!r} is not a string")
+            out[str(key)] = _plain(item, where, (*path, key))
         return out
     if isinstance(value, list | tuple):
-        return [plain_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    raise ManifestError(f"{where}: {type(value).__name__} is not JSON data")
+        return [_plain(item, where, (*path, i)) for i, item in enumerate(value)]
+    raise ManifestError(f"{_where(where, path)}: {type(value).__name__} is not JSON data")
 
 
 def _utc(text: str, where: str) -> str:
