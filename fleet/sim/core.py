@@ -10,7 +10,8 @@ which reads bytes, feeds a :class:`fleet.at.ModemConnection` and, per command li
 
 1. logs it; rolls silent / disconnect / reboot (each ends the command);
 2. asks the model for the reply (keygen-fail is rolled inside, when it can apply);
-3. sleeps the profile's delay for the work done (+ the slow fault);
+3. sleeps what is left of the profile's delay for the work done (+ the slow fault), counted
+   from the moment the command arrived;
 4. if the state changed, waits until the state file holding the change is written
    (lost-answer drops the port here, after the key is safely stored);
 5. applies urc-storm and garble to the bytes and sends them, paced in the realistic profile.
@@ -164,6 +165,10 @@ class SimCore:
             self.log.fault(index, FaultName.REBOOT.value, text)
             return None
 
+        # A modem's delay runs from the moment it got the command: hundreds of real modems make
+        # their keys at the same time, so the time this one process spends computing for the
+        # others must not be added on top.
+        received = anyio.current_time()
         reply = modem.handle(text, entropy=self.entropy,
                              keygen_fails=lambda: dice.roll(FaultName.KEYGEN_FAIL))
         if reply.keygen_failed:
@@ -173,6 +178,7 @@ class SimCore:
         if dice.roll(FaultName.SLOW):
             self.log.fault(index, FaultName.SLOW.value, text)
             delay += SLOW_EXTRA_S
+        delay -= anyio.current_time() - received
         if delay > 0:
             await anyio.sleep(delay)
         await self.writer.wait_written(version)
