@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from fleet.errors import JournalError
-from fleet.journal import Journal
+from fleet.journal import Journal, KeyResult
 
 pytestmark = pytest.mark.anyio
 
@@ -268,4 +268,40 @@ async def test_run_results_keep_every_device_of_a_slot_and_earlier_outcomes(
     slots, keys = await journal.run_results(run)
     assert [(s["slot"], s["imei"]) for s in slots] == [("s0", "1"), ("s0", "2")]
     assert keys[0]["outcome"] == "generated" and keys[0]["error"] == "boom"
+    await journal.aclose()
+
+
+async def test_a_capture_and_its_run_result_in_one_transaction(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    step = await journal.intent(run_id=run, slot="s0", imei="1", action="keygen", key_name="tls",
+                                sec_tag=5, key_type=2, detail={"present_before": False})
+    result = KeyResult(run_id=run, slot="s0", imei="1", key_name="tls", sec_tag=5, key_type=2,
+                       outcome="generated", error=None, attempts=2)
+    commits = journal.commits
+    await journal.outcome(step, outcome="ok", answer="a.b", result=result)
+    assert journal.commits == commits + 1
+    assert (await journal.key_state("1", 5, 2)).answer == "a.b"
+    _, keys = await journal.run_results(run)
+    assert [(k["key_name"], k["outcome"], k["attempts"], k["answer"]) for k in keys] == [
+        ("tls", "generated", 2, "a.b")]
+    # A step that does not exist fails the whole operation: no result is left behind either.
+    other = KeyResult(run_id=run, slot="s0", imei="1", key_name="other", sec_tag=6, key_type=2,
+                      outcome="generated", error=None, attempts=1)
+    with pytest.raises(JournalError, match="no step"):
+        await journal.outcome(step + 100, outcome="ok", answer="x", result=other)
+    _, keys = await journal.run_results(run)
+    assert [k["key_name"] for k in keys] == ["tls"]
+    await journal.aclose()
+
+
+async def test_claim_device_uuid(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    for imei in ("1", "2"):
+        await journal.device_seen(imei=imei, model="m", firmware="f", device_uuid=None)
+    assert await journal.claim_device_uuid("1", "uuid-a") is None
+    assert (await journal.device_info("1")).device_uuid == "uuid-a"
+    assert await journal.claim_device_uuid("1", "uuid-a") is None  # again: still its own
+    assert await journal.claim_device_uuid("2", "uuid-a") == "1"  # another IMEI has it
+    assert (await journal.device_info("2")).device_uuid is None
     await journal.aclose()

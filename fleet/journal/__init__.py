@@ -27,11 +27,12 @@ from fleet.journal.core import Journal
 from fleet.journal.records import (
     CertState,
     DeviceInfo,
+    KeyResult,
     KeyState,
     PendingIntent,
     RunInfo,
     utc_now,
 )
 
-__all__ = ["CertState", "DeviceInfo", "Journal", "KeyState", "PendingIntent", "RunInfo",
-           "utc_now"]
+__all__ = ["CertState", "DeviceInfo", "Journal", "KeyResult", "KeyState", "PendingIntent",
+           "RunInfo", "utc_now"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from fleet.errors import JournalError
 from fleet.journal.certs import CertJournal
-from fleet.journal.records import DeviceInfo, KeyState, RunInfo, utc_now
+from fleet.journal.records import DeviceInfo, KeyResult, KeyState, RunInfo, utc_now
 from fleet.journal.schema import KEY_COLUMNS, key_state, key_states, record_keygen_intent
 
 __all__ = ["Journal"]
@@ -125,20 +125,20 @@ class Journal(CertJournal):
 
         return await self._execute(op)
 
-    async def imei_of_device_uuid(self, device_uuid: str) -> str | None:
-        """The IMEI the journal knows a device UUID under, if any."""
+    async def claim_device_uuid(self, imei: str, device_uuid: str) -> str | None:
+        """Record ``device_uuid`` for ``imei`` unless the journal knows it under another IMEI;
+        returns that other IMEI (nothing recorded), or None. One transaction."""
 
         def op(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? LIMIT 1",
-                               (device_uuid,)).fetchone()
-            return None if row is None else str(row[0])
+            row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? AND imei != ? "
+                               "LIMIT 1", (device_uuid, imei)).fetchone()
+            if row is not None:
+                return str(row[0])
+            conn.execute("UPDATE devices SET device_uuid = ? WHERE imei = ? AND "
+                         "device_uuid IS NULL", (device_uuid, imei))
+            return None
 
         return await self._execute(op)
-
-    async def set_device_uuid(self, imei: str, device_uuid: str) -> None:
-        await self._execute(lambda c: c.execute(
-            "UPDATE devices SET device_uuid = ? WHERE imei = ? AND device_uuid IS NULL",
-            (device_uuid, imei)))
 
     async def key_state(self, imei: str, sec_tag: int, key_type: int) -> KeyState:
         def op(conn: sqlite3.Connection) -> KeyState:
@@ -178,8 +178,11 @@ class Journal(CertJournal):
 
     async def outcome(self, step_id: int, *, outcome: str, answer: str | None = None,
                       error: str | None = None, cmng_sha: str | None = None,
-                      derived: dict[str, Any] | None = None) -> None:
-        """Durably record the outcome of a step (``ok``, ``error`` or ``unknown``).
+                      derived: dict[str, Any] | None = None,
+                      result: KeyResult | None = None) -> None:
+        """Durably record the outcome of a step (``ok``, ``error`` or ``unknown``), and with
+        ``result`` the key's result in the run too, in the same transaction (as
+        :meth:`key_result`: one journal round trip instead of two).
 
         A ``keygen`` step with ``ok`` stores the captured answer as the key's state; ``ok`` or
         ``error`` resolve the key's pending intent; ``unknown`` leaves it pending. A ``delete``
@@ -225,6 +228,8 @@ class Journal(CertJournal):
                              "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL, "
                              "pending_step = NULL, updated_at = ? WHERE imei = ? AND sec_tag = ? "
                              "AND type = ?", (now, *key))
+            if result is not None:
+                _record_key_result(conn, result)
 
         await self._execute(op)
 
@@ -292,24 +297,10 @@ class Journal(CertJournal):
         may span several invocations after interruptions) a later ``unchanged``, ``failed`` or
         ``not-attempted`` never replaces an earlier ``generated``/``recovered``/``changed``/
         ``pre-existing`` (a later failure's error is still recorded)."""
-
-        def op(conn: sqlite3.Connection) -> str:
-            row = conn.execute("SELECT outcome, attempts FROM run_keys WHERE run_id = ? AND "
-                               "slot = ? AND imei = ? AND key_name = ?",
-                               (run_id, slot, imei, key_name)).fetchone()
-            kept, total = outcome, attempts
-            if row is not None:
-                total += int(row[1])
-                if (not replace and outcome in ("unchanged", "failed", "not-attempted")
-                        and row[0] in _STICKY):
-                    kept = row[0]  # its captured answer stays this run's; the error is kept
-            conn.execute(
-                "INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, slot, imei, key_name, sec_tag, key_type, kept, error, total,
-                 utc_now()))
-            return kept
-
-        return await self._execute(op)
+        result = KeyResult(run_id=run_id, slot=slot, imei=imei, key_name=key_name,
+                           sec_tag=sec_tag, key_type=key_type, outcome=outcome, error=error,
+                           attempts=attempts, replace=replace)
+        return await self._execute(lambda conn: _record_key_result(conn, result))
 
     async def run_results(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``(slots, keys)`` rows of one run, joined with device data and captured answers."""
@@ -333,3 +324,20 @@ class Journal(CertJournal):
             return slots, keys
 
         return await self._execute(op)
+
+
+def _record_key_result(conn: sqlite3.Connection, result: KeyResult) -> str:
+    """The ``run_keys`` row of :meth:`Journal.key_result`; returns the outcome kept."""
+    row = conn.execute("SELECT outcome, attempts FROM run_keys WHERE run_id = ? AND slot = ? "
+                       "AND imei = ? AND key_name = ?",
+                       (result.run_id, result.slot, result.imei, result.key_name)).fetchone()
+    kept, total = result.outcome, result.attempts
+    if row is not None:
+        total += int(row[1])
+        if (not result.replace and result.outcome in ("unchanged", "failed", "not-attempted")
+                and row[0] in _STICKY):
+            kept = row[0]  # its captured answer stays this run's; the error is kept
+    conn.execute("INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (result.run_id, result.slot, result.imei, result.key_name, result.sec_tag,
+                  result.key_type, kept, result.error, total, utc_now()))
+    return kept

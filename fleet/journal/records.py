@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["CertState", "DeviceInfo", "KeyState", "PendingIntent", "RunInfo", "utc_now"]
+__all__ = ["CertState", "DeviceInfo", "KeyResult", "KeyState", "PendingIntent", "RunInfo",
+           "utc_now"]
 
 
 def utc_now() -> str:
@@ -70,3 +71,19 @@ class CertState:
     run_id: str | None = None  #: the run of ``outcome``
     outcome: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyResult:
+    """A key's result in a run (a ``run_keys`` row), as :meth:`Journal.key_result` takes it."""
+
+    run_id: str
+    slot: str
+    imei: str
+    key_name: str
+    sec_tag: int
+    key_type: int
+    outcome: str
+    error: str | None
+    attempts: int
+    replace: bool = False

@@ -51,7 +51,7 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from fleet.journal import KeyState
+from fleet.journal import KeyResult, KeyState
 from fleet.plan import KeySpec, KeyType
 from fleet.provision.base import (
     RETRYABLE,
@@ -87,6 +87,8 @@ class _Flow(DeviceWork):
         super().__init__(job)
         self.key_states: dict[tuple[int, int], KeyState] = {}
         self.states_used: set[tuple[int, int]] = set()
+        #: keys whose result in the run was journaled with their capture
+        self.results_saved: set[str] = set()
         #: (key, device UUID) of this run's answers while the device UUID is not confirmed
         self.uuid_sources: list[tuple[KeySpec, str]] = []
         #: One ``AT%CMNG=1`` listing of everything, for each key's first inspection (one
@@ -205,13 +207,12 @@ class _Flow(DeviceWork):
             elif attested in seen:
                 confirmed = attested
         if confirmed is not None:
-            owner = await self.job.journal.imei_of_device_uuid(confirmed)
-            if owner is not None and owner != self.dev.imei:
+            owner = await self.job.journal.claim_device_uuid(self.dev.imei, confirmed)
+            if owner is not None:
                 raise DeviceLost(
                     f"this modem's device UUID {confirmed} belongs to IMEI {owner} in the "
                     f"journal, but it reported IMEI {self.dev.imei}: stopping this slot")
             self.dev.device_uuid = confirmed
-            await self.job.journal.set_device_uuid(self.dev.imei, confirmed)
         for key, device in self.uuid_sources:
             if device != confirmed:
                 await self._take_back(key, f"its answer's device UUID {device} could not be "
@@ -361,8 +362,17 @@ class _Flow(DeviceWork):
         if key.type is KeyType.ENDORSEMENT_KEY:
             outcome = endorsement_outcome(decision=decision, journal_public_key=journal_public_key,
                                           new_public_key=parsed.public_key_pem)
+        # Without a certificate step this outcome is final: the key's result in the run goes
+        # into the same journal transaction as the capture (save_key then has nothing to do).
+        result = None
+        if key.ca is None:
+            result = KeyResult(run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei,
+                               key_name=key.name, sec_tag=key.sec_tag, key_type=key.type.code,
+                               outcome=outcome.value, error=None, attempts=attempt)
         await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
-                                       derived=derived_fields(parsed))
+                                       derived=derived_fields(parsed), result=result)
+        if result is not None:
+            self.results_saved.add(key.name)
         if self.dev.device_uuid is None:
             self.uuid_sources.append((key, str(parsed.payload.device_uuid)))
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
@@ -404,7 +414,7 @@ class _Flow(DeviceWork):
 
     async def save_key(self, key: KeySpec, record: KeyRecord) -> None:
         """Keep the key's result, in memory and (real runs) in the journal for the manifest."""
-        if not self.job.check and self.dev.imei:
+        if not self.job.check and self.dev.imei and key.name not in self.results_saved:
             kept = await self.job.journal.key_result(
                 run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei,
                 key_name=key.name, sec_tag=key.sec_tag, key_type=key.type.code,
