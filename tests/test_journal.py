@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from fleet.errors import JournalError
@@ -305,3 +306,35 @@ async def test_claim_device_uuid(tmp_path: Path) -> None:
     assert await journal.claim_device_uuid("2", "uuid-a") == "1"  # another IMEI has it
     assert (await journal.device_info("2")).device_uuid is None
     await journal.aclose()
+
+
+async def test_calls_racing_a_close_get_a_journal_error_not_a_closed_connection(
+        tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    outcomes: list[str] = []
+
+    async def writer(i: int) -> None:
+        for k in range(20):
+            try:
+                await journal.intent(run_id=run, slot=f"s{i}", imei=str(i), action="cfun",
+                                     attempt=k + 1)
+            except JournalError as exc:
+                assert "is closed" in str(exc)
+                outcomes.append("closed")
+                return
+            outcomes.append("ok")
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(16):
+            tg.start_soon(writer, i)
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+        await journal.aclose()
+    assert "closed" in outcomes and "ok" in outcomes
+    with pytest.raises(JournalError, match="is closed"):
+        await journal.key_state("1", 5, 2)
+    # What was committed before the close is all there.
+    conn = sqlite3.connect(tmp_path / "j.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == outcomes.count("ok")

@@ -219,3 +219,38 @@ def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(
     record = second.results[0].record
     assert parse_keygen(keys["tls"].keygen_answer or "").payload.device_uuid == \
         uuid.UUID(record.device_uuid)
+
+
+def test_a_failed_listing_prefetch_is_recovered_before_the_attestation_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one AT%CMNG=1 listing is read while the journal records the device; when it fails
+    (the session then needs recovering), reading %ATTESTTOKEN for a {device_uuid} template must
+    recover and retry, not fail the device."""
+    from fleet.device import DeviceTimeout
+    from fleet.provision import flow as flow_module
+
+    real = flow_module._Flow._read_listing
+    failed: list[int] = []
+
+    async def fail_once(self: Any) -> Any:
+        if not failed:
+            failed.append(1)
+            self.session._mark_dirty()  # what a timed-out command leaves behind
+            raise DeviceTimeout("AT%CMNG=1: no answer within 5 s")
+        return await real(self)
+
+    monkeypatch.setattr(flow_module._Flow, "_read_listing", fail_once)
+    keys = write_plan(tmp_path, ports="sim://0").read_text().replace(
+        'attributes: {CN: "{imei}"', 'attributes: {CN: "{device_uuid}"')
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(keys.replace("defaults:", "simulator: {state: sim.json}\ndefaults:"))
+    outcome = anyio.run(lambda: run_plan(load_plan(plan_path), RunOptions(
+        journal=tmp_path / "j.sqlite", handle_signals=False)), backend="asyncio")
+    assert failed, "the prefetch did not run"
+    record = outcome.results[0].record
+    assert outcome.exit_code == 0, record.error
+    assert {k.name: k.outcome.value for k in record.keys} == {"tls": "generated",
+                                                              "endorsement": "generated"}
+    tls = next(k for k in record.keys if k.name == "tls")
+    assert tls.csr_pem and record.device_uuid
+    assert parse_keygen(tls.keygen_answer or "").csr is not None

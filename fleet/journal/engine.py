@@ -51,7 +51,8 @@ class JournalEngine:
         self._conn = conn
         self._lock_fd = lock_fd
         self._pending: list[_Op] = []
-        self._running: anyio.Event | None = None  #: set when the batch in the thread ends
+        self._running: anyio.Event | None = None  #: set when the running batch ends
+        self._closed = False
         self._limiter = anyio.CapacityLimiter(1)
         self.commits = 0
 
@@ -102,10 +103,16 @@ class JournalEngine:
         return await anyio.to_thread.run_sync(lambda: cls.open_sync(path, create=create))
 
     async def aclose(self) -> None:
+        self._closed = True  # a late caller gets a JournalError, never a closed connection
         with anyio.CancelScope(shield=True):
             while self._running is not None:
                 await self._running.wait()
-            await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+            self._running = closing = anyio.Event()  # no batch may start while it closes
+            try:
+                await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+            finally:
+                self._running = None
+                closing.set()
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
@@ -155,10 +162,15 @@ class JournalEngine:
             self._rollback()
             for op in batch:
                 op.error = JournalError(f"journal write failed: {exc}")
+        except BaseException:  # KeyboardInterrupt on the loop's thread: leave no open transaction
+            self._rollback()
+            raise
         for op in batch:
             op.done = True
 
     async def _execute(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise JournalError(f"journal {self.path} is closed")
         op = _Op(fn)
         self._pending.append(op)
         with anyio.CancelScope(shield=True):
@@ -168,6 +180,10 @@ class JournalEngine:
                 if running is not None:
                     await running.wait()
                     continue
+                if self._closed:  # queued before the journal was closed, never run
+                    if op in self._pending:
+                        self._pending.remove(op)
+                    raise JournalError(f"journal {self.path} is closed")
                 self._running = ended = anyio.Event()
                 batch: list[_Op] = []
                 try:

@@ -141,7 +141,8 @@ class _Flow(DeviceWork):
         self.key_states = dict(info.keys)
         if (self.dev.device_uuid is None and not self.job.check
                 and any(k.uses_device_uuid for k in self.slot.keys)):
-            self.dev.attested_uuid = await self._attest()
+            # With retries: a failed listing prefetch may have left the session to recover.
+            self.dev.attested_uuid = await self._attest_with_retries()
 
     async def _prefetch_listing(self) -> None:
         """The one ``AT%CMNG=1`` listing every key's first inspection uses (plans with more
