@@ -28,6 +28,12 @@ async def _run(journal: Journal, fresh: bool = False, sha: str = "abc") -> str:
     return info.run_id
 
 
+def _tls_result(run: str, slot: str, outcome: str, *, sec_tag: int,
+                error: str | None = None) -> KeyResult:
+    return KeyResult(run_id=run, slot=slot, imei="1", key_name="tls", sec_tag=sec_tag,
+                     key_type=2, outcome=outcome, error=error, attempts=1)
+
+
 async def test_pragmas_and_schema(tmp_path: Path) -> None:
     journal = await Journal.open(tmp_path / "j.sqlite")
     await journal.aclose()
@@ -131,11 +137,9 @@ async def test_resume_and_fresh(tmp_path: Path) -> None:
 async def test_sticky_outcomes_within_a_run(tmp_path: Path) -> None:
     journal = await Journal.open(tmp_path / "j.sqlite")
     run = await _run(journal)
-    kept = await journal.key_result(run_id=run, slot="s", imei="1", key_name="tls", sec_tag=1,
-                                    key_type=2, outcome="generated", error=None, attempts=1)
+    kept = await journal.key_result(_tls_result(run, "s", "generated", sec_tag=1))
     assert kept == "generated"
-    kept = await journal.key_result(run_id=run, slot="s", imei="1", key_name="tls", sec_tag=1,
-                                    key_type=2, outcome="unchanged", error=None, attempts=1)
+    kept = await journal.key_result(_tls_result(run, "s", "unchanged", sec_tag=1))
     assert kept == "generated"
     _, keys = await journal.run_results(run)
     assert keys[0]["outcome"] == "generated" and keys[0]["attempts"] == 2
@@ -258,13 +262,11 @@ async def test_run_results_keep_every_device_of_a_slot_and_earlier_outcomes(
                               error="no answer")
     await journal.slot_result(run_id=run, slot="s0", port="p", imei="1", outcome="interrupted",
                               error="interrupted")
-    await journal.key_result(run_id=run, slot="s0", imei="1", key_name="tls", sec_tag=5,
-                             key_type=2, outcome="generated", error=None, attempts=1)
+    await journal.key_result(_tls_result(run, "s0", "generated", sec_tag=5))
     # Resumed with another board in the slot; the first board's key then failed to re-check.
     await journal.slot_result(run_id=run, slot="s0", port="p", imei="2", outcome="done",
                               error=None)
-    kept = await journal.key_result(run_id=run, slot="s0", imei="1", key_name="tls", sec_tag=5,
-                                    key_type=2, outcome="failed", error="boom", attempts=1)
+    kept = await journal.key_result(_tls_result(run, "s0", "failed", sec_tag=5, error="boom"))
     assert kept == "generated"
     slots, keys = await journal.run_results(run)
     assert [(s["slot"], s["imei"]) for s in slots] == [("s0", "1"), ("s0", "2")]

@@ -54,11 +54,16 @@ def _refuse(args: argparse.Namespace, lines: list[str], reason: str) -> int:
     for line in lines:
         print(line, file=sys.stderr)
     print(f"fleet run: {reason}; nothing was sent to any device", file=sys.stderr)
+    _print_failure_document(args, "\n".join(lines))
+    return exitcodes.USAGE
+
+
+def _print_failure_document(args: argparse.Namespace, error: str) -> None:
+    """With ``--json``, the document of a run that never got to the devices."""
     if args.json:
         print(json.dumps({"changed": False, "failed": True, "interrupted": False,
-                          "check": bool(args.check), "manifest": None, "error": "\n".join(lines),
+                          "check": bool(args.check), "manifest": None, "error": error,
                           "summary": {"devices": 0}, "devices": []}, indent=2))
-    return exitcodes.USAGE
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return _refuse(args, exc.errors, "invalid plan")
     except FleetError as exc:  # not expected: slots report their own failures
         structlog.get_logger().error("run failed", error=str(exc))
-        if args.json:
-            print(json.dumps({"changed": False, "failed": True, "interrupted": False,
-                              "check": bool(args.check), "manifest": None, "error": str(exc),
-                              "summary": {"devices": 0}, "devices": []}, indent=2))
+        _print_failure_document(args, str(exc))
         return exitcodes.FAILED
     document = outcome_document(plan, outcome)
     if args.json:

@@ -16,8 +16,8 @@ counts and errors); ``run_devices`` and ``run_keys`` (per-run results, for the m
 ``certs`` (per (IMEI, sec_tag, type 1 or 0): the certificate or chain fleet issued or found, the
 SHA-256 of the CSR it was issued for, its confirmation, and the latest run's outcome for it).
 
-Writes are group-committed: concurrent callers queue operations; whoever holds the lock runs the
-whole queue in one transaction in a worker thread (one SQLite connection, so one writer) and every
+Writes are group-committed (:mod:`fleet.journal.engine`): the operations all slots queue in one
+turn of the event loop run in one transaction (one SQLite connection, so one writer) and every
 caller returns only after the COMMIT that contains its operation. Each call is shielded from
 cancellation, so a Ctrl-C never leaves half an operation. A journal is locked (``flock`` on
 ``<journal>.lock``) by the run using it; a killed run's lock goes with its process.

@@ -290,16 +290,11 @@ class Journal(CertJournal):
 
         await self._execute(op)
 
-    async def key_result(self, *, run_id: str, slot: str, imei: str, key_name: str,
-                         sec_tag: int, key_type: int, outcome: str, error: str | None,
-                         attempts: int, replace: bool = False) -> str:
+    async def key_result(self, result: KeyResult) -> str:
         """Record a key's outcome in this run; returns the outcome kept. Within one run (which
         may span several invocations after interruptions) a later ``unchanged``, ``failed`` or
         ``not-attempted`` never replaces an earlier ``generated``/``recovered``/``changed``/
-        ``pre-existing`` (a later failure's error is still recorded)."""
-        result = KeyResult(run_id=run_id, slot=slot, imei=imei, key_name=key_name,
-                           sec_tag=sec_tag, key_type=key_type, outcome=outcome, error=error,
-                           attempts=attempts, replace=replace)
+        ``pre-existing`` (a later failure's error is still recorded), unless ``replace``."""
         return await self._execute(lambda conn: _record_key_result(conn, result))
 
     async def run_results(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -3,12 +3,11 @@ group commits.
 
 Concurrent callers queue operations; when no batch is running, one of them takes the whole queue
 and runs it in one transaction on the loop's thread (one connection, so one writer; why not a
-worker thread: see ``_run_batch``); the others
-wait for that batch to end - all woken at once by one event, not handed a lock one by one, which
-with hundreds of slots would cost a loop iteration each - and every caller returns only after
-the COMMIT that contains its operation. Each call is shielded from cancellation, so a
-Ctrl-C never leaves half an operation. A journal is locked (``flock`` on ``<journal>.lock``) by
-the run using it; a killed run's lock goes with its process.
+worker thread: see ``_run_batch``); the others wait for that batch to end - all woken at once by
+one event, not handed a lock one by one, which with hundreds of slots would cost a loop iteration
+each - and every caller returns only after the COMMIT that contains its operation. Each call is
+shielded from cancellation, so a Ctrl-C never leaves half an operation. A journal is locked
+(``flock`` on ``<journal>.lock``) by the run using it; a killed run's lock goes with its process.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ class JournalEngine:
         self._pending: list[_Op] = []
         self._running: anyio.Event | None = None  #: set when the running batch ends
         self._closed = False
-        self._limiter = anyio.CapacityLimiter(1)
         self.commits = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -109,7 +107,7 @@ class JournalEngine:
                 await self._running.wait()
             self._running = closing = anyio.Event()  # no batch may start while it closes
             try:
-                await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+                await anyio.to_thread.run_sync(self._conn.close)
             finally:
                 self._running = None
                 closing.set()
@@ -118,9 +116,6 @@ class JournalEngine:
                 os.close(self._lock_fd)
 
     # --- the group-commit engine ---------------------------------------------------------------
-
-    def _begin(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
 
     def _apply(self, batch: list[_Op]) -> None:
         """Each operation in a savepoint of its own: a failing one leaves nothing behind."""
@@ -133,10 +128,6 @@ class JournalEngine:
                 conn.execute("ROLLBACK TO op")
                 op.error = exc
             conn.execute("RELEASE op")
-
-    def _commit(self) -> None:
-        self._conn.execute("COMMIT")
-        self.commits += 1
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -155,9 +146,10 @@ class JournalEngine:
         another fleet run: the journal's lock file keeps them out (a foreign program writing to
         it could make it wait up to the 5 s busy timeout)."""
         try:
-            self._begin()
+            self._conn.execute("BEGIN IMMEDIATE")
             self._apply(batch)
-            self._commit()
+            self._conn.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as exc:
             self._rollback()
             for op in batch:

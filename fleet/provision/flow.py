@@ -86,7 +86,6 @@ class _Flow(DeviceWork):
     def __init__(self, job: SlotJob) -> None:
         super().__init__(job)
         self.key_states: dict[tuple[int, int], KeyState] = {}
-        self.states_used: set[tuple[int, int]] = set()
         #: keys whose result in the run was journaled with their capture
         self.results_saved: set[str] = set()
         #: (key, device UUID) of this run's answers while the device UUID is not confirmed
@@ -226,9 +225,7 @@ class _Flow(DeviceWork):
         record = self._failed(key, reason, 1)
         self.dev.keys = [record if k.name == key.name else k for k in self.dev.keys]
         await self.job.journal.key_result(
-            run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei, key_name=key.name,
-            sec_tag=key.sec_tag, key_type=key.type.code, outcome=record.outcome.value,
-            error=reason, attempts=0, replace=True)
+            self._key_result(key, record.outcome, reason, attempts=0, replace=True))
 
     def template_context(self) -> dict[str, str]:
         context = super().template_context()
@@ -275,12 +272,11 @@ class _Flow(DeviceWork):
     async def key_attempt(self, key: KeySpec, attempt: int) -> KeyRecord:
         self.step(f"{key.name}: inspect")
         present, sha = await self.inspect(key, first=attempt == 1)
-        where = (key.sec_tag, key.type.code)
-        if attempt == 1 and where not in self.states_used:
+        if attempt == 1:
             # What identification read: every key the journal knows of this device (one the
-            # journal does not know has an empty state); writes for other keys never touch it.
-            self.states_used.add(where)
-            state = self.key_states.get(where, KeyState())
+            # journal does not know has an empty state). A plan gives a slot one key per
+            # (sec_tag, type), and writes for other keys never touch this one's state.
+            state = self.key_states.get((key.sec_tag, key.type.code), KeyState())
         else:  # a retry: the journal may have changed since identification
             state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
         if key.type is KeyType.CLIENT_KEY:
@@ -365,11 +361,7 @@ class _Flow(DeviceWork):
                                           new_public_key=parsed.public_key_pem)
         # Without a certificate step this outcome is final: the key's result in the run goes
         # into the same journal transaction as the capture (save_key then has nothing to do).
-        result = None
-        if key.ca is None:
-            result = KeyResult(run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei,
-                               key_name=key.name, sec_tag=key.sec_tag, key_type=key.type.code,
-                               outcome=outcome.value, error=None, attempts=attempt)
+        result = None if key.ca else self._key_result(key, outcome, None, attempts=attempt)
         await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
                                        derived=derived_fields(parsed), result=result)
         if result is not None:
@@ -413,13 +405,18 @@ class _Flow(DeviceWork):
 
     # --- results -------------------------------------------------------------------------------
 
+    def _key_result(self, key: KeySpec, outcome: KeyOutcome, error: str | None, *,
+                    attempts: int, replace: bool = False) -> KeyResult:
+        """The key's result in this run, as the journal records it."""
+        return KeyResult(run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei,
+                         key_name=key.name, sec_tag=key.sec_tag, key_type=key.type.code,
+                         outcome=outcome.value, error=error, attempts=attempts, replace=replace)
+
     async def save_key(self, key: KeySpec, record: KeyRecord) -> None:
         """Keep the key's result, in memory and (real runs) in the journal for the manifest."""
         if not self.job.check and self.dev.imei and key.name not in self.results_saved:
             kept = await self.job.journal.key_result(
-                run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei,
-                key_name=key.name, sec_tag=key.sec_tag, key_type=key.type.code,
-                outcome=record.outcome.value, error=record.error, attempts=record.attempts)
+                self._key_result(key, record.outcome, record.error, attempts=record.attempts))
             if kept != record.outcome.value:
                 self.log.debug("outcome kept from earlier in this run", key=key.name, kept=kept)
         self.dev.keys.append(record)
