@@ -133,6 +133,8 @@ class FaultDice:
 
     def roll(self, name: FaultName) -> bool:
         """Draw ``name`` for this chance; False without drawing when it is not configured."""
+        if not self._specs:  # the usual case: no faults at all (and no enum hashing)
+            return False
         fired = False
         for probability in self._specs.get(name, ()):
             fired = (self._rng.random() < probability) or fired
