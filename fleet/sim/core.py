@@ -39,7 +39,11 @@ from fleet.sim.persist import EventLog, StateWriter
 from fleet.sim.reply import SYSTEM_ENTROPY, Entropy
 from fleet.sim.state import StateRenderer, parse_state
 
-__all__ = ["Ending", "Link", "LinkClosed", "SimCore", "load_modems"]
+__all__ = ["USB_FRAME_S", "Ending", "Link", "LinkClosed", "SimCore", "load_modems"]
+
+#: A USB full-speed frame: in the realistic profile, output lines that arrive within one frame of
+#: each other are written together (see ``SimCore._send``).
+USB_FRAME_S = 0.001
 
 
 class LinkClosed(Exception):
@@ -207,10 +211,20 @@ class SimCore:
                 return True
             # Each line is written when its last byte would have come off a UART at this rate:
             # the host acts on whole lines, so that is the timing it sees on hardware, at one
-            # write per line instead of one per few bytes.
+            # write per line instead of one per few bytes. A line that takes no longer than a
+            # USB frame to arrive (``OK``, ``+CFUN: 0``) goes in one write with the line before
+            # it, as a USB-to-UART bridge hands the host both in one transfer.
+            chunk, wait = b"", 0.0
             for part in data.splitlines(keepends=True):
-                await anyio.sleep(len(part) / rate)
-                await link.send(part)
+                took = len(part) / rate
+                if chunk and took > USB_FRAME_S:
+                    await anyio.sleep(wait)
+                    await link.send(chunk)
+                    chunk, wait = b"", 0.0
+                chunk += part
+                wait += took
+            await anyio.sleep(wait)
+            await link.send(chunk)
         except LinkClosed:
             return False
         return True
