@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -114,6 +115,36 @@ async def test_group_commit_many_concurrent_writers(tmp_path: Path) -> None:
     assert journal.commits < 64 * 5 * 2  # batched
     for i in (0, 31, 63):
         assert (await journal.key_state(str(i), 5, 2)).answer == f"{i}.4"
+    await journal.aclose()
+
+
+async def test_a_failing_operation_in_a_batch_leaves_nothing_and_the_others_commit(
+        tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    errors: list[BaseException] = []
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE devices SET model = 'half-written' WHERE imei = '1'")
+        raise ValueError("boom")
+
+    async def failing() -> None:
+        try:
+            await journal._execute(half_then_fail)
+        except JournalError as exc:
+            errors.append(exc)
+
+    await journal.device_seen(imei="1", model="nRF9160", firmware="fw", device_uuid=None)
+    commits = journal.commits
+    async with anyio.create_task_group() as tg:  # all queued in one turn: one batch
+        tg.start_soon(partial(journal.device_seen, imei="0", model="nRF9160", firmware="fw",
+                              device_uuid=None))
+        tg.start_soon(failing)
+        tg.start_soon(partial(journal.device_seen, imei="2", model="nRF9160", firmware="fw",
+                              device_uuid=None))
+    assert journal.commits == commits + 1
+    assert len(errors) == 1 and "boom" in str(errors[0])
+    assert await journal.model_of("1") == "nRF9160"  # the failed operation's write is gone
+    assert await journal.model_of("0") == await journal.model_of("2") == "nRF9160"
     await journal.aclose()
 
 

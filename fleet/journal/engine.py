@@ -117,8 +117,22 @@ class JournalEngine:
 
     # --- the group-commit engine ---------------------------------------------------------------
 
-    def _apply(self, batch: list[_Op]) -> None:
-        """Each operation in a savepoint of its own: a failing one leaves nothing behind."""
+    def _apply(self, batch: list[_Op]) -> bool:
+        """The operations one after another; False as soon as one raises (the caller then
+        rolls the transaction back and runs :meth:`_apply_isolated`). Operations only touch the
+        database, so running them again after a rollback is safe."""
+        conn = self._conn
+        for op in batch:
+            try:
+                op.result = op.fn(conn)
+            except Exception:
+                return False
+        return True
+
+    def _apply_isolated(self, batch: list[_Op]) -> None:
+        """Each operation in a savepoint of its own: a failing one leaves nothing behind and the
+        others still commit. Three more statements per operation, so only after :meth:`_apply`
+        met a failing one (an error: the flow's operations do not fail)."""
         conn = self._conn
         for op in batch:
             conn.execute("SAVEPOINT op")
@@ -147,7 +161,10 @@ class JournalEngine:
         it could make it wait up to the 5 s busy timeout)."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._apply(batch)
+            if not self._apply(batch):
+                self._conn.execute("ROLLBACK")
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._apply_isolated(batch)
             self._conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
