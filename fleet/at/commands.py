@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet.errors import ArgumentError, RemoteProtocolError
 
@@ -111,6 +111,7 @@ class Command:
     op: Op = Op.ACTION
     args: tuple[Arg, ...] = ()
     response_prefix: str | None = None
+    _line: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -125,11 +126,16 @@ class Command:
         object.__setattr__(self, "args", tuple(args))
         if self.response_prefix is None and self.name[:1] in ("+", "%"):
             object.__setattr__(self, "response_prefix", self.name)
-        if len(self.encode()) > MAX_COMMAND_BYTES:
+        text = "AT" + self.name + self.op.value
+        if self.op is Op.SET:
+            text += ",".join(_render(arg) for arg in self.args)
+        line = text.encode("utf-8")
+        if len(line) > MAX_COMMAND_BYTES:
             raise ArgumentError(
-                f"AT{self.name} is {len(self.encode())} bytes; the modem accepts at most "
+                f"AT{self.name} is {len(line)} bytes; the modem accepts at most "
                 f"{MAX_COMMAND_BYTES}"
             )
+        object.__setattr__(self, "_line", line)  # rendered once: a command is sent as is
 
     @classmethod
     def set(cls, name: str, *args: Arg, response_prefix: str | None = None) -> Command:
@@ -148,13 +154,10 @@ class Command:
 
     def encode(self) -> bytes:
         """The command line without terminator."""
-        text = "AT" + self.name + self.op.value
-        if self.op is Op.SET:
-            text += ",".join(_render(arg) for arg in self.args)
-        return text.encode("utf-8")
+        return self._line
 
     def __str__(self) -> str:
-        return self.encode().decode("utf-8")
+        return self._line.decode("utf-8")
 
 
 def _render(arg: Arg) -> str:
