@@ -8,7 +8,7 @@ work           fast    realistic
 %KEYGEN        0       1.5 s (a new key, and the existing endorsement key answer)
 CFUN change    0       0.2 s (``AT+CFUN=<m>`` that changes the mode)
 anything else  0       20-50 ms (uniform, seeded per modem)
-output         at once 115200 baud (11520 bytes/s), paced line by line
+output         at once 115200 baud (11520 bytes/s), paced line by line (short lines joined)
 =============  ======  ==========================================================
 
 The ``slow`` fault adds :data:`fleet.sim.faults.SLOW_EXTRA_S` in either profile.
