@@ -68,10 +68,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    # pydantic (plan validation) otherwise scans every installed distribution's entry points for
-    # pydantic plugins at the first model it builds: tens of ms at every start, for plugins a
-    # command-line tool never uses. An explicit setting in the environment is respected.
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     _import_structlog_without_rich()
     parser = build_parser(argv)
     args = parser.parse_args(argv)

@@ -50,7 +50,7 @@ def build_ca(ctx: Context, path: Path_, raw: Any, *, client_csr: bool,
     if problem:
         ctx.at((*path, "key_usage"), problem)
         ok = False
-    given = doc.model_fields_set
+    given = doc.fields_set
     local = "cert" in given or "key" in given
     if local and "command" in given:
         ctx.at(where, "give either a local CA (cert and key) or a command, not both", key=True)

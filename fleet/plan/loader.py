@@ -5,7 +5,7 @@ How this works, in order:
 1. read the exact bytes (their SHA-256 is the plan digest), decode UTF-8;
 2. ``source.read_source`` composes the YAML and records a line for every key and value
    (duplicate keys, merge keys and bad tags are reported here);
-3. ``schema.check`` validates each section on its own against a strict pydantic model;
+3. ``schema.check`` validates each section on its own against a strict schema;
 4. this module applies the rules that span fields and sections (response/type combinations,
    the simulator, ``--only``), ``slots.build_slots`` expands ports and names the slots
    (unknown key names, duplicate ports, names and (sec_tag, type) pairs), ``ca.build_ca`` loads
@@ -50,6 +50,7 @@ from fleet.plan.schema import (
     SimulatorDoc,
     TopDoc,
     check,
+    fields_of,
 )
 from fleet.plan.slots import build_slots
 from fleet.plan.source import Path_, read_source
@@ -117,7 +118,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
     if isinstance(ctx.section("defaults"), dict):
         doc = check(SettingsDoc, ctx.section("defaults"), ("defaults",), ctx.src, ctx.report)
         if doc is not None:
-            defaults = Settings(**doc.model_dump())
+            defaults = Settings(**fields_of(doc))
     specs = _key_specs(ctx)
     slots = build_slots(ctx, specs, defaults)
     _render_samples(ctx, specs, station)

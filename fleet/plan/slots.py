@@ -112,7 +112,7 @@ def _settings(ctx: Context, doc: SlotDoc, path: Path_, defaults: Settings) -> Se
     if sdoc is None:
         return None
     return dataclasses.replace(defaults, **{f: getattr(sdoc, f)
-                                            for f in sdoc.model_fields_set})
+                                            for f in sdoc.fields_set})
 
 
 def _keys(ctx: Context, doc: SlotDoc, path: Path_, specs: dict[str, KeySpec],
