@@ -33,7 +33,6 @@ import anyio
 from fleet.aio import both
 from fleet.at import Command
 from fleet.credentials import (
-    KeygenAnswer,
     parse_attest_token,
     parse_cmng_list,
     parse_keygen,
@@ -355,15 +354,16 @@ class _Flow(DeviceWork):
                                            answer="\n".join(answer.lines),
                                            error=f"answer failed verification: {exc}")
             raise
+        derived = derived_fields(parsed)  # for the journal and the record alike
         outcome = decision.outcome
         if key.type is KeyType.ENDORSEMENT_KEY:
             outcome = endorsement_outcome(decision=decision, journal_public_key=journal_public_key,
-                                          new_public_key=parsed.public_key_pem)
+                                          new_public_key=derived["public_key_pem"])
         # Without a certificate step this outcome is final: the key's result in the run goes
         # into the same journal transaction as the capture (save_key then has nothing to do).
         result = None if key.ca else self._key_result(key, outcome, None, attempts=attempt)
         await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
-                                       derived=derived_fields(parsed), result=result)
+                                       derived=derived, result=result)
         if result is not None:
             self.results_saved.add(key.name)
         if self.dev.device_uuid is None:
@@ -372,15 +372,16 @@ class _Flow(DeviceWork):
             self.dev.changed = True
         # The verified answer is the proof the key exists (the modem stores it before it
         # answers); the next run's %CMNG=1 records its SHA column.
-        return self._record(key, outcome, parsed.value, attempt, parsed)
+        return self._record(key, outcome, parsed.value, attempt, derived)
 
     def _record(self, key: KeySpec, outcome: KeyOutcome, answer: str | None, attempts: int,
-                parsed: KeygenAnswer | None = None, stored: KeyState | None = None) -> KeyRecord:
-        """The key's record; the CSR / public key / payload fields come from the answer just
-        parsed, or from what the journal stored when it captured the answer."""
+                derived: dict[str, Any] | None = None, stored: KeyState | None = None
+                ) -> KeyRecord:
+        """The key's record; the CSR / public key / payload fields are those of the answer just
+        parsed (``derived``), or what the journal stored when it captured the answer."""
         fields: dict[str, Any] = {}
-        if parsed is not None:
-            fields = derived_fields(parsed)
+        if derived is not None:
+            fields = derived
         elif stored is not None and stored.public_key_pem:
             fields = {"csr_pem": stored.csr_pem, "public_key_pem": stored.public_key_pem,
                       "cose_payload": stored.cose_payload}
