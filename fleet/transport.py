@@ -154,10 +154,8 @@ class SerialStream(anyio.abc.ByteStream):
             # (or an error) goes to the transport, which sends it or reports the loss.
             try:
                 written = os.write(transport.serial.fd, item)
-            except BlockingIOError:
+            except OSError:  # full (BlockingIOError), or an error the transport meets again
                 written = 0
-            except OSError:
-                written = 0  # the transport meets the same error and closes the stream
             item = item[written:]
             if not item:
                 return
