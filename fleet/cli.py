@@ -65,13 +65,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
+    """Run one ``fleet`` command; ``gc_held``: the caller turned the cycle collector off for
+    the start-up (:func:`entry`), and it comes back, tuned, once the command's modules are in."""
     if argv is None:
         argv = sys.argv[1:]
     _import_structlog_without_rich()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    if _gc_held_for_start_up:
+    if gc_held:
         _collect_less()
     try:
         code: int = args.func(args)
@@ -84,10 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # garbage-collection pass over every object a run made (about 0.2 s after a large run).
     gc.freeze()
     return code
-
-
-#: Set by :func:`entry`: the process started with the cycle collector off (see there).
-_gc_held_for_start_up = False
 
 
 def _collect_less() -> None:
@@ -116,10 +114,8 @@ def entry() -> None:
     what is left is the interpreter's teardown of every module and object, tens of
     milliseconds that an operator or a playbook waits for at every invocation. So the output
     streams are flushed and the process ends with ``os._exit``."""
-    global _gc_held_for_start_up
     gc.disable()
-    _gc_held_for_start_up = True
-    code = main()
+    code = main(gc_held=True)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
