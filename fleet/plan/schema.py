@@ -112,8 +112,8 @@ _MAPPING = cs.dict_schema(_STR, _ANY, strict=True)
 _PATH = _checked(_STR, _path_problem)
 
 
-def _int(**limits: int) -> cs.CoreSchema:
-    return cs.int_schema(strict=True, **limits)  # type: ignore[arg-type]
+def _int(*, ge: int | None = None, le: int | None = None) -> cs.CoreSchema:
+    return cs.int_schema(strict=True, ge=ge, le=le)
 
 
 def _seconds() -> cs.CoreSchema:
