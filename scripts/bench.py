@@ -153,13 +153,14 @@ def run_size(n: int, root: Path, extra_runs: bool, repeat: int) -> list[Result]:
         try:
             plan = write_plan(work)
             first = measure(f"N={n}", n, plan, work / "journal.sqlite", work)
-            firsts.append(first)
             if extra_runs and rep == repeat - 1:
                 for _ in range(repeat):
                     reruns.append(measure(f"N={n} re-run", n, plan, work / "journal.sqlite",
                                           work))
         finally:
-            first.sim_cpu = _stop(sim)
+            sim_cpu = _stop(sim)  # also when a run failed (then nothing is recorded)
+        first.sim_cpu = sim_cpu
+        firsts.append(first)
     return [_median(firsts)] + ([_median(reruns)] if reruns else [])
 
 
@@ -183,6 +184,8 @@ def main() -> int:
                         help="repetitions per row; the median is reported (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     # Measure fleet as installed: an install byte-compiles the package, but an editable install
     # (or PYTHONDONTWRITEBYTECODE, set on some machines) would recompile it on every start.
     subprocess.run([sys.executable, "-m", "compileall", "-q",
