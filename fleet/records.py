@@ -23,6 +23,9 @@ class KeyOutcome(enum.StrEnum):
     RECOVERED = "recovered"  #: interrupted KEYGEN: the unseen key was deleted and made again
     PRE_EXISTING = "pre-existing"  #: a key was there before fleet ran and `if_exists: keep`
     FAILED = "failed"  #: the key could not be provisioned (see `error`)
+    #: its %KEYGEN was sent and the run stopped before the answer arrived: a key may be on the
+    #: device that nobody saw (the next run recovers it)
+    INTERRUPTED = "interrupted"
     NOT_ATTEMPTED = "not-attempted"  #: the device failed or the run stopped before this key
 
 
@@ -43,7 +46,8 @@ class DeviceOutcome(enum.StrEnum):
 
     DONE = "done"
     FAILED = "failed"
-    INTERRUPTED = "interrupted"
+    INTERRUPTED = "interrupted"  #: the run stopped while the slot was being worked on
+    NOT_STARTED = "not-started"  #: the run stopped before the slot's turn came (--concurrency)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +65,9 @@ class KeyRecord:
     cose_payload: dict[str, Any] | None = None  #: KeygenPayload.to_dict()
     error: str | None = None
     attempts: int = 0
+    #: fleet deleted the key that was in this sec_tag in this run (`if_exists: replace`, or an
+    #: unseen key being recovered), whatever came after
+    deleted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  #: later additions (certificates...)
 
 
@@ -77,6 +84,9 @@ class DeviceRecord:
     outcome: DeviceOutcome
     keys: tuple[KeyRecord, ...] = ()
     error: str | None = None
+    #: a write may have reached the device in this invocation (a delete that succeeded, a
+    #: %KEYGEN sent, a function mode or a certificate written): Ansible's ``changed``
+    changed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

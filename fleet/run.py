@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,16 @@ import anyio.abc
 import structlog
 
 from fleet import __version__, exitcodes
-from fleet.errors import ManifestError, PlanError
-from fleet.journal import Journal, RunInfo, utc_now
+from fleet.errors import JournalError, ManifestError, PlanError
+from fleet.journal import Journal, RunInfo, RunReport, utc_now
 from fleet.plan import Plan, Slot
-from fleet.provision.base import not_attempted
+from fleet.provision.base import ImeiClaims
 from fleet.provision.flow import SlotJob, SlotResult, SlotStatus, provision_slot
-from fleet.records import DeviceOutcome, DeviceRecord
+from fleet.records import DeviceOutcome, DeviceRecord, RunRecord
+from fleet.report import build_run_record, check_record, not_attempted, run_document
 from fleet.transport import open_port, raise_fd_limit
 
-__all__ = ["RunOptions", "RunOutcome", "outcome_document", "run_plan"]
+__all__ = ["RunOptions", "RunOutcome", "run_plan"]
 
 log = structlog.get_logger()
 
@@ -57,31 +58,44 @@ class RunOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOutcome:
-    """What a run did."""
+    """What a run did: its record (from the journal; for ``--check``, from the slots) and what
+    became of its manifest."""
 
-    run_id: str
+    record: RunRecord
     check: bool
     resumed: bool
-    interrupted: bool
-    results: tuple[SlotResult, ...]
+    interrupted: bool  #: this invocation stopped before every slot was worked on
     manifest: Path | None
     manifest_error: str | None
-    started_at: str
-    ended_at: str
+    journal_error: str | None = None  #: a journal write failed: the record may lack something
+    planned: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
 
     @property
     def changed(self) -> bool:
-        return any(r.changed for r in self.results)
+        return any(d.changed for d in self.record.devices)
 
     @property
     def failed(self) -> bool:
-        return any(r.record.outcome is DeviceOutcome.FAILED for r in self.results)
+        return any(d.outcome is DeviceOutcome.FAILED for d in self.record.devices)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return exitcodes.INTERRUPTED
-        return exitcodes.FAILED if self.failed or self.manifest_error else exitcodes.OK
+        return exitcodes.FAILED if (self.failed or self.manifest_error
+                                    or self.journal_error) else exitcodes.OK
+
+    def document(self) -> dict[str, Any]:
+        """The one JSON document `fleet run --json` prints."""
+        return run_document(self.record, check=self.check, resumed=self.resumed,
+                            interrupted=self.interrupted,
+                            manifest=str(self.manifest) if self.manifest else None,
+                            manifest_error=self.manifest_error, journal_error=self.journal_error,
+                            planned=self.planned)
 
 
 @contextlib.asynccontextmanager
@@ -140,17 +154,16 @@ async def run_plan(
     options: RunOptions,
     *,
     on_progress: Callable[[SlotStatus], None] = lambda status: None,
-    manifest_writer: Callable[[Journal, RunInfo, str, bool], Any] | None = None,
+    manifest_writer: Callable[[RunRecord], Any] | None = None,
 ) -> RunOutcome:
-    """Run ``plan``. ``manifest_writer(journal, run, ended_at, complete)`` (awaitable) writes
-    the manifest of a real run and returns its path; the run counts as complete only once its
-    manifest is written (a run whose manifest failed is resumed by the next one)."""
+    """Run ``plan``. ``manifest_writer(record)`` (awaitable) signs and writes the manifest of a
+    real run and returns its path; the run counts as complete only once its manifest is written
+    (a run whose manifest failed is resumed by the next one)."""
     raise_fd_limit()
     journal = await Journal.open(options.journal, create=not options.check)
     results: dict[str, SlotResult] = {}
     stop = {"interrupted": False}
-    manifest: Path | None = None
-    manifest_error: str | None = None
+    claims = ImeiClaims()
     try:
         async with _simulator(plan) as sim_connect:
             if options.check:
@@ -172,7 +185,7 @@ async def run_plan(
 
                 job = SlotJob(run_id=run.run_id, station=plan.station, slot=slot,
                               journal=journal, opener=opener, check=options.check,
-                              on_progress=on_progress,
+                              claims=claims, on_progress=on_progress,
                               on_result=lambda result: results.__setitem__(slot.name, result))
                 async with limiter:
                     try:
@@ -191,20 +204,10 @@ async def run_plan(
                             slots.start_soon(run_slot, slot)
                 interrupted = stop["interrupted"] or len(results) < len(plan.slots) or any(
                     r.record.outcome is DeviceOutcome.INTERRUPTED for r in results.values())
-                ended_at = utc_now()
                 with anyio.CancelScope(shield=True):
-                    if not options.check:
-                        complete = not interrupted and not options.partial
-                        if manifest_writer is not None:
-                            try:
-                                manifest = await manifest_writer(journal, run, ended_at, complete)
-                            except ManifestError as exc:
-                                manifest_error = str(exc)
-                                log.error("manifest not written; the next run writes it",
-                                          error=manifest_error)
-                        status = "complete" if complete and manifest_error is None \
-                            else "interrupted"
-                        await journal.finish_run(run.run_id, status=status, ended_at=ended_at)
+                    outcome = await _finish(plan, options, journal, run, results, claims,
+                                            interrupted=interrupted,
+                                            manifest_writer=manifest_writer)
                 outer.cancel_scope.cancel()
             if stop["interrupted"]:
                 # The receiver is gone (asyncio put the default handlers back): the run is
@@ -213,48 +216,62 @@ async def run_plan(
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
     finally:
         await journal.aclose()
-    ordered = tuple(results[s.name] for s in plan.slots if s.name in results)
-    return RunOutcome(run_id=run.run_id, check=options.check, resumed=run.resumed,
-                      interrupted=interrupted, results=ordered, manifest=manifest,
-                      manifest_error=manifest_error, started_at=run.started_at,
-                      ended_at=ended_at)
+    return outcome
 
 
-def outcome_document(plan: Plan, outcome: RunOutcome) -> dict[str, Any]:
-    """The one JSON document `fleet run --json` prints (what Ansible reads)."""
-    devices = []
-    counts: dict[str, int] = {}
-    for result in outcome.results:
-        record = result.record
-        counts[record.outcome.value] = counts.get(record.outcome.value, 0) + 1
-        device: dict[str, Any] = {
-            "slot": record.slot, "port": record.port, "imei": record.imei,
-            "device_uuid": record.device_uuid, "model": record.model,
-            "firmware": record.firmware, "outcome": record.outcome.value, "error": record.error,
-            "changed": result.changed,
-            "keys": [{"name": k.name, "sec_tag": k.sec_tag, "type": k.type,
-                      "response": k.response, "outcome": k.outcome.value, "error": k.error,
-                      "attempts": k.attempts, "csr_pem": k.csr_pem,
-                      "public_key_pem": k.public_key_pem,
-                      **{name: k.extra[name] for name in ("certificate", "ca_chain")
-                         if name in k.extra}} for k in record.keys],
-        }
-        if outcome.check:
-            device["planned"] = list(result.planned)
-        devices.append(device)
-    return {
-        "changed": outcome.changed,
-        "failed": outcome.failed,
-        "interrupted": outcome.interrupted,
-        "check": outcome.check,
-        "run_id": outcome.run_id,
-        "resumed": outcome.resumed,
-        "station": plan.station,
-        "plan": str(plan.path),
-        "manifest": str(outcome.manifest) if outcome.manifest else None,
-        "manifest_error": outcome.manifest_error,
-        "started_at": outcome.started_at,
-        "ended_at": outcome.ended_at,
-        "summary": {"devices": len(devices), **counts},
-        "devices": devices,
-    }
+async def _finish(plan: Plan, options: RunOptions, journal: Journal, run: RunInfo,
+                  results: Mapping[str, SlotResult], claims: ImeiClaims, *, interrupted: bool,
+                  manifest_writer: Callable[[RunRecord], Any] | None) -> RunOutcome:
+    """The run's record, its manifest and the run's status in the journal. Never raises for a
+    journal that fails now (a full disk): the outcome says so."""
+    ended_at = utc_now()
+    planned = {name: result.planned for name, result in results.items()}
+    if options.check:
+        record = check_record(plan, run, {n: r.record for n, r in results.items()},
+                              ended_at=ended_at)
+        return RunOutcome(record=record, check=True, resumed=False, interrupted=interrupted,
+                          manifest=None, manifest_error=None, planned=planned)
+    journal_error = next((r.journal_error for r in results.values() if r.journal_error), None)
+    try:
+        await _fail_clashing_slots(plan, journal, run, claims)
+        report = await journal.run_report(run.run_id, steps_before=run.steps_before)
+    except JournalError as exc:
+        journal_error = journal_error or str(exc)
+        report = RunReport(slots=(), keys=(), certs=())
+    # With a failing journal, a slot it has no row for is reported from what the slot saw.
+    unrecorded = {n: r.record for n, r in results.items()} if journal_error else {}
+    record = build_run_record(
+        report, plan, run, ended_at=ended_at,
+        complete=not interrupted and not options.partial and journal_error is None,
+        unrecorded=unrecorded)
+    manifest: Path | None = None
+    manifest_error: str | None = None
+    if manifest_writer is not None:
+        try:
+            manifest = await manifest_writer(record)
+        except ManifestError as exc:
+            manifest_error = str(exc)
+            log.error("manifest not written; the next run writes it", error=manifest_error)
+    status = "complete" if record.complete and manifest_error is None else "interrupted"
+    try:
+        await journal.finish_run(run.run_id, status=status, ended_at=ended_at)
+    except JournalError as exc:
+        journal_error = journal_error or str(exc)
+    if journal_error is not None:
+        log.error("the journal could not record everything; the next run resumes from what "
+                  "it holds", error=journal_error)
+    return RunOutcome(record=record, check=False, resumed=run.resumed, interrupted=interrupted,
+                      manifest=manifest, manifest_error=manifest_error,
+                      journal_error=journal_error)
+
+
+async def _fail_clashing_slots(plan: Plan, journal: Journal, run: RunInfo,
+                               claims: ImeiClaims) -> None:
+    """Two boards reported one IMEI: every slot concerned fails, saying so (a slot that
+    finished before the other board was identified is failed now)."""
+    ports = {slot.name: slot.port for slot in plan.slots}
+    for imei, names in claims.clashes.items():
+        for name in sorted(names):
+            await journal.slot_result(run_id=run.run_id, slot=name, port=ports[name], imei=imei,
+                                      outcome=DeviceOutcome.FAILED.value,
+                                      error=claims.reason(imei))

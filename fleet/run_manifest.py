@@ -1,14 +1,10 @@
 """Glue between `fleet run` and the manifest: load the signing key BEFORE anything is sent, and
-at the end build the run's records from the journal, sign them and write the manifest.
-
-The manifest is built from the journal, not from memory, so a run that was interrupted and
-resumed (one run id, several invocations) gets one manifest covering everything it did.
+at the end sign the run's record (:mod:`fleet.report`, from the journal), check the signed
+manifest as `fleet verify` would, and write it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,15 +13,12 @@ from typing import Any
 import anyio.to_thread
 import structlog
 
-from fleet import __version__
-from fleet.certs.report import certificate_extra
-from fleet.credentials import parse_keygen
-from fleet.errors import CredentialError, ManifestError
-from fleet.journal import CertState, Journal, RunInfo
-from fleet.manifest import ANSWER_OUTCOMES, answer_fields, build_signed, sign, write_manifest
+from fleet.errors import ManifestError
+from fleet.manifest import build_signed, sign, verify, write_manifest
 from fleet.plan import Plan
-from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord, RunRecord
+from fleet.records import RunRecord
 from fleet.station_key import (
+    PublicKey,
     SigningKey,
     ensure_throwaway_key,
     keyid,
@@ -33,10 +26,10 @@ from fleet.station_key import (
     public_key_pem,
 )
 
-__all__ = ["ManifestWriter", "build_run_record", "prepare_manifest"]
+__all__ = ["ManifestWriter", "check_own_manifest", "load_plan_signing_key", "prepare_manifest"]
 
-ManifestWriter = Callable[[Journal, RunInfo, str, bool], Awaitable[Path]]
-_TYPES = {2: "client_key", 8: "endorsement_key"}
+#: Signs, checks and writes the manifest of a run's record; returns the path written.
+ManifestWriter = Callable[[RunRecord], Awaitable[Path]]
 
 
 def load_plan_signing_key(plan: Plan) -> SigningKey:
@@ -59,74 +52,30 @@ def load_plan_signing_key(plan: Plan) -> SigningKey:
 
 def prepare_manifest(plan: Plan) -> ManifestWriter:
     """Check the signing key now (so a missing key stops the run before anything is sent) and
-    return the coroutine function that writes the manifest at the end."""
+    return the coroutine function that signs and writes the manifest of a run's record."""
     key = load_plan_signing_key(plan)
+    public = key.public_key()
 
-    async def write(journal: Journal, run: RunInfo, ended_at: str, complete: bool) -> Path:
-        record = await build_run_record(journal, plan, run, ended_at=ended_at,
-                                        complete=complete)
+    async def write(record: RunRecord) -> Path:
         document = sign(build_signed(record, station_public_key_pem=public_key_pem(key)), key)
-        path = plan.manifest_path(now=datetime.now(UTC), run_id=run.run_id)
+        check_own_manifest(document, public)
+        now = datetime.now(UTC)
+        path = plan.manifest_path(now=now, run_id=record.run_id)
         written: Path = await anyio.to_thread.run_sync(write_manifest, path, document)
-        structlog.get_logger().info("manifest written", path=str(written), complete=complete)
+        structlog.get_logger().info("manifest written", path=str(written),
+                                    complete=record.complete)
         return written
 
     return write
 
 
-def _key_record(row: dict[str, Any], plan: Plan, certs: Mapping[tuple[Any, ...], CertState]
-                ) -> KeyRecord:
-    spec = plan.keys.get(row["key_name"])
-    outcome = KeyOutcome(row["outcome"])
-    has_ca = spec is not None and spec.ca is not None
-    answer = None
-    if row["answer"] and (has_ca or not row["public_key_pem"]):
-        try:
-            answer = parse_keygen(row["answer"])
-        except CredentialError as exc:  # cannot happen: only verified answers are captured
-            raise ManifestError(f"journal answer for {row['key_name']} does not decode: {exc}"
-                                ) from exc
-    extra: dict[str, Any] = {"cmng_sha256": row["cmng_sha"]} if row["cmng_sha"] else {}
-    if spec is not None and spec.ca is not None and answer is not None:
-        where = (row["imei"], row["sec_tag"])
-        extra.update(certificate_extra(
-            certs.get((*where, 1)), certs.get((*where, 0)) if spec.ca.chain else None,
-            csr_sha256=hashlib.sha256(answer.body).hexdigest()))
-    # A key that failed only because its certificate did keeps its captured answer.
-    cert_failed = extra.get("certificate", {}).get("outcome") == "failed"
-    fields: dict[str, Any] = {}
-    if row["answer"] and (outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
-                          or cert_failed):
-        if answer is not None:
-            fields = answer_fields(answer)
-        else:  # what the journal stored when it captured the answer: no need to decode it
-            fields = {"keygen_answer": row["answer"], "csr_pem": row["csr_pem"],
-                      "public_key_pem": row["public_key_pem"],
-                      "cose_payload": json.loads(row["cose_payload"])}
-    return KeyRecord(
-        name=row["key_name"], sec_tag=row["sec_tag"], type=_TYPES.get(row["type"], "unknown"),
-        response=spec.response.value if spec else "public_key", outcome=outcome,
-        error=row["error"], attempts=row["attempts"], extra=extra, **fields)
-
-
-async def build_run_record(journal: Journal, plan: Plan, run: RunInfo, *, ended_at: str,
-                           complete: bool) -> RunRecord:
-    """The :class:`RunRecord` of ``run`` as the journal has it."""
-    slots, keys = await journal.run_results(run.run_id)
-    certs = {(c.imei, c.sec_tag, c.type): c for c in await journal.run_certs(run.run_id)}
-    order = {spec.name: i for i, spec in enumerate(plan.keys.values())}
-    by_device: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
-    for row in keys:
-        by_device.setdefault((row["slot"], row["imei"]), []).append(row)
-    devices = []
-    for slot in slots:
-        rows = sorted(by_device.get((slot["slot"], slot["imei"]), []),
-                      key=lambda k: order.get(k["key_name"], len(order)))
-        devices.append(DeviceRecord(
-            slot=slot["slot"], port=slot["port"], imei=slot["imei"],
-            device_uuid=slot["device_uuid"], model=slot["model"], firmware=slot["firmware"],
-            outcome=DeviceOutcome(slot["outcome"] or "interrupted"), error=slot["error"],
-            keys=tuple(_key_record(row, plan, certs) for row in rows)))
-    return RunRecord(run_id=run.run_id, station=plan.station, plan_path=str(plan.path),
-                     plan_sha256=plan.sha256, started_at=run.started_at, ended_at=ended_at,
-                     complete=complete, tool_version=__version__, devices=tuple(devices))
+def check_own_manifest(document: Mapping[str, Any], public: PublicKey) -> None:
+    """Run on a manifest about to be written the checks of `fleet verify` (trusting the key
+    that signed it): one that fails is a bug in fleet, so it is refused, never written."""
+    report = verify(document, trusted=[public])
+    if not report.ok:
+        reasons = "; ".join(check.line() for check in report.failures[:5])
+        more = len(report.failures) - 5
+        raise ManifestError("the manifest failed its own verification and was not written "
+                            f"(a bug in fleet; the journal is intact): {reasons}"
+                            + (f" (and {more} more)" if more > 0 else ""))

@@ -281,7 +281,7 @@ def test_firmware_without_sha_column_fails_the_certificate_step_saying_why(
     outcome = anyio.run(lambda: run_plan(load_plan(plan_path), RunOptions(
         journal=tmp_path / "j.sqlite", handle_signals=False)), backend="asyncio")
     assert outcome.exit_code == 1
-    record = outcome.results[0].record
+    record = outcome.record.devices[0]
     assert "without a SHA-256 column" in (record.error or ""), record.error
     tls = next(k for k in record.keys if k.name == "tls")
     assert tls.outcome.value == "failed" and (tls.error or "").startswith("certificate: ")

@@ -14,6 +14,7 @@ import pytest
 
 from fleet.errors import JournalError
 from fleet.journal import Journal, KeyResult
+from fleet.records import DeviceOutcome, KeyOutcome
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,7 @@ async def _run(journal: Journal, fresh: bool = False, sha: str = "abc") -> str:
 def _tls_result(run: str, slot: str, outcome: str, *, sec_tag: int,
                 error: str | None = None) -> KeyResult:
     return KeyResult(run_id=run, slot=slot, imei="1", key_name="tls", sec_tag=sec_tag,
-                     key_type=2, outcome=outcome, error=error, attempts=1)
+                     key_type=2, outcome=KeyOutcome(outcome), error=error, attempts=1)
 
 
 async def test_pragmas_and_schema(tmp_path: Path) -> None:
@@ -172,8 +173,8 @@ async def test_sticky_outcomes_within_a_run(tmp_path: Path) -> None:
     assert kept == "generated"
     kept = await journal.key_result(_tls_result(run, "s", "unchanged", sec_tag=1))
     assert kept == "generated"
-    _, keys = await journal.run_results(run)
-    assert keys[0]["outcome"] == "generated" and keys[0]["attempts"] == 2
+    keys = (await journal.run_report(run)).keys
+    assert keys[0].outcome is KeyOutcome.GENERATED and keys[0].attempts == 2
     await journal.aclose()
 
 
@@ -299,9 +300,10 @@ async def test_run_results_keep_every_device_of_a_slot_and_earlier_outcomes(
                               error=None)
     kept = await journal.key_result(_tls_result(run, "s0", "failed", sec_tag=5, error="boom"))
     assert kept == "generated"
-    slots, keys = await journal.run_results(run)
-    assert [(s["slot"], s["imei"]) for s in slots] == [("s0", "1"), ("s0", "2")]
-    assert keys[0]["outcome"] == "generated" and keys[0]["error"] == "boom"
+    report = await journal.run_report(run)
+    assert [(s.slot, s.imei, s.outcome) for s in report.slots] == [
+        ("s0", "1", DeviceOutcome.INTERRUPTED), ("s0", "2", DeviceOutcome.DONE)]
+    assert report.keys[0].outcome is KeyOutcome.GENERATED and report.keys[0].error == "boom"
     await journal.aclose()
 
 
@@ -311,21 +313,78 @@ async def test_a_capture_and_its_run_result_in_one_transaction(tmp_path: Path) -
     step = await journal.intent(run_id=run, slot="s0", imei="1", action="keygen", key_name="tls",
                                 sec_tag=5, key_type=2, detail={"present_before": False})
     result = KeyResult(run_id=run, slot="s0", imei="1", key_name="tls", sec_tag=5, key_type=2,
-                       outcome="generated", error=None, attempts=2)
+                       outcome=KeyOutcome.GENERATED, error=None, attempts=2)
     commits = journal.commits
     await journal.outcome(step, outcome="ok", answer="a.b", result=result)
     assert journal.commits == commits + 1
     assert (await journal.key_state("1", 5, 2)).answer == "a.b"
-    _, keys = await journal.run_results(run)
-    assert [(k["key_name"], k["outcome"], k["attempts"], k["answer"]) for k in keys] == [
-        ("tls", "generated", 2, "a.b")]
+    keys = (await journal.run_report(run)).keys
+    assert [(k.key_name, k.outcome, k.attempts, k.answer) for k in keys] == [
+        ("tls", KeyOutcome.GENERATED, 2, "a.b")]
     # A step that does not exist fails the whole operation: no result is left behind either.
     other = KeyResult(run_id=run, slot="s0", imei="1", key_name="other", sec_tag=6, key_type=2,
-                      outcome="generated", error=None, attempts=1)
+                      outcome=KeyOutcome.GENERATED, error=None, attempts=1)
     with pytest.raises(JournalError, match="no step"):
         await journal.outcome(step + 100, outcome="ok", answer="x", result=other)
-    _, keys = await journal.run_results(run)
-    assert [k["key_name"] for k in keys] == ["tls"]
+    keys = (await journal.run_report(run)).keys
+    assert [k.key_name for k in keys] == ["tls"]
+    await journal.aclose()
+
+
+async def test_a_first_capture_claims_the_device_uuid_or_is_refused(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    run = await _run(journal)
+    for imei in ("1", "2"):
+        await journal.device_seen(imei=imei, model="m", firmware="f", device_uuid=None)
+    await journal.claim_device_uuid("1", "uuid-a")
+    step = await journal.intent(run_id=run, slot="s1", imei="2", action="keygen",
+                                key_name="tls", sec_tag=5, key_type=2,
+                                detail={"present_before": False})
+    # The UUID is IMEI 1's: nothing is captured, the %KEYGEN stays unresolved.
+    assert await journal.outcome(step, outcome="ok", answer="a.b",
+                                 device_uuid="uuid-a") == "1"
+    state = await journal.key_state("2", 5, 2)
+    assert state.answer is None and state.pending is not None
+    assert (await journal.device_info("2")).device_uuid is None
+    again = await journal.intent(run_id=run, slot="s1", imei="2", action="keygen",
+                                 key_name="tls", sec_tag=5, key_type=2,
+                                 detail={"present_before": False})
+    assert await journal.outcome(again, outcome="ok", answer="c.d",
+                                 device_uuid="uuid-b") is None
+    assert (await journal.key_state("2", 5, 2)).answer == "c.d"
+    assert (await journal.device_info("2")).device_uuid == "uuid-b"
+    await journal.aclose()
+
+
+async def test_run_report_says_what_may_have_changed(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "j.sqlite")
+    first = await journal.start_run(run_id="r1", plan_path="p", plan_sha256="abc",
+                                    station="st", tool_version="t", fresh=False)
+    await journal.device_seen(imei="1", model="m", firmware="f", device_uuid=None)
+    refused = await journal.intent(run_id="r1", slot="s0", imei="1", action="cfun")
+    await journal.outcome(refused, outcome="error", error="+CME ERROR: 518")
+    await journal.slot_result(run_id="r1", slot="s0", port="p", imei="1", outcome="failed",
+                              error="x")
+    report = await journal.run_report("r1", steps_before=first.steps_before)
+    assert [s.changed for s in report.slots] == [False]  # the modem refused the only write
+    delete = await journal.intent(run_id="r1", slot="s0", imei="1", action="delete",
+                                  key_name="tls", sec_tag=5, key_type=2)
+    await journal.outcome(delete, outcome="ok")
+    keygen = await journal.intent(run_id="r1", slot="s0", imei="1", action="keygen",
+                                  key_name="tls", sec_tag=5, key_type=2,
+                                  detail={"present_before": False})
+    await journal.outcome(keygen, outcome="unknown", error="interrupted")
+    await journal.key_result(_tls_result("r1", "s0", "not-attempted", sec_tag=5))
+    report = await journal.run_report("r1", steps_before=first.steps_before)
+    assert [s.changed for s in report.slots] == [True]
+    assert [(k.deleted, k.keygen_unresolved) for k in report.keys] == [(True, True)]
+    # The next invocation changed nothing itself.
+    await journal.finish_run("r1", status="interrupted")
+    second = await journal.start_run(run_id="r2", plan_path="p", plan_sha256="abc",
+                                     station="st", tool_version="t", fresh=False)
+    assert second.run_id == "r1"
+    report = await journal.run_report("r1", steps_before=second.steps_before)
+    assert [s.changed for s in report.slots] == [False]
     await journal.aclose()
 
 

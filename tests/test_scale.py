@@ -98,7 +98,7 @@ def test_64_slots_run_in_parallel_past_fd_1024(tmp_path: Path, high_fds: None) -
                           slot_keys="[tls]")
         outcome = _run_in_process(plan, tmp_path / "j.sqlite")
         assert outcome.exit_code == 0  # type: ignore[attr-defined]
-        assert len(outcome.results) == 64  # type: ignore[attr-defined]
+        assert len(outcome.record.devices) == 64  # type: ignore[attr-defined]
         # Each %KEYGEN takes 1.5 s in the realistic profile: with slots in parallel, (nearly)
         # all 64 arrive within one such window; serialised slots would give 1.
         assert _overlap(sim.log_lines(), 1.5) >= 48
@@ -110,6 +110,6 @@ def test_256_slots_full_run(tmp_path: Path, high_fds: None) -> None:
         plan = write_plan(tmp_path, ports=str(tmp_path / "ports" / "modem*"))
         outcome = _run_in_process(plan, tmp_path / "j.sqlite")
         assert outcome.exit_code == 0  # type: ignore[attr-defined]
-        assert len(outcome.results) == 256  # type: ignore[attr-defined]
+        assert len(outcome.record.devices) == 256  # type: ignore[attr-defined]
         assert _overlap(sim.log_lines(), 1.5) >= 200
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 4096

@@ -20,7 +20,8 @@ from fleet.errors import FleetError, JournalError, ManifestError, PlanError
 from fleet.logs import configure_logging
 from fleet.plan import load_plan
 from fleet.provision.flow import SlotStatus
-from fleet.run import RunOptions, outcome_document, run_plan
+from fleet.report import summary_lines
+from fleet.run import RunOptions, run_plan
 
 __all__ = ["register", "run"]
 
@@ -109,29 +110,9 @@ def run(args: argparse.Namespace) -> int:
         structlog.get_logger().error("run failed", error=str(exc))
         _print_failure_document(args, str(exc))
         return exitcodes.FAILED
-    document = outcome_document(plan, outcome)
+    document = outcome.document()
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        _print_summary(document)
+        print("\n".join(summary_lines(document)))
     return outcome.exit_code
-
-
-def _print_summary(doc: dict[str, object]) -> None:
-    devices = doc["devices"]
-    assert isinstance(devices, list)
-    for device in devices:
-        keys = ", ".join(f"{k['name']}={k['outcome']}" for k in device["keys"])
-        line = f"{device['slot']:<10} {device['imei'] or '-':<16} {device['outcome']:<12} {keys}"
-        if device["error"]:
-            line += f"  ({device['error']})"
-        print(line)
-        for planned in device.get("planned", []):
-            print(f"{'':<10} would {planned['action']} {planned['name']} "
-                  f"(sec_tag {planned['sec_tag']}): {planned['reason']}")
-    state = "interrupted" if doc["interrupted"] else ("FAILED" if doc["failed"] else "ok")
-    print(f"{state}: changed={str(doc['changed']).lower()} summary={doc['summary']}")
-    if doc["manifest"]:
-        print(f"manifest: {doc['manifest']}")
-    if doc.get("manifest_error"):
-        print(f"manifest NOT written: {doc['manifest_error']} (the next run writes it)")

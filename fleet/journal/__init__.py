@@ -15,6 +15,8 @@ unresolved %KEYGEN intent); ``steps`` (the append-only log of intents and outcom
 counts and errors); ``run_devices`` and ``run_keys`` (per-run results, for the manifest);
 ``certs`` (per (IMEI, sec_tag, type 1 or 0): the certificate or chain fleet issued or found, the
 SHA-256 of the CSR it was issued for, its confirmation, and the latest run's outcome for it).
+:meth:`Journal.run_report` reads one run back as typed records, the one source of every record
+of it (:mod:`fleet.report`).
 
 Writes are group-committed (:mod:`fleet.journal.engine`): the operations all slots queue in one
 turn of the event loop run in one transaction (one SQLite connection, so one writer) and every
@@ -26,13 +28,19 @@ cancellation, so a Ctrl-C never leaves half an operation. A journal is locked (`
 from fleet.journal.core import Journal
 from fleet.journal.records import (
     CertState,
+    CertStateKind,
     DeviceInfo,
     KeyResult,
+    KeyRow,
     KeyState,
+    KeyStateKind,
     PendingIntent,
     RunInfo,
+    RunReport,
+    SlotRow,
     utc_now,
 )
 
-__all__ = ["CertState", "DeviceInfo", "Journal", "KeyResult", "KeyState", "PendingIntent",
-           "RunInfo", "utc_now"]
+__all__ = ["CertState", "CertStateKind", "DeviceInfo", "Journal", "KeyResult", "KeyRow",
+           "KeyState", "KeyStateKind", "PendingIntent", "RunInfo", "RunReport", "SlotRow",
+           "utc_now"]

@@ -1,4 +1,4 @@
-"""The journal's certificate records (issue 8): what fleet issued or found in a sec_tag, its
+"""The journal's certificate records: what fleet issued or found in a sec_tag, its
 confirmation on the device, and each run's outcome for it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sqlite3
 
 from fleet.journal.engine import JournalEngine
 from fleet.journal.records import CertState, utc_now
-from fleet.journal.schema import CERT_FIELDS
+from fleet.journal.schema import CERT_FIELDS, cert_state
 
 __all__ = ["CertJournal"]
 
@@ -25,7 +25,7 @@ class CertJournal(JournalEngine):
             cur = conn.execute(f"SELECT {', '.join(CERT_FIELDS)} FROM certs WHERE imei = ? AND "
                                "sec_tag = ? AND type = ?", (imei, sec_tag, cert_type))
             row = cur.fetchone()
-            return None if row is None else CertState(**dict(zip(CERT_FIELDS, row, strict=True)))
+            return None if row is None else cert_state(row)
 
         return await self._execute(op)
 
@@ -75,16 +75,5 @@ class CertJournal(JournalEngine):
                 "updated_at = excluded.updated_at",
                 (imei, sec_tag, cert_type, run_id, kept, error, utc_now()))
             return kept
-
-        return await self._execute(op)
-
-    async def run_certs(self, run_id: str) -> list[CertState]:
-        """The certificates and chains with an outcome in run ``run_id``."""
-
-        def op(conn: sqlite3.Connection) -> list[CertState]:
-            cur = conn.execute(f"SELECT {', '.join(CERT_FIELDS)} FROM certs WHERE run_id = ? "
-                               "ORDER BY imei, sec_tag, type", (run_id,))
-            return [CertState(**dict(zip(CERT_FIELDS, row, strict=True)))
-                    for row in cur.fetchall()]
 
         return await self._execute(op)

@@ -7,14 +7,39 @@ import os
 import sqlite3
 from typing import Any
 
+from fleet.credentials import CredentialType
 from fleet.errors import JournalError
 from fleet.journal.certs import CertJournal
-from fleet.journal.records import DeviceInfo, KeyResult, KeyState, RunInfo, utc_now
-from fleet.journal.schema import KEY_COLUMNS, key_state, key_states, record_keygen_intent
+from fleet.journal.records import (
+    DeviceInfo,
+    KeyResult,
+    KeyRow,
+    KeyState,
+    RunInfo,
+    RunReport,
+    SlotRow,
+    utc_now,
+)
+from fleet.journal.schema import (
+    CERT_FIELDS,
+    KEY_COLUMNS,
+    cert_state,
+    key_state,
+    key_states,
+    record_keygen_intent,
+)
+from fleet.records import DeviceOutcome, KeyOutcome
 
-__all__ = ["Journal"]
+__all__ = ["WRITE_ACTIONS", "Journal"]
 
-_STICKY = ("generated", "recovered", "changed", "pre-existing")
+#: Outcomes of earlier invocations of the same run that a later one must not hide.
+_STICKY = (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED,
+           KeyOutcome.PRE_EXISTING)
+_HIDDEN_BY_STICKY = (KeyOutcome.UNCHANGED, KeyOutcome.FAILED, KeyOutcome.NOT_ATTEMPTED,
+                     KeyOutcome.INTERRUPTED)
+#: Step actions that write to the device: one not refused by the modem may have changed it
+#: (except a %KEYGEN for an endorsement key that was there: it answers with that key).
+WRITE_ACTIONS = ("keygen", "delete", "cfun", "cert_write", "chain_write")
 
 
 class Journal(CertJournal):
@@ -33,6 +58,8 @@ class Journal(CertJournal):
                          "the outcome was recorded', done_at = ? WHERE outcome IS NULL",
                          (utc_now(),))
             conn.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+            steps_before = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM steps")
+                               .fetchone()[0])
             if not fresh:
                 row = conn.execute(
                     "SELECT run_id, started_at FROM runs WHERE plan_sha256 = ? AND station = ? "
@@ -41,12 +68,14 @@ class Journal(CertJournal):
                 if row is not None:
                     conn.execute("UPDATE runs SET status = 'running', pid = ? WHERE run_id = ?",
                                  (os.getpid(), row[0]))
-                    return RunInfo(run_id=row[0], started_at=row[1], resumed=True)
+                    return RunInfo(run_id=row[0], started_at=row[1], resumed=True,
+                                   steps_before=steps_before)
             now = utc_now()
             conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, NULL, 'running', ?, ?)",
                          (run_id, plan_path, plan_sha256, station, now, os.getpid(),
                           tool_version))
-            return RunInfo(run_id=run_id, started_at=now, resumed=False)
+            return RunInfo(run_id=run_id, started_at=now, resumed=False,
+                           steps_before=steps_before)
 
         return await self._execute(op)
 
@@ -128,15 +157,15 @@ class Journal(CertJournal):
     async def claim_device_uuid(self, imei: str, device_uuid: str) -> str | None:
         """Record ``device_uuid`` for ``imei`` unless the journal knows it under another IMEI;
         returns that other IMEI (nothing recorded), or None. One transaction."""
+        return await self._execute(lambda conn: _claim_device_uuid(conn, imei, device_uuid))
+
+    async def device_uuid_owner(self, imei: str, device_uuid: str) -> str | None:
+        """The other IMEI the journal knows ``device_uuid`` under, if any (read only)."""
 
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? AND imei != ? "
                                "LIMIT 1", (device_uuid, imei)).fetchone()
-            if row is not None:
-                return str(row[0])
-            conn.execute("UPDATE devices SET device_uuid = ? WHERE imei = ? AND "
-                         "device_uuid IS NULL", (device_uuid, imei))
-            return None
+            return None if row is None else str(row[0])
 
         return await self._execute(op)
 
@@ -179,7 +208,8 @@ class Journal(CertJournal):
     async def outcome(self, step_id: int, *, outcome: str, answer: str | None = None,
                       error: str | None = None, cmng_sha: str | None = None,
                       derived: dict[str, Any] | None = None,
-                      result: KeyResult | None = None) -> None:
+                      result: KeyResult | None = None,
+                      device_uuid: str | None = None) -> str | None:
         """Durably record the outcome of a step (``ok``, ``error`` or ``unknown``), and with
         ``result`` the key's result in the run too, in the same transaction (as
         :meth:`key_result`: one journal round trip instead of two).
@@ -187,19 +217,33 @@ class Journal(CertJournal):
         A ``keygen`` step with ``ok`` stores the captured answer as the key's state; ``ok`` or
         ``error`` resolve the key's pending intent; ``unknown`` leaves it pending. A ``delete``
         step with ``ok`` clears the key's state.
+
+        ``device_uuid`` (a ``keygen`` ``ok`` of a device whose UUID the journal does not hold
+        yet) is claimed for the step's IMEI in the same transaction as the capture, so no
+        captured answer is ever without its device's UUID. When the journal knows that UUID
+        under another IMEI nothing is captured (the step becomes ``unknown``, its key stays
+        pending) and that IMEI is returned; otherwise None.
         """
         if outcome not in ("ok", "error", "unknown"):
             raise ValueError(f"invalid step outcome {outcome!r}")
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> str | None:
             now = utc_now()
-            conn.execute("UPDATE steps SET outcome = ?, answer = ?, error = ?, done_at = ? "
-                         "WHERE id = ?", (outcome, answer, error, now, step_id))
             row = conn.execute("SELECT action, imei, sec_tag, type, run_id FROM steps "
                                "WHERE id = ?", (step_id,)).fetchone()
             if row is None:
                 raise JournalError(f"no step {step_id}")
             action, imei, sec_tag, key_type, run_id = row
+            if action == "keygen" and outcome == "ok" and device_uuid is not None:
+                owner = _claim_device_uuid(conn, imei, device_uuid)
+                if owner is not None:
+                    conn.execute("UPDATE steps SET outcome = 'unknown', answer = ?, error = ?, "
+                                 "done_at = ? WHERE id = ?",
+                                 (answer, f"device UUID {device_uuid} belongs to IMEI {owner}",
+                                  now, step_id))
+                    return owner
+            conn.execute("UPDATE steps SET outcome = ?, answer = ?, error = ?, done_at = ? "
+                         "WHERE id = ?", (outcome, answer, error, now, step_id))
             key = (imei, sec_tag, key_type)
             if action == "keygen" and outcome == "ok":
                 extra = derived or {}
@@ -230,8 +274,9 @@ class Journal(CertJournal):
                              "AND type = ?", (now, *key))
             if result is not None:
                 _record_key_result(conn, result)
+            return None
 
-        await self._execute(op)
+        return await self._execute(op)
 
     async def suspect_capture(self, *, imei: str, sec_tag: int, key_type: int,
                               reason: str) -> None:
@@ -290,38 +335,58 @@ class Journal(CertJournal):
 
         await self._execute(op)
 
-    async def key_result(self, result: KeyResult) -> str:
+    async def key_result(self, result: KeyResult) -> KeyOutcome:
         """Record a key's outcome in this run; returns the outcome kept. Within one run (which
-        may span several invocations after interruptions) a later ``unchanged``, ``failed`` or
-        ``not-attempted`` never replaces an earlier ``generated``/``recovered``/``changed``/
-        ``pre-existing`` (a later failure's error is still recorded), unless ``replace``."""
+        may span several invocations after interruptions) a later ``unchanged``, ``failed``,
+        ``interrupted`` or ``not-attempted`` never replaces an earlier ``generated``/
+        ``recovered``/``changed``/``pre-existing`` (a later failure's error is still recorded),
+        unless ``replace``."""
         return await self._execute(lambda conn: _record_key_result(conn, result))
 
-    async def run_results(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """``(slots, keys)`` rows of one run, joined with device data and captured answers."""
+    async def run_report(self, run_id: str, *, steps_before: int = 0) -> RunReport:
+        """Everything the journal holds of run ``run_id``, as typed records: each slot's device
+        (``changed`` for writes after step ``steps_before``), each key's result with its
+        captured answer, and the certificates with an outcome in the run."""
+        writes = ", ".join(f"'{action}'" for action in WRITE_ACTIONS)
 
-        def op(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            def rows(sql: str) -> list[dict[str, Any]]:
-                cur = conn.execute(sql, (run_id,))
-                names = [d[0] for d in cur.description]
-                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-            slots = rows(
-                "SELECT s.slot, s.port, NULLIF(s.imei, '') AS imei, s.outcome, s.error, "
-                "d.device_uuid, d.model, d.firmware FROM run_devices s LEFT JOIN devices d ON "
-                "d.imei = s.imei WHERE s.run_id = ? ORDER BY s.slot, s.updated_at")
-            keys = rows(
-                "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
-                "r.attempts, k.answer, k.cmng_sha, k.csr_pem, k.public_key_pem, "
-                "k.cose_payload FROM run_keys r LEFT JOIN keys k ON "
-                "k.imei = r.imei AND k.sec_tag = r.sec_tag AND k.type = r.type "
-                "WHERE r.run_id = ? ORDER BY r.slot, r.key_name")
-            return slots, keys
+        def op(conn: sqlite3.Connection) -> RunReport:
+            slots = tuple(
+                SlotRow(slot=r[0], port=r[1], imei=r[2] or None,
+                        outcome=DeviceOutcome(r[3]) if r[3] else None, error=r[4],
+                        device_uuid=r[5], model=r[6], firmware=r[7], changed=bool(r[8]))
+                for r in conn.execute(
+                    "SELECT s.slot, s.port, s.imei, s.outcome, s.error, d.device_uuid, d.model, "
+                    "d.firmware, EXISTS (SELECT 1 FROM steps w WHERE w.run_id = s.run_id AND "
+                    "w.slot = s.slot AND w.imei = s.imei AND w.id > ? AND w.action IN "
+                    f"({writes}) AND w.outcome IS NOT 'error' AND NOT (w.action = 'keygen' "
+                    f"AND w.type = {int(CredentialType.ENDORSEMENT_KEY)} AND "
+                    "json_extract(w.detail, '$.present_before'))) FROM run_devices s LEFT JOIN "
+                    "devices d ON d.imei = s.imei WHERE s.run_id = ? "
+                    "ORDER BY s.slot, s.updated_at", (steps_before, run_id)))
+            keys = tuple(
+                KeyRow(slot=r[0], imei=r[1], key_name=r[2], sec_tag=r[3], key_type=r[4],
+                       outcome=KeyOutcome(r[5]), error=r[6], attempts=r[7], answer=r[8],
+                       cmng_sha=r[9], keygen_unresolved=bool(r[10]), deleted=bool(r[11]))
+                for r in conn.execute(
+                    "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
+                    "r.attempts, CASE WHEN k.state = 'captured' THEN k.answer END, k.cmng_sha, "
+                    "EXISTS (SELECT 1 FROM steps p WHERE p.id = k.pending_step AND "
+                    "p.run_id = r.run_id AND p.slot = r.slot), EXISTS (SELECT 1 FROM steps d "
+                    "WHERE d.run_id = r.run_id AND d.slot = r.slot AND d.imei = r.imei AND "
+                    "d.sec_tag = r.sec_tag AND "
+                    "d.type = r.type AND d.action = 'delete' AND d.outcome = 'ok') "
+                    "FROM run_keys r LEFT JOIN keys k ON k.imei = r.imei AND "
+                    "k.sec_tag = r.sec_tag AND k.type = r.type WHERE r.run_id = ? "
+                    "ORDER BY r.slot, r.key_name", (run_id,)))
+            certs = tuple(cert_state(row) for row in conn.execute(
+                f"SELECT {', '.join(CERT_FIELDS)} FROM certs WHERE run_id = ? "
+                "ORDER BY imei, sec_tag, type", (run_id,)))
+            return RunReport(slots=slots, keys=keys, certs=certs)
 
         return await self._execute(op)
 
 
-def _record_key_result(conn: sqlite3.Connection, result: KeyResult) -> str:
+def _record_key_result(conn: sqlite3.Connection, result: KeyResult) -> KeyOutcome:
     """The ``run_keys`` row of :meth:`Journal.key_result`; returns the outcome kept."""
     row = conn.execute("SELECT outcome, attempts FROM run_keys WHERE run_id = ? AND slot = ? "
                        "AND imei = ? AND key_name = ?",
@@ -329,10 +394,20 @@ def _record_key_result(conn: sqlite3.Connection, result: KeyResult) -> str:
     kept, total = result.outcome, result.attempts
     if row is not None:
         total += int(row[1])
-        if (not result.replace and result.outcome in ("unchanged", "failed", "not-attempted")
+        if (not result.replace and result.outcome in _HIDDEN_BY_STICKY
                 and row[0] in _STICKY):
-            kept = row[0]  # its captured answer stays this run's; the error is kept
+            kept = KeyOutcome(row[0])  # its captured answer stays this run's; the error is kept
     conn.execute("INSERT OR REPLACE INTO run_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                  (result.run_id, result.slot, result.imei, result.key_name, result.sec_tag,
-                  result.key_type, kept, result.error, total, utc_now()))
+                  result.key_type, kept.value, result.error, total, utc_now()))
     return kept
+
+
+def _claim_device_uuid(conn: sqlite3.Connection, imei: str, device_uuid: str) -> str | None:
+    row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? AND imei != ? LIMIT 1",
+                       (device_uuid, imei)).fetchone()
+    if row is not None:
+        return str(row[0])
+    conn.execute("UPDATE devices SET device_uuid = ? WHERE imei = ? AND device_uuid IS NULL",
+                 (device_uuid, imei))
+    return None

@@ -6,10 +6,11 @@ import json
 import sqlite3
 from typing import Any
 
-from fleet.journal.records import CertState, KeyState, PendingIntent
+from fleet.journal.records import CertState, CertStateKind, KeyState, KeyStateKind, PendingIntent
+from fleet.records import CertOutcome
 
-__all__ = ["CERT_FIELDS", "KEY_COLUMNS", "SCHEMA", "key_state", "key_states", "migrate",
-           "record_keygen_intent"]
+__all__ = ["CERT_FIELDS", "KEY_COLUMNS", "SCHEMA", "cert_state", "key_state", "key_states",
+           "migrate", "record_keygen_intent"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,8 +99,8 @@ def key_state(row: tuple[Any, ...]) -> KeyState:
     pending = None
     if row[3] is not None:
         pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
-    return KeyState(state=row[0], answer=row[1], cmng_sha=row[2], pending=pending,
-                    csr_pem=row[5], public_key_pem=row[6],
+    return KeyState(state=KeyStateKind(row[0]) if row[0] else None, answer=row[1],
+                    cmng_sha=row[2], pending=pending, csr_pem=row[5], public_key_pem=row[6],
                     cose_payload=json.loads(row[7]) if row[7] else None)
 
 
@@ -111,3 +112,13 @@ def key_states(conn: sqlite3.Connection, imei: str
 
 #: Columns of the ``certs`` table, in the order of :class:`CertState`'s fields.
 CERT_FIELDS = tuple(CertState.__dataclass_fields__)
+_CERT_STATE = CERT_FIELDS.index("state")
+_CERT_OUTCOME = CERT_FIELDS.index("outcome")
+
+
+def cert_state(row: tuple[Any, ...]) -> CertState:
+    """The :class:`CertState` of a ``certs`` row selected as ``CERT_FIELDS``."""
+    values = dict(zip(CERT_FIELDS, row, strict=True))
+    values["state"] = CertStateKind(row[_CERT_STATE]) if row[_CERT_STATE] else None
+    values["outcome"] = CertOutcome(row[_CERT_OUTCOME]) if row[_CERT_OUTCOME] else None
+    return CertState(**values)

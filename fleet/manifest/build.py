@@ -172,6 +172,8 @@ def _key(key: KeyRecord, where: str) -> dict[str, Any]:
         for name, value in derived.items():
             if fields[name] is None:
                 fields[name] = value
+    if key.deleted:  # only when it happened: earlier manifests never say it
+        fields["deleted"] = True
     for name, value in key.extra.items():
         if name in fields:
             raise ManifestError(f"{where}: extra field {name!r} would replace a standard field")

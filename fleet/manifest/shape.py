@@ -150,7 +150,11 @@ def check_summary(signed: Mapping[str, Any], add: Add) -> None:
         for key in device["keys"]:
             keys[key["outcome"]] += 1
     expected["keys"] = keys
-    summary = signed["summary"]
+    summary = dict(signed["summary"])
+    # A manifest written before an outcome existed has no count for it: none is zero.
+    summary.update({o: summary.get(o, 0) for o in _DEVICE_OUTCOMES})
+    if isinstance(summary.get("keys"), Mapping):
+        summary["keys"] = {o: 0 for o in _KEY_OUTCOMES} | dict(summary["keys"])
     wrong = [name for name in expected if summary.get(name) != expected[name]]
     if wrong:
         add("summary", False, "summary does not match the devices: "

@@ -48,20 +48,20 @@ from fleet.journal import Journal
 from fleet.nrf91 import ACTIVE_MODES
 from fleet.plan import KeySpec, Settings, Slot
 from fleet.plan import Response as KeyResponse
-from fleet.records import DeviceRecord, KeyOutcome, KeyRecord
+from fleet.records import DeviceRecord, KeyRecord
 
 __all__ = [
     "RETRYABLE",
     "DeviceLost",
     "DeviceState",
     "DeviceWork",
+    "ImeiClaims",
     "SlotJob",
     "SlotResult",
     "SlotStatus",
     "Transient",
     "derived_fields",
     "explain_error",
-    "not_attempted",
     "retrying",
 ]
 
@@ -112,10 +112,34 @@ def derived_fields(answer: KeygenAnswer) -> dict[str, Any]:
             "cose_payload": answer.payload.to_dict()}
 
 
-def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:
-    """The record of a key that was never worked on (or, in ``--check``, only planned)."""
-    return KeyRecord(name=key.name, sec_tag=key.sec_tag, type=key.type.value,
-                     response=key.response.value, outcome=KeyOutcome.NOT_ATTEMPTED, extra=extra)
+class ImeiClaims:
+    """Which slot of this invocation holds each IMEI. Two boards that report one IMEI (cloned
+    modules, unprogrammed IMEIs) must never share the journal's state for it: the second is
+    stopped before the journal records it, and the first before its next write."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, str] = {}
+        #: IMEI -> every slot that reported it, for the IMEIs more than one slot reported
+        self.clashes: dict[str, set[str]] = {}
+
+    def claim(self, imei: str, slot: str) -> None:
+        """``slot`` holds a board with ``imei``; :class:`DeviceLost` when another slot's board
+        reported it too."""
+        holder = self._holders.setdefault(imei, slot)
+        if holder != slot:
+            self.clashes.setdefault(imei, {holder}).add(slot)
+        self.check(imei)
+
+    def check(self, imei: str) -> None:
+        """:class:`DeviceLost` when more than one slot reported ``imei``."""
+        if imei in self.clashes:
+            raise DeviceLost(self.reason(imei))
+
+    def reason(self, imei: str) -> str:
+        slots = ", ".join(sorted(self.clashes.get(imei, ())))
+        return (f"two boards report IMEI {imei} (slots {slots}): cloned modules or unprogrammed "
+                "IMEIs; every slot with this IMEI is stopped and nothing of one board is "
+                "recorded under the other's")
 
 
 @dataclass(slots=True)
@@ -136,6 +160,7 @@ class SlotResult:
     record: DeviceRecord
     changed: bool
     planned: tuple[dict[str, Any], ...] = ()  #: check mode: what a real run would do per key
+    journal_error: str | None = None  #: the slot's result could not be journaled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +173,7 @@ class SlotJob:
     journal: Journal
     opener: Opener
     check: bool = False
+    claims: ImeiClaims = field(default_factory=ImeiClaims)
     on_progress: Callable[[SlotStatus], None] = lambda status: None
     #: Called with the slot's result once it is known, also when the run is cancelled.
     on_result: Callable[[SlotResult], None] = lambda result: None
@@ -160,8 +186,8 @@ class DeviceState:
     imei: str = ""
     model: str | None = None
     firmware: str | None = None
-    device_uuid: str | None = None  #: confirmed (journal, or an answer that passed every check)
-    attested_uuid: str | None = None  #: what %ATTESTTOKEN said, to confirm the first answer's
+    device_uuid: str | None = None  #: as the journal holds it (claimed with the first capture)
+    attested_uuid: str | None = None  #: what %ATTESTTOKEN said, for a device the journal lacks
     mode: int | None = None  #: function mode as last read or set (None: not read yet)
     restore_target: int | None = None  #: mode to restore at the end (None: never changed)
     changed: bool = False
@@ -193,16 +219,20 @@ class DeviceWork:
 
     async def write(self, command: Command, *, action: str, timeout: float,
                     key: KeySpec | None = None, attempt: int = 1,
-                    detail: dict[str, Any] | None = None) -> tuple[int, Response]:
+                    detail: dict[str, Any] | None = None,
+                    credential_type: int | None = None) -> tuple[int, Response]:
         """Send a write with a journal intent before and an outcome after; returns the step id
         and the answer. A ``keygen`` step's ``ok`` outcome is the caller's to record, once the
-        answer is verified."""
+        answer is verified. The step is journaled for ``key``'s sec_tag and its type, or
+        ``credential_type`` (a certificate in the key's sec_tag)."""
+        self.job.claims.check(self.dev.imei)
         await self.session.enable_cme_codes(timeout=self.settings.timeout_s)
         journal = self.job.journal
         step_id = await journal.intent(
             run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei, action=action,
             key_name=key.name if key else None, sec_tag=key.sec_tag if key else None,
-            key_type=key.type.code if key else None, attempt=attempt, command=str(command),
+            key_type=credential_type if credential_type is not None else (
+                key.type.code if key else None), attempt=attempt, command=str(command),
             detail=detail)
         try:
             answer = await self.session.command(command, timeout=timeout)
@@ -290,7 +320,8 @@ class DeviceWork:
     def expectation(self, key: KeySpec, args: tuple[Any, ...],
                     answer: KeygenAnswer) -> Expectation:
         """What a %KEYGEN answer for ``key`` sent with ``args`` must show."""
-        device = uuid.UUID(self.dev.device_uuid) if self.dev.device_uuid else None
+        known = self.dev.device_uuid or self.dev.attested_uuid
+        device = uuid.UUID(known) if known else None
         if key.response is not KeyResponse.CSR:
             return Expectation(sec_tag=key.sec_tag, payload_id=8, device_uuid=device)
         attributes = args[3] if len(args) > 3 else None

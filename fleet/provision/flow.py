@@ -13,8 +13,11 @@ How this works
    arguments, a known device UUID) is settled before the first write of an attempt, and the IMEI
    is read again right before a delete;
 3. verify each %KEYGEN answer (all the checks of :mod:`fleet.credentials`, the requested
-   sec_tag, subject and key usage) before it is journaled as captured; a new device's UUID is
-   journaled only once two sources agree (two answers, or an answer and ``%ATTESTTOKEN``);
+   sec_tag, subject and key usage, and for a device the journal holds no UUID of, the UUID
+   ``%ATTESTTOKEN`` reported at identification) before it is journaled as captured; the first
+   capture claims the device's UUID in the same journal transaction, so no captured answer is
+   ever without its device's UUID, and a UUID the journal knows under another IMEI stops the
+   slot before any write;
 4. the certificate step for keys with ``ca:`` (:mod:`fleet.provision.certs`);
 5. restore the function mode read at the start (or the one an interrupted run left in the
    journal) when ``restore_function_mode``.
@@ -33,6 +36,7 @@ import anyio
 from fleet.aio import both
 from fleet.at import Command
 from fleet.credentials import (
+    CredentialType,
     parse_attest_token,
     parse_cmng_list,
     parse_keygen,
@@ -46,6 +50,7 @@ from fleet.errors import (
     CredentialError,
     DeviceTimeout,
     FleetError,
+    JournalError,
     PortBusy,
     RemoteProtocolError,
     TransportError,
@@ -62,7 +67,6 @@ from fleet.provision.base import (
     Transient,
     derived_fields,
     explain_error,
-    not_attempted,
     retrying,
 )
 from fleet.provision.certs import certify_key
@@ -74,21 +78,21 @@ from fleet.provision.decide import (
     endorsement_outcome,
 )
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord
+from fleet.report import not_attempted
 
 __all__ = ["SlotJob", "SlotResult", "SlotStatus", "provision_slot"]
 
 #: Errors after which a write may be retried (from inspection).
 _RETRY_CODES = (CmeCode.KEYGEN_FAILED, CmeCode.ACTIVE_STATE, CmeCode.ALREADY_EXISTS)
+_CLIENT_CERT = CredentialType.CLIENT_CERT
 
 
 class _Flow(DeviceWork):
     def __init__(self, job: SlotJob) -> None:
         super().__init__(job)
         self.key_states: dict[tuple[int, int], KeyState] = {}
-        #: keys whose result in the run was journaled with their capture
-        self.results_saved: set[str] = set()
-        #: (key, device UUID) of this run's answers while the device UUID is not confirmed
-        self.uuid_sources: list[tuple[KeySpec, str]] = []
+        #: keys whose result in the run was journaled with their capture, and that result
+        self.results_saved: dict[str, KeyOutcome] = {}
         #: One ``AT%CMNG=1`` listing of everything, for each key's first inspection (one
         #: command instead of one per key); a retry inspects its key again.
         self.listing: dict[tuple[int, int], str | None] | None = None
@@ -127,6 +131,7 @@ class _Flow(DeviceWork):
         self.status.imei = identity.imei
         self.log = self.log.bind(imei=identity.imei)
         self.session.log = self.log
+        self.job.claims.claim(identity.imei, self.slot.name)  # before the journal records it
         if self.job.check:
             seen = self.job.journal.device_info(identity.imei)
         else:
@@ -137,10 +142,16 @@ class _Flow(DeviceWork):
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
         self.key_states = dict(info.keys)
-        if (self.dev.device_uuid is None and not self.job.check
-                and any(k.uses_device_uuid for k in self.slot.keys)):
-            # With retries: a failed listing prefetch may have left the session to recover.
+        if self.dev.device_uuid is None and not self.job.check:
+            # A device the journal has no UUID of: %ATTESTTOKEN says which it is, before any
+            # write (with retries: a failed listing prefetch may have left the session to
+            # recover). Its answers must carry that UUID.
             self.dev.attested_uuid = await self._attest_with_retries()
+            if self.dev.attested_uuid is not None:
+                owner = await self.job.journal.device_uuid_owner(identity.imei,
+                                                                 self.dev.attested_uuid)
+                if owner is not None:
+                    raise DeviceLost(self._uuid_clash(self.dev.attested_uuid, owner))
 
     async def _prefetch_listing(self) -> None:
         """The one ``AT%CMNG=1`` listing every key's first inspection uses (plans with more
@@ -184,52 +195,35 @@ class _Flow(DeviceWork):
                 await anyio.sleep(backoff(attempt + 1))
         return None  # pragma: no cover - the loop returns or raises
 
-    async def settle_device_uuid(self) -> None:
-        """Confirm the device UUID of a device the journal did not know, from two sources,
-        before it is journaled for good: every answer of the device must carry the same one (a
-        changed bit in a COSE payload passes every local check), and two answers - or one
-        answer and ``%ATTESTTOKEN`` - must agree. An answer that disagrees with the confirmed
-        UUID, or a single answer that cannot be confirmed, loses its capture: its key is
-        regenerated ("recovered") by the next run, and the device fails now, saying why."""
-        if self.dev.device_uuid is not None or not self.uuid_sources:
-            return
-        seen = {device for _, device in self.uuid_sources}
-        confirmed: str | None = None
-        if len(seen) == 1 and len(self.uuid_sources) >= 2:
-            confirmed = next(iter(seen))
-        else:
-            attested = self.dev.attested_uuid or await self._attest_with_retries()
-            if attested is None and len(seen) == 1:
-                confirmed = next(iter(seen))
-                self.log.warning("device UUID from one %KEYGEN answer alone (no %ATTESTTOKEN "
-                                 "to cross-check it)", device_uuid=confirmed)
-            elif attested in seen:
-                confirmed = attested
-        if confirmed is not None:
-            owner = await self.job.journal.claim_device_uuid(self.dev.imei, confirmed)
-            if owner is not None:
-                raise DeviceLost(
-                    f"this modem's device UUID {confirmed} belongs to IMEI {owner} in the "
-                    f"journal, but it reported IMEI {self.dev.imei}: stopping this slot")
-            self.dev.device_uuid = confirmed
-        for key, device in self.uuid_sources:
-            if device != confirmed:
-                await self._take_back(key, f"its answer's device UUID {device} could not be "
-                                      "confirmed (another answer or %ATTESTTOKEN disagrees): the "
-                                      "key is regenerated on the next run")
+    def _uuid_clash(self, device_uuid: str, owner: str) -> str:
+        return (f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "
+                f"journal, but it reported IMEI {self.dev.imei} (a cloned or reprogrammed "
+                "IMEI?): stopping this slot")
 
-    async def _take_back(self, key: KeySpec, reason: str) -> None:
-        await self.job.journal.suspect_capture(imei=self.dev.imei, sec_tag=key.sec_tag,
-                                               key_type=key.type.code, reason=reason)
-        record = self._failed(key, reason, 1)
-        self.dev.keys = [record if k.name == key.name else k for k in self.dev.keys]
-        await self.job.journal.key_result(
-            self._key_result(key, record.outcome, reason, attempts=0, replace=True))
+    async def _claim_stored(self, key: KeySpec, state: KeyState) -> KeyRecord | None:
+        """A device whose UUID the journal lacks, with a key captured by an earlier version of
+        fleet: claim the UUID of that answer (it must be what ``%ATTESTTOKEN`` said); a
+        failed key's record when it is not, its capture taken back (regenerated next run)."""
+        stored = str((state.cose_payload or {}).get("device_uuid") or "")
+        if not stored:
+            return None
+        attested = self.dev.attested_uuid
+        if attested is not None and attested != stored:
+            reason = (f"its captured answer carries device UUID {stored}, but the modem "
+                      f"attests {attested}: the key is regenerated on the next run")
+            await self.job.journal.suspect_capture(imei=self.dev.imei, sec_tag=key.sec_tag,
+                                                   key_type=key.type.code, reason=reason)
+            return self._failed(key, reason, 1)
+        owner = await self.job.journal.claim_device_uuid(self.dev.imei, stored)
+        if owner is not None:
+            raise DeviceLost(self._uuid_clash(stored, owner))
+        self.dev.device_uuid = stored
+        return None
 
     def template_context(self) -> dict[str, str]:
         context = super().template_context()
         if not context["device_uuid"] and self.dev.attested_uuid:
-            context["device_uuid"] = self.dev.attested_uuid  # confirmed by the first answer
+            context["device_uuid"] = self.dev.attested_uuid  # every answer must carry it
         return context
 
     # --- keys ----------------------------------------------------------------------------------
@@ -294,8 +288,10 @@ class _Flow(DeviceWork):
                     self.log.warning("the key's SHA column changed since it was recorded",
                                      key=key.name, sec_tag=key.sec_tag, was=state.cmng_sha,
                                      now=sha)
-            if self.dev.device_uuid is None and state.cose_payload:
-                self.uuid_sources.append((key, str(state.cose_payload["device_uuid"])))
+            if self.dev.device_uuid is None:
+                failed = await self._claim_stored(key, state)
+                if failed is not None:
+                    return failed
             return self._record(key, KeyOutcome.UNCHANGED, state.answer, attempt, stored=state)
         if decision.action is Action.KEEP:
             await self.job.journal.mark_pre_existing(imei=self.dev.imei, sec_tag=key.sec_tag,
@@ -316,18 +312,35 @@ class _Flow(DeviceWork):
         await self.ensure_offline()
         if decision.deletes:
             await self.ensure_same_device()
-            self.step(f"{key.name}: delete")
-            try:
-                await self.write(Command.set("%CMNG", 3, key.sec_tag, key.type.code),
-                                 action="delete", key=key, attempt=attempt,
-                                 timeout=self.settings.timeout_s,
-                                 detail={"reason": decision.reason})
-            except CmeError as exc:
-                if exc.code != CmeCode.NOT_FOUND:
-                    raise self._retry_or_fail(exc) from exc
+            if key.type is KeyType.CLIENT_KEY and await self._has_client_certificate(key):
+                # The certificate in the tag is for the key about to be deleted: it cannot
+                # match the new one. It goes first, so an interruption never leaves it beside
+                # a new key.
+                await self._delete(key, _CLIENT_CERT, attempt, "the client certificate of the "
+                                   f"key being deleted ({decision.reason})")
+            await self._delete(key, key.type.code, attempt, decision.reason)
         return await self._keygen(key, decision, attempt, args, command,
                                   present_before=present and not decision.deletes,
                                   journal_public_key=state.public_key_pem)
+
+    async def _has_client_certificate(self, key: KeySpec) -> bool:
+        answer = await self.session.command(Command.set("%CMNG", 1, key.sec_tag, _CLIENT_CERT),
+                                            timeout=self.settings.timeout_s)
+        return any((e.sec_tag, e.type) == (key.sec_tag, _CLIENT_CERT)
+                   for e in parse_cmng_list(answer.lines))
+
+    async def _delete(self, key: KeySpec, credential_type: int, attempt: int,
+                      reason: str) -> None:
+        """``AT%CMNG=3`` of one credential in the key's sec_tag (already gone is fine)."""
+        self.step(f"{key.name}: delete")
+        try:
+            await self.write(Command.set("%CMNG", 3, key.sec_tag, credential_type),
+                             action="delete", key=key, attempt=attempt,
+                             timeout=self.settings.timeout_s, credential_type=credential_type,
+                             detail={"reason": reason})
+        except CmeError as exc:
+            if exc.code != CmeCode.NOT_FOUND:
+                raise self._retry_or_fail(exc) from exc
 
     def _retry_or_fail(self, exc: CmeError) -> Exception:
         return Transient(explain_error(exc)) if exc.code in _RETRY_CODES else exc
@@ -359,15 +372,24 @@ class _Flow(DeviceWork):
         if key.type is KeyType.ENDORSEMENT_KEY:
             outcome = endorsement_outcome(decision=decision, journal_public_key=journal_public_key,
                                           new_public_key=derived["public_key_pem"])
-        # Without a certificate step this outcome is final: the key's result in the run goes
-        # into the same journal transaction as the capture (save_key then has nothing to do).
-        result = None if key.ca else self._key_result(key, outcome, None, attempts=attempt)
-        await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
-                                       derived=derived, result=result)
-        if result is not None:
-            self.results_saved.add(key.name)
-        if self.dev.device_uuid is None:
-            self.uuid_sources.append((key, str(parsed.payload.device_uuid)))
+        # The key's result in the run goes into the same journal transaction as the capture
+        # (a certificate step after it can only make it a failure), and so does the device's
+        # UUID when this is its first capture.
+        result = self._key_result(key, outcome, None, attempts=attempt)
+        claim = str(parsed.payload.device_uuid) if self.dev.device_uuid is None else None
+        owner = await self.job.journal.outcome(step_id, outcome="ok", answer=parsed.value,
+                                               derived=derived, result=result,
+                                               device_uuid=claim)
+        if owner is not None:
+            reason = self._uuid_clash(str(parsed.payload.device_uuid), owner)
+            await self.save_key(key, self._failed(key, reason, attempt))
+            raise DeviceLost(reason)
+        self.results_saved[key.name] = outcome
+        if claim is not None:
+            self.dev.device_uuid = claim
+            if self.dev.attested_uuid is None:
+                self.log.warning("device UUID from one %KEYGEN answer alone (no %ATTESTTOKEN "
+                                 "to cross-check it)", device_uuid=claim)
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
             self.dev.changed = True
         # The verified answer is the proof the key exists (the modem stores it before it
@@ -411,14 +433,18 @@ class _Flow(DeviceWork):
         """The key's result in this run, as the journal records it."""
         return KeyResult(run_id=self.job.run_id, slot=self.slot.name, imei=self.dev.imei,
                          key_name=key.name, sec_tag=key.sec_tag, key_type=key.type.code,
-                         outcome=outcome.value, error=error, attempts=attempts, replace=replace)
+                         outcome=outcome, error=error, attempts=attempts, replace=replace)
 
     async def save_key(self, key: KeySpec, record: KeyRecord) -> None:
-        """Keep the key's result, in memory and (real runs) in the journal for the manifest."""
-        if not self.job.check and self.dev.imei and key.name not in self.results_saved:
-            kept = await self.job.journal.key_result(
-                self._key_result(key, record.outcome, record.error, attempts=record.attempts))
-            if kept != record.outcome.value:
+        """Keep the key's result, in memory and (real runs) in the journal for the manifest. A
+        result journaled with the key's capture is journaled again only when the certificate
+        step made it a failure (which then replaces it)."""
+        saved = self.results_saved.get(key.name)
+        if not self.job.check and self.dev.imei and saved is not record.outcome:
+            kept = await self.job.journal.key_result(self._key_result(
+                key, record.outcome, record.error, attempts=0 if saved else record.attempts,
+                replace=saved is not None and record.outcome is KeyOutcome.FAILED))
+            if kept is not record.outcome:
                 self.log.debug("outcome kept from earlier in this run", key=key.name, kept=kept)
         self.dev.keys.append(record)
 
@@ -463,8 +489,6 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 await flow.save_key(key, record)
                 flow.status.keys_done += 1
                 flow.job.on_progress(flow.status)
-            if not job.check:
-                await flow.settle_device_uuid()
             await flow.restore_mode()
         except (DeviceLost, DeviceSwapped, PortBusy) as exc:
             error = str(exc)
@@ -481,12 +505,19 @@ async def provision_slot(job: SlotJob) -> SlotResult:
     finally:
         with anyio.CancelScope(shield=True):
             await flow.session.close()
-            outcome, error = await flow.finish(outcome, error)
+            journal_error = None
+            try:
+                outcome, error = await flow.finish(outcome, error)
+            except JournalError as exc:  # a full disk: the run reports it, from this result
+                journal_error = str(exc)
+                if outcome is DeviceOutcome.DONE:
+                    outcome = DeviceOutcome.FAILED
+                error = "; ".join(filter(None, (error, f"not journaled: {exc}")))
             result = SlotResult(
                 record=DeviceRecord(slot=job.slot.name, port=job.slot.port,
                                     imei=dev.imei or None, device_uuid=dev.device_uuid,
                                     model=dev.model, firmware=dev.firmware, outcome=outcome,
-                                    keys=tuple(dev.keys), error=error),
-                changed=dev.changed, planned=tuple(dev.planned))
+                                    keys=tuple(dev.keys), error=error, changed=dev.changed),
+                changed=dev.changed, planned=tuple(dev.planned), journal_error=journal_error)
             job.on_result(result)
     return result

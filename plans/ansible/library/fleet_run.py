@@ -369,13 +369,17 @@ def _outcome_lines(keys):
 
 def device_diffs(document):
     """Ansible diffs, one per device whose keys change (or would change): a list of
-    ``{before, after, before_header, after_header}``."""
+    ``{before, after, before_header, after_header}``. A real run's key outcomes are those of
+    the whole fleet run, which may have begun in an earlier, interrupted invocation: only the
+    devices this invocation changed get a diff."""
     diffs = []
     for device in (document or {}).get("devices") or []:
         if "planned" in device:
             before, after = _planned_lines(device["planned"])
-        else:
+        elif device.get("changed"):
             before, after = _outcome_lines(device.get("keys") or [])
+        else:
+            continue
         if before == after:
             continue
         header = _device_name(device)

@@ -1,0 +1,400 @@
+"""The record of a run says what happened, at the edges too: interruptions at every stage, boards
+that lie about who they are, keys deleted before a failure, a journal whose disk fills. Each
+test runs the real `fleet run` against the simulator and checks the `--json` document, the
+screen summary and the manifest (which must pass `fleet verify`) against the journal and the
+simulator's own state."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleet.credentials import parse_keygen
+from fleet.manifest import verify
+from tests.certhelpers import NOW, make_ca
+from tests.runhelpers import KEYS, fleet, run_json, write_plan
+from tests.simproc import command, open_port, run_sim
+
+TLS = 16842753
+
+
+def _ports(tmp_path: Path) -> str:
+    return str(tmp_path / "ports" / "modem*")
+
+
+def _query(journal: Path, sql: str) -> list[tuple[Any, ...]]:
+    if not journal.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as conn:
+            return list(conn.execute(sql))
+    except sqlite3.OperationalError:
+        return []
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _start(plan: Path, journal: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
+                             str(journal), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc: subprocess.Popen[str], signum: int) -> tuple[int, str, str]:
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def _document(out: str, err: str) -> dict[str, Any]:
+    try:
+        document: dict[str, Any] = json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"stdout is not one JSON document ({exc}):\n{out}\n{err}") from exc
+    return document
+
+
+def _manifest(document: dict[str, Any]) -> dict[str, Any]:
+    """The run's manifest, which must pass `fleet verify`."""
+    assert document["manifest"], document
+    data = Path(document["manifest"]).read_bytes()
+    report = verify(data, trusted=None)
+    assert report.ok, [c.line() for c in report.failures]
+    signed: dict[str, Any] = json.loads(data)["signed"]
+    return signed
+
+
+def _outcomes(devices: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {d["slot"]: {k["name"]: k["outcome"] for k in d["keys"]} for d in devices}
+
+
+def _edit_state(sim_dir: Path, edit: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Change the simulator's state file between two simulator runs."""
+    path = sim_dir / "sim.json"
+    state = json.loads(path.read_text())
+    edit(state["modems"])
+    path.write_text(json.dumps(state))
+
+
+def _luhn(digits: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return digits + str((10 - total % 10) % 10)
+
+
+def _make_key_behind_fleets_back(port: Path, sec_tag: int, *,
+                                 ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None
+                                 = None) -> None:
+    """A client key made with plain pyserial, and with ``ca`` a certificate for it."""
+    serial_port = open_port(port)
+    try:
+        command(serial_port, "AT+CMEE=1")
+        command(serial_port, "AT+CFUN=4")
+        answer = command(serial_port, f"AT%KEYGEN={sec_tag},2,0")
+        assert answer[-1] == "OK", answer
+        if ca is not None:
+            ca_cert, ca_key = ca
+            public_key = parse_keygen(answer[0]).public_key
+            cert = (x509.CertificateBuilder().subject_name(ca_cert.subject)
+                    .issuer_name(ca_cert.subject).public_key(public_key)
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(NOW - datetime.timedelta(days=1))
+                    .not_valid_after(NOW + datetime.timedelta(days=365))
+                    .sign(ca_key, hashes.SHA256()))
+            pem = cert.public_bytes(serialization.Encoding.PEM).decode().strip()
+            written = command(serial_port, f'AT%CMNG=0,{sec_tag},1,"{pem}"')
+            assert written[-1] == "OK", written
+    finally:
+        serial_port.close()
+
+
+def test_sigterm_between_the_two_keys_of_a_device_gives_a_manifest_that_verifies(
+        tmp_path: Path) -> None:
+    with run_sim(tmp_path, 4, "--profile", "realistic"):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        proc = _start(plan, journal, "--json")
+        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+                                               "AND outcome = 'ok'")), "a first captured key")
+        code, out, err = _stop(proc, signal.SIGTERM)
+        assert code == 3, err
+        document = _document(out, err)
+        assert document["interrupted"] is True and document["complete"] is False
+        signed = _manifest(document)
+        assert signed["run"]["complete"] is False
+        assert len(signed["devices"]) == 4
+        half_done = [d for d in signed["devices"]
+                     if [k["outcome"] for k in d["keys"]].count("generated") == 1]
+        assert half_done, _outcomes(signed["devices"])
+        for device in half_done:
+            assert device["device_uuid"] is not None
+        assert _outcomes(document["devices"]) == _outcomes(signed["devices"])
+        # The resumed run finishes and its manifest covers everything the run did.
+        code, again, err = run_json(plan, journal)
+        assert code == 0, err
+        assert again["resumed"] is True
+        final = _manifest(again)
+        assert final["run"]["complete"] is True
+        # A %KEYGEN the SIGTERM cut off made a key nobody saw: deleted and made again.
+        assert {k["outcome"] for d in final["devices"] for k in d["keys"]} <= {
+            "generated", "recovered"}
+
+
+def test_sigterm_during_a_keygen_reports_the_key_interrupted(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2, "--profile", "realistic"):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
+        journal = tmp_path / "j.sqlite"
+        proc = _start(plan, journal, "--json")
+        _wait_for(lambda: len(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+                                              "AND outcome IS NULL")) == 2, "two %KEYGEN sent")
+        code, out, err = _stop(proc, signal.SIGTERM)
+        assert code == 3, err
+        document = _document(out, err)
+        signed = _manifest(document)
+        for devices in (document["devices"], signed["devices"]):
+            assert [k["outcome"] for d in devices for k in d["keys"]] == ["interrupted"] * 2
+        assert document["changed"] is True  # a %KEYGEN reached the modems
+        assert all(d["changed"] for d in document["devices"])
+
+
+def test_slots_waiting_for_their_turn_are_reported_not_started(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 4, "--profile", "realistic"):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
+        journal = tmp_path / "j.sqlite"
+        proc = _start(plan, journal, "--json", "--concurrency", "1")
+        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen'")),
+                  "the first slot's %KEYGEN")
+        code, out, err = _stop(proc, signal.SIGINT)
+        assert code == 3, err
+        document = _document(out, err)
+        signed = _manifest(document)
+        for devices in (document["devices"], signed["devices"]):
+            assert len(devices) == 4
+            outcomes = sorted(d["outcome"] for d in devices)
+            assert outcomes.count("not-started") == 3, outcomes
+            waiting = [d for d in devices if d["outcome"] == "not-started"]
+            assert all(k["outcome"] == "not-attempted" for d in waiting for k in d["keys"])
+        assert document["summary"]["not-started"] == 3
+        assert signed["summary"]["not-started"] == 3
+
+
+def test_two_boards_with_one_imei_both_fail_and_share_nothing(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2):
+        pass
+    imei = json.loads((tmp_path / "sim.json").read_text())["modems"][0]["imei"]
+
+    def clone(modems: list[dict[str, Any]]) -> None:
+        modems[1]["imei"] = imei
+
+    _edit_state(tmp_path, clone)
+    with run_sim(tmp_path, 2) as sim:
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        for _ in range(2):  # the re-run fails them again: nothing became permanent
+            code, document, err = run_json(plan, journal)
+            assert code == 1, err
+            signed = _manifest(document)
+            for devices in (document["devices"], signed["devices"]):
+                assert [d["outcome"] for d in devices] == ["failed", "failed"]
+                for device in devices:
+                    assert f"two boards report IMEI {imei}" in device["error"]
+        # Whatever one board's slot captured is that board's: its device UUID and its key.
+        uuids = {m["index"]: m["device_uuid"] for m in sim.state()["modems"]}
+        known = _query(journal, "SELECT device_uuid FROM devices")
+        assert len(known) == 1 and known[0][0] in (uuids[0], uuids[1], None)
+        for (answer,) in _query(journal, "SELECT answer FROM keys WHERE answer IS NOT NULL"):
+            assert str(parse_keygen(answer).payload.device_uuid) == known[0][0]
+
+
+def test_a_device_uuid_known_under_another_imei_stops_the_slot_before_any_write(
+        tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    plan = write_plan(tmp_path, ports=_ports(tmp_path))
+    with run_sim(tmp_path, 1):
+        code, document, err = run_json(plan, journal)
+        assert code == 0, err
+        old_imei = document["devices"][0]["imei"]
+    new_imei = _luhn(old_imei[:8] + "999999")
+
+    def reprogram(modems: list[dict[str, Any]]) -> None:
+        modems[0]["imei"] = new_imei
+        modems[0]["credentials"] = []  # a new board as far as the keys go
+
+    _edit_state(tmp_path, reprogram)
+    with run_sim(tmp_path, 1) as sim:
+        before = len(sim.log_lines())
+        code, document, err = run_json(plan, journal)
+        assert code == 1, err
+        device = document["devices"][0]
+        assert device["imei"] == new_imei and device["outcome"] == "failed"
+        assert f"belongs to IMEI {old_imei}" in device["error"]
+        sent = [r["command"].upper() for r in sim.log_lines()[before:]]
+        assert not [c for c in sent if c.startswith(("AT%KEYGEN", "AT%CMNG=3", "AT+CFUN="))]
+        _manifest(document)
+
+
+def test_replace_then_failing_keygen_records_the_deletion(tmp_path: Path) -> None:
+    keys = f"""
+    keys:
+      tls:
+        sec_tag: {TLS}
+        type: client_key
+        response: csr
+        if_exists: replace
+    """
+    with run_sim(tmp_path, 1) as sim:
+        _make_key_behind_fleets_back(sim.ports[0], TLS)
+    with run_sim(tmp_path, 1, "--fault", "keygen-fail:1.0") as sim:
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
+        code, document, err = run_json(plan, tmp_path / "j.sqlite")
+        assert code == 1, err
+        assert document["changed"] is True
+        key = document["devices"][0]["keys"][0]
+        assert key["outcome"] == "failed" and key["deleted"] is True
+        signed = _manifest(document)
+        assert signed["devices"][0]["keys"][0]["deleted"] is True
+        stored = {(c["sec_tag"], c["type"]) for c in sim.modem_state(0)["credentials"]}
+        assert (TLS, 2) not in stored  # what the record says: the old key is gone
+
+
+def test_replacing_a_key_deletes_its_client_certificate_too(tmp_path: Path) -> None:
+    keys = f"""
+    keys:
+      tls:
+        sec_tag: {TLS}
+        type: client_key
+        response: csr
+        if_exists: replace
+    """
+    _, _, ca_cert, ca_key = make_ca(tmp_path / "old-ca")
+    with run_sim(tmp_path, 1) as sim:
+        _make_key_behind_fleets_back(sim.ports[0], TLS, ca=(ca_cert, ca_key))
+        assert (TLS, 1) in {(c["sec_tag"], c["type"]) for c in sim.modem_state(0)["credentials"]}
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
+        before = len(sim.log_lines())
+        code, document, err = run_json(plan, tmp_path / "j.sqlite")
+        assert code == 0, err
+        sent = [r["command"].upper() for r in sim.log_lines()[before:] if "fault" not in r]
+        assert sent.index(f"AT%CMNG=3,{TLS},1") < sent.index(f"AT%CMNG=3,{TLS},2")
+        stored = {(c["sec_tag"], c["type"]) for c in sim.modem_state(0)["credentials"]}
+        assert (TLS, 1) not in stored and (TLS, 2) in stored
+        assert document["devices"][0]["keys"][0]["outcome"] == "generated"
+        _manifest(document)
+
+
+def test_a_journal_whose_disk_fills_never_claims_a_complete_run(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0-31", slot_keys="[tls]")
+    journal = tmp_path / "j.sqlite"
+
+    def small_files() -> None:  # what a full disk does to the journal's writes
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (160_000, 160_000))
+
+    result = subprocess.run([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
+                             str(journal), "--json"], capture_output=True, text=True,
+                            timeout=300, preexec_fn=small_files, check=False)
+    document = _document(result.stdout, result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert document["journal_error"], document
+    assert document["complete"] is False
+    assert len(document["devices"]) == 32
+    if document["manifest"]:
+        signed = _manifest(document)
+        assert signed["run"]["complete"] is False
+        assert len(signed["devices"]) == 32
+    # With room again, the next run resumes and completes.
+    code, again, err = run_json(plan, journal)
+    assert code == 0, err
+    assert _manifest(again)["run"]["complete"] is True
+
+
+def test_the_summary_on_screen_says_what_the_manifest_says(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2, "--profile", "realistic"):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        proc = _start(plan, journal)
+        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+                                               "AND outcome = 'ok'")), "a first captured key")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        result = fleet("run", plan, "--journal", journal)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        manifest = Path(next(line for line in lines if line.startswith("manifest: "))
+                        .removeprefix("manifest: "))
+        signed = json.loads(manifest.read_bytes())["signed"]
+        assert verify(manifest.read_bytes(), trusted=None).ok
+        for device in signed["devices"]:
+            line = next(line for line in lines if line.startswith(device["slot"] + " "))
+            assert device["outcome"] in line
+            for key in device["keys"]:
+                assert f"{key['name']}={key['outcome']}" in line, (key, line)
+        # Resumed: the keys the first invocation made are reported as made, not "unchanged".
+        assert "=unchanged" not in result.stdout
+
+
+def test_the_summary_shows_issued_certificates(tmp_path: Path) -> None:
+    created = fleet("ca", "init", tmp_path / "ca", "--cn", "Line 1 test CA")
+    assert created.returncode == 0, created.stderr
+    keys = KEYS.replace("    if_exists: keep\n", "    if_exists: keep\n    ca:\n"
+                        "      cert: ca/ca.pem\n      key: ca/ca.key\n")
+    with run_sim(tmp_path, 1):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys)
+        result = fleet("run", plan, "--journal", tmp_path / "j.sqlite")
+        assert result.returncode == 0, result.stderr
+        assert "tls=generated cert=issued" in result.stdout
+        assert "certificate serial" in result.stdout and "Line 1 test CA" in result.stdout
+
+
+def test_ctrl_c_during_the_certificate_step_keeps_the_key_generated(tmp_path: Path) -> None:
+    created = fleet("ca", "init", tmp_path / "ca", "--cn", "Line 1 test CA")
+    assert created.returncode == 0, created.stderr
+    keys = KEYS.replace("    if_exists: keep\n", "    if_exists: keep\n    ca:\n"
+                        "      cert: ca/ca.pem\n      key: ca/ca.key\n      chain: ca/ca.pem\n")
+    with run_sim(tmp_path, 2, "--profile", "realistic"):
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
+        journal = tmp_path / "j.sqlite"
+        proc = _start(plan, journal, "--json")
+        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM certs WHERE state = 'issued'")),
+                  "a certificate issued")
+        code, out, err = _stop(proc, signal.SIGINT)
+        assert code == 3, err
+        document = _document(out, err)
+        signed = _manifest(document)
+        captured = {imei for (imei,) in _query(
+            journal, "SELECT imei FROM keys WHERE state = 'captured'")}
+        assert captured
+        for devices in (document["devices"], signed["devices"]):
+            for device in devices:
+                if device["imei"] in captured:
+                    assert device["keys"][0]["outcome"] == "generated", device
+        code, again, err = run_json(plan, journal)
+        assert code == 0, err
+        final = _manifest(again)
+        assert [k["outcome"] for d in final["devices"] for k in d["keys"]] == ["generated"] * 2
+        assert all(k["certificate"]["outcome"] == "issued"
+                   for d in final["devices"] for k in d["keys"])
+
