@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -41,6 +44,18 @@ def test_inspect_json_reproduces_every_expected_field() -> None:
     assert doc["cose"]["payload"] == exp["cose_payload"]
     assert doc["cose"]["signature_len"] == exp["cose_signature_len"]
     assert {c["name"]: c["ok"] for c in doc["checks"]}["digest"] is True
+
+
+
+def test_inspect_json_gives_a_loadable_csr_pem_and_the_modem_bytes() -> None:
+    doc = json.loads(fleet("inspect", "--json", VECTOR["keygen_value"]).stdout)
+    csr = x509.load_pem_x509_csr(doc["csr"]["pem"].encode())
+    assert csr.is_signature_valid
+    point = csr.public_key().public_bytes(serialization.Encoding.X962,
+                                          serialization.PublicFormat.UncompressedPoint)
+    assert point.hex() == VECTOR["expected"]["csr_public_key_uncompressed_hex"]
+    raw = base64.b64decode("".join(doc["csr"]["raw_pem"].splitlines()[1:-1]))
+    assert hashlib.sha256(raw).hexdigest() == VECTOR["expected"]["csr_der_sha256"]
 
 
 def test_inspect_reads_the_whole_line_from_stdin() -> None:

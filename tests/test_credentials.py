@@ -254,6 +254,34 @@ def test_null_parameter_der_round_trip() -> None:
     assert x509.load_der_x509_csr(plain).is_signature_valid
 
 
+
+def test_vector_csr_pem_loads_with_cryptography_and_raw_pem_keeps_the_modem_bytes() -> None:
+    answer = parse_keygen(str(_vector()["keygen_value"]))
+    assert answer.csr_pem is not None and answer.raw_csr_pem is not None
+    with pytest.raises(ValueError):
+        x509.load_pem_x509_csr(answer.raw_csr_pem.encode())  # the NULL parameter
+    csr = x509.load_pem_x509_csr(answer.csr_pem.encode())
+    assert csr.is_signature_valid
+    assert csr.public_key() == answer.public_key
+    assert answer.csr is not None
+    assert csr.tbs_certrequest_bytes == answer.csr.tbs_certrequest_bytes
+    assert answer.to_dict()["csr"]["pem"] == answer.csr_pem
+    assert answer.to_dict()["csr"]["raw_pem"] == answer.raw_csr_pem
+    raw = base64.b64decode("".join(answer.raw_csr_pem.splitlines()[1:-1]))
+    assert raw == answer.body
+    assert strip_sigalg_null(raw) == answer.csr_der
+
+
+def test_csr_without_null_parameter_has_one_pem() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = build_csr(key, device_uuid=DEVICE, null_parameter=False)
+    answer = parse_keygen(build_keygen_answer(body, payload_id=9, device_uuid=DEVICE, sec_tag=7,
+                                              identity_key=key, nonce=os.urandom(16)))
+    assert answer.csr_der == body
+    assert answer.csr_pem == answer.raw_csr_pem
+    assert answer.to_dict()["csr"]["pem"] == answer.to_dict()["csr"]["raw_pem"]
+
+
 # --- %CMNG ------------------------------------------------------------------------------------
 
 SHA = "A" * 64

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import rfc8785
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fleet.credentials import b64url_encode
+from fleet.credentials import b64url_encode, parse_keygen
 from fleet.errors import ManifestError
 from fleet.manifest import (
     FORMAT,
@@ -359,6 +360,39 @@ def test_response_and_derived_fields_must_match_the_answer() -> None:
                     trusted=None)
     assert _failed(report) == {"csr_pem"}
 
+
+
+def _csr_pem_run(pem: Any) -> Any:
+    """A run whose first device's tls key records ``pem(answer)`` as its csr_pem."""
+    device = device_record(1)
+    tls = device.keys[0]
+    assert tls.keygen_answer is not None
+    pem_text = pem(parse_keygen(tls.keygen_answer))
+    return run_record((replace(device, keys=(replace(tls, csr_pem=pem_text), device.keys[1])),))
+
+
+def test_csr_pem_is_the_loadable_csr_and_the_modem_bytes_also_verify() -> None:
+    key = DOC["signed"]["devices"][0]["keys"][0]
+    answer = parse_keygen(key["keygen_answer"])
+    assert answer.csr_null_parameter
+    assert key["csr_pem"] == answer.csr_pem != answer.raw_csr_pem
+    csr = x509.load_pem_x509_csr(key["csr_pem"].encode())
+    assert csr.is_signature_valid and csr.public_key() == answer.public_key
+    raw = _document(_csr_pem_run(lambda a: a.raw_csr_pem))
+    assert verify(raw, trusted=[STATION.public_key()]).ok
+
+
+def test_csr_pem_of_another_body_or_reformatted_fails() -> None:
+    other = parse_keygen(DOC["signed"]["devices"][1]["keys"][0]["keygen_answer"])
+
+    def unwrapped(answer: Any) -> str:
+        body = "".join(answer.csr_pem.splitlines()[1:-1])
+        return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
+
+    for pem in (lambda a: other.csr_pem, lambda a: other.raw_csr_pem,
+                lambda a: a.csr_pem.replace("\n", "\r\n"), unwrapped):
+        report = verify(_document(_csr_pem_run(pem)), trusted=None)
+        assert _failed(report) == {"csr_pem"}, _reasons(report)
 
 def test_answer_outcome_without_an_answer_fails() -> None:
     report = verify(_document(_altered_answer_run(keygen_answer=None)), trusted=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from fleet.credentials import parse_keygen
 from tests.runhelpers import REPO, fleet, run_json, write_plan
 from tests.simproc import run_sim
 
@@ -197,3 +200,23 @@ def test_production_plan_without_its_signing_key_sends_nothing(tmp_path: Path) -
         verified = fleet("verify", doc["manifest"], "--pubkey",
                          tmp_path / "keys" / "station.pub.pem")
         assert verified.returncode == 0, verified.stdout
+
+
+def test_csr_pem_of_a_null_parameter_modem_loads_with_cryptography(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0-1", slot_keys="[tls]",
+                      extra="simulator: {model: nrf9160}\n")
+    code, doc, err = run_json(plan, tmp_path / "journal.sqlite")
+    assert code == 0, err
+    manifest = json.loads(Path(doc["manifest"]).read_text())
+    answers = {d["imei"]: d["keys"][0]["keygen_answer"] for d in manifest["signed"]["devices"]}
+    csr_pems = [(d["imei"], d["keys"][0]["csr_pem"]) for d in manifest["signed"]["devices"]]
+    csr_pems += [(d["imei"], d["keys"][0]["csr_pem"]) for d in doc["devices"]]
+    assert len(csr_pems) == 4
+    for imei, pem in csr_pems:
+        answer = parse_keygen(answers[imei])
+        assert answer.csr_null_parameter, "the simulated mfw 1.3.x modem has the NULL quirk"
+        csr = x509.load_pem_x509_csr(pem.encode())
+        assert csr.public_key() == answer.public_key
+        assert csr.is_signature_valid
+    verified = fleet("verify", doc["manifest"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr

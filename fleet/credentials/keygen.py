@@ -128,6 +128,8 @@ class CsrInfo:
     later): subject, KeyUsage and whether the self-signature verifies."""
 
     csr: x509.CertificateSigningRequest
+    #: the DER ``csr`` was loaded from: the body, or a copy of it without the NULL parameter
+    der: bytes
     null_parameter: bool
     subject: str
     subject_pairs: SubjectPairs
@@ -189,15 +191,24 @@ class KeygenAnswer:
         ).decode("ascii")
 
     @property
+    def csr_der(self) -> bytes | None:
+        """The CSR's DER as standard libraries load it: the modem's explicit NULL parameter
+        dropped from the signature algorithm (same key, same signed CertificationRequestInfo,
+        the signature still valid); the body unchanged when it has no NULL."""
+        return None if self.csr_info is None else self.csr_info.der
+
+    @property
     def csr_pem(self) -> str | None:
-        """PEM of the CSR exactly as the modem made it (NULL parameter kept)."""
-        if self.csr_info is None:
-            return None
-        b64 = base64.b64encode(self.body).decode("ascii")
-        lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
-        return "-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(lines) + (
-            "\n-----END CERTIFICATE REQUEST-----\n"
-        )
+        """PEM of :attr:`csr_der`: the CSR to hand to consumers (``cryptography`` >= 49 loads
+        it; it refuses the modem's own bytes)."""
+        der = self.csr_der
+        return None if der is None else _csr_pem(der)
+
+    @property
+    def raw_csr_pem(self) -> str | None:
+        """PEM of the CSR exactly as the modem made it (NULL parameter kept): the bytes the COSE
+        digest covers."""
+        return None if self.csr_info is None else _csr_pem(self.body)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (field names follow vectors/keygen-csr-seed.json)."""
@@ -231,6 +242,7 @@ class KeygenAnswer:
                 "signature_algorithm_null_parameter": info.null_parameter,
                 "self_signature_valid": info.signature_valid,
                 "pem": self.csr_pem,
+                "raw_pem": self.raw_csr_pem,
             }
         return out
 
@@ -276,8 +288,15 @@ def _parse_keygen_value(value: str) -> KeygenAnswer:
     )
 
 
+def _csr_pem(der: bytes) -> str:
+    b64 = base64.b64encode(der).decode("ascii")
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    return ("-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(lines)
+            + "\n-----END CERTIFICATE REQUEST-----\n")
+
+
 def _read_csr(body: bytes) -> CsrInfo:
-    csr, quirk = _load_csr(body)
+    csr, der, quirk = _load_csr(body)
     try:
         csr.public_key()
         subject = csr.subject
@@ -289,6 +308,7 @@ def _read_csr(body: bytes) -> CsrInfo:
             usage = ext.value if isinstance(ext.value, x509.KeyUsage) else None
         return CsrInfo(
             csr=csr,
+            der=der,
             null_parameter=quirk,
             subject=",".join(rdn.rfc4514_string() for rdn in subject.rdns),
             subject_pairs=subject_pairs(subject),
@@ -315,9 +335,10 @@ def _usage_bits(usage: x509.KeyUsage) -> str:
     return "".join("1" if bit else "0" for bit in bits)
 
 
-def _load_csr(body: bytes) -> tuple[x509.CertificateSigningRequest, bool]:
+def _load_csr(body: bytes) -> tuple[x509.CertificateSigningRequest, bytes, bool]:
+    """``(csr, the DER it was loaded from, whether the NULL parameter was dropped)``."""
     try:
-        return x509.load_der_x509_csr(body), False
+        return x509.load_der_x509_csr(body), body, False
     except ValueError as first:
         try:
             stripped = strip_sigalg_null(body)
@@ -326,7 +347,7 @@ def _load_csr(body: bytes) -> tuple[x509.CertificateSigningRequest, bool]:
         if stripped is None:
             raise CredentialError(f"body: not a DER CSR ({first})") from first
         try:
-            return x509.load_der_x509_csr(stripped), True
+            return x509.load_der_x509_csr(stripped), stripped, True
         except ValueError as exc:
             raise CredentialError(f"body: not a DER CSR ({exc})") from exc
 

@@ -7,9 +7,10 @@ At least one valid signature must be by the embedded station key (a manifest nam
 and, when trusted keys are given, at least one by a trusted key; without trusted keys the report
 carries a warning that the signer was not checked. Then every ``%KEYGEN`` answer is decoded again
 and checked (digest, CSR self-signature, sec_tag, payload id, device UUID), and the fields derived
-from it (``csr_pem``, ``public_key_pem``, ``cose_payload``) must equal what it yields; a key's
-``certificate`` must carry that public key and match its recorded SHA-256
-(:mod:`fleet.manifest.certcheck`).
+from it (``csr_pem``, ``public_key_pem``, ``cose_payload``) must equal what it yields (``csr_pem``
+is the CSR without the modem's NULL parameter, or exactly the modem's bytes: both PEMs of the
+answer's body are accepted, nothing else); a key's ``certificate`` must carry that public key
+and match its recorded SHA-256 (:mod:`fleet.manifest.certcheck`).
 
 The result is a :class:`VerifyReport` with one :class:`VerifyCheck` per check (passed or failed,
 each failure with its reason and where it is) and the warnings; :func:`verify` never raises for a
@@ -357,7 +358,10 @@ def _check_answer(
                 f"is {device_uuid}")
     for name, value in answer_fields(answer).items():
         if name != "keygen_answer":
-            compare(name, key[name] == value, f"{name} is what the answer yields",
+            accepted = [value]
+            if name == "csr_pem" and answer.raw_csr_pem is not None:
+                accepted.append(answer.raw_csr_pem)  # the modem's bytes, NULL parameter kept
+            compare(name, key[name] in accepted, f"{name} is what the answer yields",
                     "not what the keygen_answer yields" if key[name] is not None
                     else "null, but the keygen_answer yields one")
     return payload.device_uuid
