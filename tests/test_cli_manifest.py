@@ -172,3 +172,16 @@ def test_verify_private_key_as_pubkey_exit_2(station: Path) -> None:
 
 def test_verify_needs_a_manifest() -> None:
     assert fleet("verify").returncode == 2
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_verify_reports_a_deeply_nested_manifest(tmp_path: Path, depth: int) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"signed": {"x": ' + "[" * depth + "]" * depth + '}, "signatures": []}')
+    for args in ((), ("--json",)):
+        result = fleet("verify", path, *args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        text = (json.loads(result.stdout)["manifests"][0]["failures"][0] if args
+                else result.stdout)
+        assert "nested too deeply: more than 64 levels" in text

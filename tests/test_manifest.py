@@ -30,6 +30,8 @@ from fleet.manifest import (
     add_signature,
     build_signed,
     canonical_bytes,
+    load_document,
+    nesting_problem,
     sign,
     verify,
     write_manifest,
@@ -550,3 +552,25 @@ def test_any_json_document_is_reported_not_raised(value: Any) -> None:
 def test_deeply_nested_document_is_reported() -> None:
     deep = "[" * 100_000 + "]" * 100_000
     assert "nested too deeply" in _reasons(verify(deep.encode(), trusted=None))
+
+
+@pytest.mark.parametrize("depth", [70, 600, 950, 100_000])
+def test_nesting_beyond_the_limit_is_refused_by_depth_not_by_recursion(depth: int) -> None:
+    text = '{"signed": {"x": ' + "[" * depth + "]" * depth + '}, "signatures": []}'
+    with pytest.raises(ManifestError, match="nested too deeply: more than 64 levels"):
+        load_document(text)
+    report = verify(text.encode(), trusted=None)
+    assert len(report.failures) == 1
+    assert report.failures[0].line().startswith(
+        "nested too deeply: more than 64 levels of objects and arrays")
+    nested: Any = []
+    for _ in range(depth):
+        nested = [nested]
+    assert "nested too deeply" in _reasons(verify({"signed": {"x": nested}, "signatures": []},
+                                                  trusted=None))
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    text = '{"signed": {"x": ' + "[" * 62 + "]" * 62 + '}, "signatures": []}'
+    assert nesting_problem(load_document(text)) is None
+    assert "more than 63 levels" in (nesting_problem(load_document(text), limit=63) or "")

@@ -19,7 +19,7 @@ from typing import Any
 
 from fleet import exitcodes
 from fleet.errors import ManifestError
-from fleet.manifest import verify
+from fleet.manifest import json_syntax_problem, verify
 from fleet.station_key import PublicKey, load_public_key
 
 __all__ = ["load_trusted", "register", "run"]
@@ -46,10 +46,9 @@ def _check_one(path: Path, trusted: list[PublicKey] | None) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as exc:
         return {"path": str(path), "ok": False, "usage_error": f"cannot read: {exc.strerror}"}
-    try:
-        json.loads(data)
-    except ValueError as exc:
-        return {"path": str(path), "ok": False, "usage_error": f"not JSON ({exc})"}
+    problem = json_syntax_problem(data)
+    if problem is not None:
+        return {"path": str(path), "ok": False, "usage_error": problem}
     report = verify(data, trusted=trusted)
     return {"path": str(path), **report.to_dict(), "partial": report.complete is False}
 

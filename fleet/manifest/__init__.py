@@ -22,7 +22,13 @@ from fleet.manifest.build import (
     plain_json,
 )
 from fleet.manifest.signing import ALGORITHMS, add_signature, canonical_bytes, sign, signature
-from fleet.manifest.store import load_document, read_manifest, write_manifest
+from fleet.manifest.store import (
+    json_syntax_problem,
+    load_document,
+    nesting_problem,
+    read_manifest,
+    write_manifest,
+)
 from fleet.manifest.verify import NOT_TRUSTED_WARNING, VerifyCheck, VerifyReport, verify
 
 __all__ = [
@@ -37,7 +43,9 @@ __all__ = [
     "answer_fields",
     "build_signed",
     "canonical_bytes",
+    "json_syntax_problem",
     "load_document",
+    "nesting_problem",
     "plain_json",
     "read_manifest",
     "sign",

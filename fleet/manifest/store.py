@@ -7,7 +7,10 @@ tries ``<stem>-2<suffix>``, ``<stem>-3<suffix>``... and returns the path it wrot
 are not what is signed (that is the RFC 8785 form of ``signed``), so the layout is free.
 
 :func:`load_document` parses strictly: UTF-8, no duplicate object keys (two parsers that keep a
-different one of the duplicates would verify one text and act on another), no NaN/Infinity.
+different one of the duplicates would verify one text and act on another), no NaN/Infinity, and
+objects and arrays nested at most :data:`MAX_DEPTH` deep (a manifest needs 7; the recursive code
+that copies, canonicalizes and checks a document never sees a deeper one). The depth is measured
+without recursion (:func:`nesting_problem`); JSON too deep for the parser itself is refused too.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from fleet.atomic import create_atomic
 from fleet.errors import ManifestError
 from fleet.manifest.build import plain_json
 
-__all__ = ["load_document", "read_manifest", "write_manifest"]
+__all__ = ["MAX_DEPTH", "json_syntax_problem", "load_document", "nesting_problem",
+           "read_manifest", "write_manifest"]
 
 _MAX_VARIANTS = 10_000
+#: How deeply a manifest may nest objects and arrays (the document itself is level 1).
+MAX_DEPTH = 64
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -39,6 +45,41 @@ def _constant(name: str) -> Any:
     raise ManifestError(f"{name} is not a JSON number")
 
 
+def nesting_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """Why ``value`` nests objects/arrays more than ``limit`` deep (naming where), or ``None``.
+
+    Iterative, so it works for any depth."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterator[tuple[str | int, Any]] = iter(item.items())
+        elif isinstance(item, list | tuple):
+            children = enumerate(item)
+        else:
+            continue
+        if len(path) >= limit:
+            where = "".join(f"[{step}]" if isinstance(step, int) else f".{step}"
+                            for step in path[:8])
+            return (f"nested too deeply: more than {limit} levels of objects and arrays (at "
+                    f"{where.lstrip('.')}...)")
+        stack.extend((child, (*path, step)) for step, child in children)
+    return None
+
+
+def json_syntax_problem(data: bytes) -> str | None:
+    """``"not JSON (...)"`` when ``data`` is no JSON text at all (a usage error for the
+    commands), else ``None`` (JSON nested too deeply is JSON: :func:`load_document` refuses it
+    as a manifest)."""
+    try:
+        json.loads(data)
+    except RecursionError:
+        return None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return f"not JSON ({exc})"
+    return None
+
+
 def load_document(data: bytes | str) -> dict[str, Any]:
     """Parse a manifest strictly (see the module docstring); ``ManifestError`` says why not."""
     try:
@@ -48,10 +89,14 @@ def load_document(data: bytes | str) -> dict[str, Any]:
         raise ManifestError(f"not UTF-8 text ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise ManifestError(f"not JSON ({exc})") from exc
-    except RecursionError as exc:
-        raise ManifestError("JSON nested too deeply") from exc
+    except RecursionError as exc:  # the parser's own guard, far beyond MAX_DEPTH
+        raise ManifestError(f"nested too deeply: more than {MAX_DEPTH} levels of objects and "
+                            "arrays") from exc
     if not isinstance(value, dict):
         raise ManifestError(f"expected a JSON object, got {type(value).__name__}")
+    problem = nesting_problem(value)
+    if problem is not None:
+        raise ManifestError(problem)
     return value
 
 

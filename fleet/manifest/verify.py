@@ -31,7 +31,7 @@ from fleet.manifest.build import ANSWER_OUTCOMES, FORMAT, RESPONSE_PAYLOAD_IDS, 
 from fleet.manifest.certcheck import check_certificate_fields
 from fleet.manifest.shape import check_device, check_key, check_signed, check_summary
 from fleet.manifest.signing import ALGORITHMS, canonical_bytes, decode_sig, signature_valid
-from fleet.manifest.store import load_document
+from fleet.manifest.store import load_document, nesting_problem
 from fleet.station_key import PublicKey, algorithm, keyid, public_key_from_pem
 
 __all__ = ["NOT_TRUSTED_WARNING", "VerifyCheck", "VerifyReport", "verify"]
@@ -140,6 +140,10 @@ def verify(
             return report.build()
     else:
         doc = document
+        problem = nesting_problem(doc)
+        if problem is not None:
+            report.fail("json", problem)
+            return report.build()
     signed, signatures = _check_top(doc, report)
     shape_ok = False
     data: bytes | None = None
