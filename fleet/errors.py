@@ -19,7 +19,8 @@ boundary where they occur (see :func:`map_exceptions`).
     ├── PlanError                   the YAML plan is invalid (file, line, reason)
     ├── JournalError                the journal cannot be used (locked, corrupt)
     ├── ManifestError               a manifest cannot be built, signed or verified
-    └── CertificateError            a CSR cannot be signed or a certificate failed a check
+    ├── CertificateError            a CSR cannot be signed or a certificate failed a check
+    └── ExportError                 an export would not be correct (every problem named)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "CommandError",
     "CredentialError",
     "DeviceTimeout",
+    "ExportError",
     "FleetError",
     "JournalError",
     "LineTooLong",
@@ -173,6 +175,15 @@ class ManifestError(FleetError):
 class CertificateError(FleetError):
     """A CSR cannot be signed (bad self-signature, unexpected subject, the CA failed) or a
     certificate failed a check (wrong key or subject, does not chain to the CA)."""
+
+
+class ExportError(FleetError):
+    """An export was refused. ``problems`` holds one line per problem (the device(s) concerned
+    and the reason)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 @contextlib.contextmanager

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
 import stat
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,12 @@ from cryptography.x509.oid import ExtensionOID
 from fleet.certs import LocalCa, canonical_pem, summarize
 from fleet.certs.nrfcloud import onboarding_rows, split_list, write_onboarding_csv
 from fleet.credentials import parse_keygen
-from fleet.manifest import build_signed, sign, verify
+from fleet.errors import ExportError
+from fleet.manifest import answer_fields, build_signed, sign, verify
 from fleet.records import DeviceRecord
 from fleet.station_key import generate_signing_key, public_key_pem
 from tests.certhelpers import NOW, make_ca
-from tests.manifest_fixtures import device_record, run_record
+from tests.manifest_fixtures import TLS_TAG, device_record, keygen_answer, run_record
 from tests.runhelpers import fleet
 
 
@@ -200,3 +203,147 @@ def test_onboarding_rows_rules(ca: LocalCa) -> None:
         split_list("APP|FOO", "--fw-types", allowed=("APP",))
     with pytest.raises(ValueError, match="control"):
         split_list('a"b', "--tags")
+
+
+def _with_cn(device: DeviceRecord, cn: str) -> DeviceRecord:
+    """``device`` whose tls key was generated with the subject ``CN=<cn>``."""
+    assert device.device_uuid is not None
+    answer = keygen_answer(uuid.UUID(device.device_uuid), TLS_TAG, attributes=f"CN={cn}")
+    tls = replace(device.keys[0], **answer_fields(parse_keygen(answer)))
+    return replace(device, keys=(tls, *device.keys[1:]))
+
+
+def test_export_refuses_devices_that_share_a_device_id(tmp_path: Path, ca: LocalCa) -> None:
+    devices = tuple(_certified(_with_cn(device_record(n), "Acme"), ca) for n in range(1, 5))
+    path, pub = _manifest(tmp_path, devices)
+    result = fleet("export", "nrfcloud", path, "--pubkey", pub)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert "device id 'Acme' (cn) would be shared by 4 different devices" in result.stderr
+    for device in devices:
+        assert f"{path}: device {device.imei}" in result.stderr
+    assert "earlier manifest" not in result.stderr
+    assert "nothing exported" in result.stderr and "Traceback" not in result.stderr
+    # The IMEI makes the ids unique: the same manifests export one row per device.
+    by_imei = fleet("export", "nrfcloud", path, "--pubkey", pub, "--device-id", "imei")
+    assert by_imei.returncode == 0, by_imei.stderr
+    assert len(list(csv.reader(io.StringIO(by_imei.stdout)))) == 4
+
+
+def test_export_refuses_one_id_for_devices_of_two_manifests(tmp_path: Path, ca: LocalCa) -> None:
+    first, pub1 = _manifest(tmp_path, (_certified(_with_cn(device_record(1), "Acme"), ca),),
+                            name="a.json", ended_at="2025-01-01T10:00:00Z")
+    second, pub2 = _manifest(tmp_path, (_certified(_with_cn(device_record(2), "Acme"), ca),),
+                             name="b.json", ended_at="2025-02-01T10:00:00Z")
+    result = fleet("export", "nrfcloud", first, second, "--pubkey", pub1, "--pubkey", pub2)
+    assert result.returncode == 1 and result.stdout == ""
+    assert (f"{first}: device {device_record(1).imei}; {second}: device "
+            f"{device_record(2).imei}") in result.stderr
+
+
+def test_same_device_in_several_manifests_keeps_the_latest_run(tmp_path: Path,
+                                                                ca: LocalCa) -> None:
+    device = device_record(1)
+    old, new = _certified(device, ca), _certified(device, ca)
+    later, pub1 = _manifest(tmp_path, (new,), name="later.json", ended_at="2025-03-01T00:00:00Z")
+    earlier, pub2 = _manifest(tmp_path, (old,), name="earlier.json",
+                              ended_at="2025-01-01T00:00:00Z")
+    result = fleet("export", "nrfcloud", later, earlier, "--pubkey", pub1, "--pubkey", pub2)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert [row[4] for row in rows] == [new.keys[0].extra["certificate"]["pem"]]
+    assert f"{later}: device {device.imei}: exported with the certificate of this manifest" \
+        in result.stderr
+    assert str(earlier) in result.stderr
+
+
+@pytest.mark.parametrize("cn", ["=1+1", "+1", "-1", "@SUM(1)"])
+def test_export_refuses_a_formula_in_the_device_id(tmp_path: Path, ca: LocalCa, cn: str) -> None:
+    bad = _certified(_with_cn(device_record(1), cn), ca)
+    path, pub = _manifest(tmp_path, (bad, _certified(device_record(2), ca)))
+    result = fleet("export", "nrfcloud", path, "--pubkey", pub)
+    assert result.returncode == 1 and result.stdout == ""
+    assert (f"{path}: device {bad.imei}: device id (cn) {cn!r} starts with {cn[0]!r}: a "
+            "spreadsheet would run it as a formula (CSV injection)") in result.stderr
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--subtype", "=cmd"), ("--subtype", "@x"), ("--subtype", "\tx"), ("--subtype", "a\rb"),
+    ("--subtype", "-x"), ("--tags", "+x"), ("--tags", "ok|=x"), ("--tags", "-x;y")])
+def test_export_refuses_a_formula_option(tmp_path: Path, ca: LocalCa, option: str,
+                                         value: str) -> None:
+    path, pub = _manifest(tmp_path, (_certified(device_record(1), ca),))
+    result = fleet("export", "nrfcloud", path, "--pubkey", pub, f"{option}={value}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"fleet export nrfcloud: {option}: " in result.stderr
+    assert "formula" in result.stderr or "control" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _doc(devices: tuple[DeviceRecord, ...], ended: str = "2025-01-01T00:00:00Z"
+         ) -> dict[str, Any]:
+    key = generate_signing_key()
+    return sign(build_signed(run_record(devices, ended_at=ended),
+                             station_public_key_pem=public_key_pem(key)), key)
+
+
+def _refusal(manifests: list[tuple[str, Any]], **options: Any) -> list[str]:
+    arguments: dict[str, Any] = {"device_id": "cn", "subtype": "", "tags": "",
+                                 "firmware_types": "APP|MODEM", **options}
+    with pytest.raises(ExportError) as info:
+        onboarding_rows(manifests, **arguments)
+    return info.value.problems
+
+
+def test_onboarding_rows_refuses_odd_content_with_reasons(ca: LocalCa) -> None:
+    good = _doc((_certified(device_record(1), ca),))
+    assert onboarding_rows([("m", good)], device_id="cn", subtype="", tags="",
+                           firmware_types="APP")[0]
+    odd: list[Any] = [None, [], {"signed": []}, {"signed": {"devices": {}}},
+                      {"signed": {"devices": [], "run": {"ended_at": "yesterday"}}},
+                      {"signed": {"devices": [], "run": {"ended_at": "2025-01-01T00:00:00"}}},
+                      {"signed": {"devices": [], "run": []}}]
+    for document in odd:
+        problems = _refusal([("odd.json", document)])
+        assert problems and problems[0].startswith("odd.json: "), document
+    shaped = copy.deepcopy(good)
+    shaped["signed"]["devices"].append("a device")
+    shaped["signed"]["devices"].append({"imei": 5, "keys": []})
+    problems = _refusal([("m", shaped)])
+    assert problems == ["m: devices[1]: not an object",
+                        "m: devices[2]: keys, imei or device_uuid of an unexpected type"]
+    pem = copy.deepcopy(good)
+    cert = pem["signed"]["devices"][0]["keys"][0]["certificate"]
+    cert["pem"] = "\t" + cert["pem"]
+    assert "does not start with -----BEGIN CERTIFICATE-----" in _refusal([("m", pem)])[0]
+    assert "subtype '=x' starts with '='" in _refusal([("m", good)], subtype="=x")[0]
+
+
+def test_onboarding_rows_refuses_one_imei_with_two_device_uuids(ca: LocalCa) -> None:
+    one = _certified(device_record(1), ca)
+    other = replace(_certified(device_record(2), ca), imei=one.imei)
+    problems = _refusal([("a", _doc((one,))), ("b", _doc((other,)))])
+    assert any(f"IMEI {one.imei} is recorded with different device UUIDs" in p
+               for p in problems), problems
+    stolen = replace(_certified(device_record(3), ca), device_uuid=one.device_uuid)
+    problems = _refusal([("a", _doc((one,))), ("b", _doc((stolen,)))], device_id="imei")
+    assert any(f"device UUID {one.device_uuid} is recorded for more than one device" in p
+               for p in problems), problems
+
+
+def test_a_device_with_a_certificate_but_no_device_id_is_refused(ca: LocalCa) -> None:
+    device = replace(_certified(device_record(1), ca), device_uuid=None)
+    problems = _refusal([("m", _doc((device,)))], device_id="uuid")
+    assert problems == [f"m: device {device.imei}: has a certificate but no uuid to make its "
+                        "device id (choose another --device-id)"]
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_export_reports_a_deeply_nested_manifest(tmp_path: Path, depth: int) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"signed": {"x": ' + "[" * depth + "]" * depth + '}, "signatures": []}')
+    result = fleet("export", "nrfcloud", path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "nested too deeply: more than 64 levels" in result.stderr
+    assert f"{path} does not verify: nothing exported" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -286,3 +286,31 @@ def test_firmware_without_sha_column_fails_the_certificate_step_saying_why(
     tls = next(k for k in record.keys if k.name == "tls")
     assert tls.outcome.value == "failed" and (tls.error or "").startswith("certificate: ")
     assert tls.keygen_answer  # the key itself was made, verified and captured
+
+
+def test_export_refuses_a_plan_whose_devices_share_one_common_name(tmp_path: Path) -> None:
+    """A fixed CN gives four devices one nRF Cloud device id; a CN a spreadsheet would run is
+    refused too. Nothing is printed; every device is named with the reason."""
+    make_ca(tmp_path / "ca")
+    pubkey = tmp_path / "keys" / "station.pub.pem"
+    fixed = CA_KEYS.replace('CN: "{imei}"', 'CN: "Acme"')
+    plan = write_plan(tmp_path, ports="sim://0-3", keys=fixed, slot_keys="[tls]")
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 0, err
+    imeis = [d["imei"] for d in doc["devices"]]
+    refused = fleet("export", "nrfcloud", doc["manifest"], "--pubkey", pubkey)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "device id 'Acme' (cn) would be shared by 4 different devices" in refused.stderr
+    assert all(f"device {imei}" in refused.stderr for imei in imeis)
+    assert "Traceback" not in refused.stderr
+
+    formula = CA_KEYS.replace('CN: "{imei}"', 'CN: "=1+{imei}"')
+    plan = write_plan(tmp_path, ports="sim://4-5", keys=formula, slot_keys="[tls]",
+                      name="formula.yaml")
+    code, doc, err = run_json(plan, tmp_path / "j2.sqlite")
+    assert code == 0, err
+    refused = fleet("export", "nrfcloud", doc["manifest"], "--pubkey", pubkey)
+    assert refused.returncode == 1 and refused.stdout == ""
+    for device in doc["devices"]:
+        assert (f"device {device['imei']}: device id (cn) '=1+{device['imei']}' starts with "
+                "'='") in refused.stderr

@@ -3,15 +3,17 @@
 Every manifest is first verified exactly as ``fleet verify`` does (``--pubkey`` as there); one that
 does not verify stops the export (exit 1, the reasons on stderr, nothing on stdout). Then one row
 per device with a certificate is printed (layout: :mod:`fleet.certs.nrfcloud`); devices without
-one are named on stderr. Exit 2 for a usage error (an unreadable or non-JSON manifest, a bad
-option or --pubkey).
+one are named on stderr. An export that would not be correct (two devices with one device id, a
+cell a spreadsheet would run as a formula...: :mod:`fleet.certs.nrfcloud`) is refused the same
+way: exit 1, every device concerned and the reason on stderr, nothing on stdout. Exit 2 for a
+usage error (an unreadable or non-JSON manifest, a bad option or --pubkey, a --subtype or --tags
+value a spreadsheet would run as a formula).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -19,13 +21,14 @@ from fleet import exitcodes
 from fleet.certs.nrfcloud import (
     DEVICE_ID_MODES,
     FIRMWARE_TYPES,
+    checked_cell,
     onboarding_rows,
     split_list,
     write_onboarding_csv,
 )
 from fleet.cmd.verify import load_trusted
-from fleet.errors import ManifestError
-from fleet.manifest import NOT_TRUSTED_WARNING, verify
+from fleet.errors import ExportError, ManifestError
+from fleet.manifest import NOT_TRUSTED_WARNING, json_syntax_problem, load_document, verify
 
 __all__ = ["register", "run_nrfcloud"]
 
@@ -67,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_nrfcloud(args: argparse.Namespace) -> int:
     prog = "fleet export nrfcloud"
     try:
+        subtype = checked_cell(args.subtype, "--subtype")
         tags = split_list(args.tags, "--tags")
         fw_types = split_list(args.fw_types, "--fw-types", allowed=FIRMWARE_TYPES)
         trusted = load_trusted(args.pubkey)
@@ -78,12 +82,12 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
     for path in args.manifests:
         try:
             data = path.read_bytes()
-            document = json.loads(data)
         except OSError as exc:
             print(f"{prog}: {path}: cannot read: {exc.strerror}", file=sys.stderr)
             return exitcodes.USAGE
-        except ValueError as exc:
-            print(f"{prog}: {path}: not JSON ({exc})", file=sys.stderr)
+        problem = json_syntax_problem(data)
+        if problem is not None:
+            print(f"{prog}: {path}: {problem}", file=sys.stderr)
             return exitcodes.USAGE
         report = verify(data, trusted=trusted if args.pubkey else None)
         for warning in report.warnings:
@@ -96,11 +100,18 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
                 print(f"{path}: {check.line()}", file=sys.stderr)
             print(f"{prog}: {path} does not verify: nothing exported", file=sys.stderr)
             continue
-        documents.append((str(path), document))
+        documents.append((str(path), load_document(data)))  # verify() parsed it already
     if failed:
         return exitcodes.FAILED
-    rows, warnings = onboarding_rows(documents, device_id=args.device_id, subtype=args.subtype,
-                                     tags=tags, firmware_types=fw_types, key_name=args.key)
+    try:
+        rows, warnings = onboarding_rows(documents, device_id=args.device_id, subtype=subtype,
+                                         tags=tags, firmware_types=fw_types, key_name=args.key)
+    except ExportError as exc:
+        for problem in exc.problems:
+            print(f"{prog}: {problem}", file=sys.stderr)
+        print(f"{prog}: refused: {len(exc.problems)} problem(s), nothing exported",
+              file=sys.stderr)
+        return exitcodes.FAILED
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     out = io.StringIO()
