@@ -157,3 +157,24 @@ def test_example_plan_checks_without_the_devices() -> None:
     assert result.returncode == 0, result.stderr
     assert ('AT%KEYGEN=16842753,2,0,"CN={imei},O=Acme Devices,OU={station},C=NO","101010000"'
             in result.stdout)
+
+
+def test_a_plan_nested_too_deeply_is_a_plan_error(tmp_path: Path) -> None:
+    reason = "nested too deeply: more than 64 levels of mappings and sequences"
+    for name, deep in (("lists.yaml", "[" * 600 + "]" * 600),
+                       ("mappings.yaml", "{a: " * 600 + "1" + "}" * 600)):
+        path = tmp_path / name
+        path.write_text(PLAN.replace("    keys: [tls]\n", f"    keys: {deep}\n"))
+        line = PLAN.splitlines().index("    keys: [tls]") + 1
+        for command in (["plan", "check"], ["run"], ["run", "--check"]):
+            result = fleet(*command, str(path))
+            assert result.returncode == 2, result.stderr
+            assert f"{path}:{line}: {reason}\n" in result.stderr
+            assert NOTHING_SENT in result.stderr and "Traceback" not in result.stderr
+            result = fleet(*command, "--json", str(path))
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            doc = json.loads(result.stdout)
+            assert doc["failed"] is True and doc["changed"] is False
+            errors = doc["errors"] if command == ["plan", "check"] else doc["error"].splitlines()
+            assert errors == [f"{path}:{line}: {reason}"]

@@ -350,6 +350,35 @@ def test_recursive_and_exploding_aliases_are_refused(tmp_path: Path) -> None:
     assert any("more than 50000 YAML nodes" in reason for _, reason in found)
 
 
+
+@pytest.mark.parametrize("depth", [65, 600, 100_000])
+def test_nesting_too_deep_is_a_plan_error_at_its_line(tmp_path: Path, depth: int) -> None:
+    deep = "[" * depth + "]" * depth
+    reason = "nested too deeply: more than 64 levels of mappings and sequences"
+    assert one_error(tmp_path, f"version: 1\nstation: x\nkeys: {deep}\n") == (3, reason)
+    mapping = "{a: " * depth + "1" + "}" * depth
+    assert one_error(tmp_path, f"version: 1\nstation: x\nkeys: {mapping}\n") == (3, reason)
+
+
+def test_nesting_in_block_style_names_the_first_line_too_deep(tmp_path: Path) -> None:
+    lines = "".join("  " * level + "a:\n" for level in range(1, 70))
+    # the top mapping is level 1, "keys:"'s value level 2: the 65th level starts on line 66
+    line, reason = errors(tmp_path, f"version: 1\nkeys:\n{lines}")[0]
+    assert (line, reason) == (66, "nested too deeply: more than 64 levels of mappings and "
+                                   "sequences")
+    fits = "version: 1\nstation: x\nkeys: " + "[" * 63 + "]" * 63 + "\n"
+    assert not any("nested too deeply" in r for _, r in errors(tmp_path, fits))
+
+
+def test_aliases_cannot_nest_a_plan_too_deeply(tmp_path: Path) -> None:
+    chain = "a0: &a0 " + "[" * 40 + "]" * 40 + "\n" + "".join(
+        f"a{i}: &a{i} " + "[" * 40 + f"*a{i - 1}" + "]" * 40 + "\n" for i in range(1, 30))
+    found = errors(tmp_path, BASE + chain)
+    deep = [(line, r) for line, r in found if "nested too deeply" in r]
+    assert deep == [(BASE.count("\n") + 1, "nested too deeply: more than 64 levels of mappings "
+                     "and sequences (through YAML aliases)")]
+
+
 def test_yaml_anchors_and_aliases_work(tmp_path: Path) -> None:
     text = replace("keys: [tls, endorsement]", "keys: &both [tls, endorsement]")
     text += "  - port: sim://2\n    keys: *both\n"

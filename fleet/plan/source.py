@@ -9,6 +9,10 @@ dicts. The walk
 * constructs scalar values with the safe constructor (YAML 1.1 rules: ``NO`` is a boolean,
   ``0123`` is an octal number, ``2024-01-01`` a date; the schema layer tells the user to quote),
 * refuses merge keys (``<<``), unknown tags and recursive aliases, and bounds alias expansion,
+* refuses mappings and sequences nested more than :data:`MAX_DEPTH` deep, at the line of the
+  first one too deep: while composing (PyYAML's composer recurses once per level, so a plan of
+  600 ``[`` would otherwise exhaust Python's stack) and while walking (aliases can nest a tree
+  deeper than any part of the text),
 * records, for each path (``("keys", "tls", "sec_tag")``, ``("slots", 0, "port")``), the line of
   the key, the line of the value, and whether the value was an unquoted scalar.
 
@@ -23,12 +27,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Located", "Source", "read_source"]
+__all__ = ["MAX_DEPTH", "Located", "Source", "read_source"]
 
 Path_ = tuple[str | int, ...]
 
 #: Bound on the number of nodes visited (alias expansion can otherwise blow up exponentially).
 MAX_NODES = 50_000
+#: How deeply mappings and sequences may nest (the document's top mapping is level 1; a plan
+#: needs about 5).
+MAX_DEPTH = 64
+_TOO_DEEP = f"nested too deeply: more than {MAX_DEPTH} levels of mappings and sequences"
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -78,16 +86,44 @@ def _mark_line(mark: yaml.Mark | None) -> int:
     return mark.line + 1 if mark is not None else 1
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(_TOO_DEEP)
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader whose composer stops at the first collection deeper than MAX_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event: yaml.Event = self.current_event  # the one check_event just peeked at
+                mark = event.start_mark
+                raise _TooDeep(mark.line + 1 if mark is not None else 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def read_source(text: str) -> Source:
     """Compose ``text`` and walk it. A syntax error yields a Source with ``data`` None and one
     problem at the error's line."""
     src = Source()
     try:
-        loader = yaml.SafeLoader(text)  # checks that every character is printable
+        loader = _BoundedLoader(text)  # checks that every character is printable
         try:
             root = loader.get_single_node()
         finally:
             loader.dispose()
+    except _TooDeep as exc:
+        src.problems.append((exc.line, str(exc)))
+        return src
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(str(p) for p in (exc.context, exc.problem) if p)
@@ -104,7 +140,7 @@ def read_source(text: str) -> Source:
     if root is None:
         src.problems.append((1, "the plan is empty"))
         return src
-    walker = _Walker(loader, src)
+    walker = _Walker(loader, src)  # its constructor works on scalars only: no recursion
     src.data = walker.value(root, ())
     return src
 
@@ -115,6 +151,7 @@ class _Walker:
         self.src = src
         self.stack: set[int] = set()
         self.count = 0
+        self.too_deep = False
 
     def problem(self, node: yaml.Node, reason: str) -> None:
         self.src.problems.append((_mark_line(node.start_mark), reason))
@@ -129,6 +166,12 @@ class _Walker:
             return None
         if id(node) in self.stack:
             self.problem(node, "recursive YAML alias")
+            self.src.broken.add(path)
+            return None
+        if len(path) >= MAX_DEPTH and not isinstance(node, yaml.ScalarNode):
+            if not self.too_deep:  # once: every branch below is as deep
+                self.too_deep = True
+                self.problem(node, f"{_TOO_DEEP} (through YAML aliases)")
             self.src.broken.add(path)
             return None
         if isinstance(node, yaml.ScalarNode):
