@@ -45,26 +45,42 @@ def _constant(name: str) -> Any:
     raise ManifestError(f"{name} is not a JSON number")
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` deep (iterative; only the
+    containers are visited, built-in types first, as a manifest holds tens of thousands of
+    values)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, Mapping) else item:
+            kind = type(child)
+            if kind is dict or kind is list or (
+                    kind is not str and kind is not int and kind is not bool and child is not None
+                    and isinstance(child, Mapping | list | tuple)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def nesting_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
     """Why ``value`` nests objects/arrays more than ``limit`` deep (naming where), or ``None``.
 
     Iterative, so it works for any depth."""
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, Mapping):
-            children: Iterator[tuple[str | int, Any]] = iter(item.items())
-        elif isinstance(item, list | tuple):
-            children = enumerate(item)
-        else:
-            continue
-        if len(path) >= limit:
-            where = "".join(f"[{step}]" if isinstance(step, int) else f".{step}"
-                            for step in path[:8])
-            return (f"nested too deeply: more than {limit} levels of objects and arrays (at "
-                    f"{where.lstrip('.')}...)")
-        stack.extend((child, (*path, step)) for step, child in children)
-    return None
+    if not isinstance(value, Mapping | list | tuple) or not _too_deep(value, limit):
+        return None
+    path: list[str | int] = []
+    item: Any = value
+    while isinstance(item, Mapping | list | tuple) and len(path) < 8:  # where, for the message
+        pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+        step, item = next(((k, v) for k, v in pairs if isinstance(v, Mapping | list | tuple)
+                           and _too_deep(v, limit - len(path) - 1)), (None, None))
+        if step is None:
+            break
+        path.append(step)
+    where = "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)
+    return (f"nested too deeply: more than {limit} levels of objects and arrays (at "
+            f"{where.lstrip('.')}...)")
 
 
 def json_syntax_problem(data: bytes) -> str | None:
