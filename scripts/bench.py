@@ -13,7 +13,7 @@ sequential baseline that one-device-per-process tools correspond to) and a re-ru
 completed N=64 plan (nothing to do), whose simulator log must show no %KEYGEN and no function
 mode change. Each row is the median of ``--repeat`` repetitions (default 3; event-loop errors,
 %KEYGEN and CFUN counts summed over them). All figures come from this one invocation, printed as
-one table, with the targets of issue 9 checked at the end (exit 1 if one is missed).
+one table, with the speed and memory targets checked at the end (exit 1 if one is missed).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""fleet from Ansible (issue 7): the `fleet_run` module and `plans/ansible/site.yml`.
+"""fleet from Ansible: the `fleet_run` module and `plans/ansible/site.yml`.
 
 The playbook tests run the real `ansible-playbook` (ansible-core from the `test` extra) against
 two stations on localhost (connection local), each with its own `fleet sim` on ptys, journal,

@@ -1,4 +1,4 @@
-"""Certificates end to end: `fleet run` against `fleet sim` on real ptys (issue 8's acceptance)."""
+"""Certificates end to end: `fleet run` against `fleet sim` on real ptys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crash safety and resume (issue 5): SIGKILL mid-%KEYGEN, lost answers, pre-existing keys,
+"""Crash safety and resume: SIGKILL mid-%KEYGEN, lost answers, pre-existing keys,
 endorsement keys across runs, boards swapped between runs, two runs on one journal."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`fleet run` end to end against `fleet sim` on real pseudo-terminals (issue 4's acceptance)."""
+"""`fleet run` end to end against `fleet sim` on real pseudo-terminals."""
 
 from __future__ import annotations
 

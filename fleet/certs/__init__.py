@@ -1,4 +1,4 @@
-"""Client certificates for the keys fleet generates (issue 8).
+"""Client certificates for the keys fleet generates.
 
 Modules: ``pem`` (strict PEM parsing, the canonical LF-only bytes written to the modem and their
 SHA-256), ``authority`` (the local CA and the external-command CA, the CSR and certificate

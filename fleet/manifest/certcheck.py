@@ -1,4 +1,4 @@
-"""Verify the ``certificate`` and ``ca_chain`` fields of a manifest key (issue 8).
+"""Verify the ``certificate`` and ``ca_chain`` fields of a manifest key.
 
 How this works: a key's ``certificate`` (present when its plan spec has a CA) must be an object
 with a known ``outcome``; when it carries a ``pem``, that PEM must decode to exactly one

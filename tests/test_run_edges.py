@@ -1,5 +1,5 @@
-"""Regression tests for the findings of the code review: a vanished captured key, interrupted
-runs' output, check mode and the journal, --only, journal and manifest failures."""
+"""`fleet run` at its edges: a vanished captured key, interrupted runs' output, check mode and
+the journal, --only, journal and manifest failures, a new device's UUID."""
 
 from __future__ import annotations
 
