@@ -112,7 +112,9 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
                 name=row.key_name, sec_tag=row.sec_tag, type=_TYPES.get(row.key_type, "unknown"),
                 response=response, outcome=KeyOutcome.FAILED, attempts=row.attempts,
                 deleted=row.deleted,
-                error=f"the journal's captured answer for this key is not reported: {problem}")
+                error=f"the journal's captured answer for this key is not reported: {problem} "
+                "(the journal was changed outside fleet: restore it from a backup, or delete "
+                "the key with AT%CMNG=3 so that the next run makes a new one)")
     extra: dict[str, Any] = {"cmng_sha256": row.cmng_sha} if row.cmng_sha else {}
     if spec is not None and spec.ca is not None and answer is not None:
         where = (row.imei, row.sec_tag)
@@ -142,6 +144,10 @@ def _device_record(row: SlotRow, slot: Slot | None, plan: Plan, keys: Sequence[K
     outcome = row.outcome or DeviceOutcome.INTERRUPTED
     error = row.error if row.outcome is not None else (
         row.error or "the invocation working on this slot stopped before it finished")
+    failed = [k for k in records if k.outcome is KeyOutcome.FAILED]
+    if outcome is DeviceOutcome.DONE and failed:  # a key the journal cannot vouch for
+        outcome = DeviceOutcome.FAILED
+        error = "; ".join(f"{k.name}: {k.error}" for k in failed)
     return DeviceRecord(slot=row.slot, port=row.port, imei=row.imei,
                         device_uuid=row.device_uuid, model=row.model, firmware=row.firmware,
                         outcome=outcome, keys=tuple(records), error=error, changed=row.changed)

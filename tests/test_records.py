@@ -398,3 +398,26 @@ def test_ctrl_c_during_the_certificate_step_keeps_the_key_generated(tmp_path: Pa
         assert all(k["certificate"]["outcome"] == "issued"
                    for d in final["devices"] for k in d["keys"])
 
+
+
+def test_a_damaged_answer_in_the_journal_is_never_reported_or_signed(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+                      extra="simulator: {state: sim.json}\n")
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(plan, journal)
+    assert code == 0, err
+    with sqlite3.connect(journal) as conn:
+        (answer,) = conn.execute("SELECT answer FROM keys WHERE type = 2").fetchone()
+        body, cose = answer.split(".")
+        flipped = body[:40] + ("A" if body[40] != "A" else "B") + body[41:]
+        conn.execute("UPDATE keys SET answer = ? WHERE type = 2", (f"{flipped}.{cose}",))
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err
+    signed = _manifest(document)
+    for devices in (document["devices"], signed["devices"]):
+        device = devices[0]
+        assert device["outcome"] == "failed"
+        key = device["keys"][0]
+        assert key["outcome"] == "failed" and key["csr_pem"] is None
+        assert "captured answer for this key is not reported" in key["error"]
+    assert signed["devices"][0]["keys"][0]["keygen_answer"] is None
