@@ -28,8 +28,9 @@ short_description: Provision keys on a station's nRF91 modems with C(fleet run)
 description:
   - Runs C(fleet run PLAN --json) on the target station, which opens the plan's serial ports,
     generates the keys with C(AT%KEYGEN), journals every step and writes a signed manifest.
-  - Reports C(changed) exactly as fleet does - true when a key was generated, recovered or
-    replaced (or would be, in check mode); a re-run that finds every key in place is not changed.
+  - Reports C(changed) exactly as fleet does - true whenever a write may have reached a device
+    (a key generated, recovered or replaced, a key deleted, a function mode or a certificate
+    written; or would be, in check mode); a re-run that finds every key in place is not changed.
   - Fails with fleet's own message when fleet exits 1 (some devices failed - the others finished
     and the manifest is still written), 2 (plan or usage error - nothing was sent to any device)
     or 3 (interrupted - the journal is consistent and a re-run resumes).
@@ -127,7 +128,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed:
-  description: Whether fleet changed (or, in check mode, would change) a key on any device.
+  description: Whether a write of fleet's may have reached (or, in check mode, would reach) any
+    device.
   returned: always
   type: bool
 manifest:
@@ -139,9 +141,9 @@ manifest:
 devices:
   description:
     - Per device, as in C(fleet run --json) - C(slot), C(port), C(imei), C(device_uuid),
-      C(model), C(firmware), C(outcome) (done, failed, interrupted), C(error), C(changed), and
-      C(keys) (C(name), C(sec_tag), C(type), C(response), C(outcome), C(error), C(attempts),
-      C(csr_pem), C(public_key_pem)).
+      C(model), C(firmware), C(outcome) (done, failed, interrupted, not-started), C(error),
+      C(changed), and C(keys) (C(name), C(sec_tag), C(type), C(response), C(outcome), C(error),
+      C(attempts), C(deleted), C(csr_pem), C(public_key_pem)).
     - In check mode each device also has C(planned) - per key C(name), C(sec_tag), C(type),
       C(action) (nothing, keep, fail, generate, recover, replace, capture), C(outcome),
       C(changed) and C(reason).
