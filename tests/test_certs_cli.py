@@ -120,6 +120,7 @@ def test_export_layout_is_nrfcloud_utils(tmp_path: Path, ca: LocalCa) -> None:
         devices[0].device_uuid, devices[1].device_uuid]
 
 
+@pytest.mark.forged_manifests("bad.json")
 def test_export_refuses_a_manifest_that_does_not_verify(tmp_path: Path, ca: LocalCa) -> None:
     path, pub = _manifest(tmp_path, (_certified(device_record(1), ca),))
     document = json.loads(path.read_text())

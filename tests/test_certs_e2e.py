@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -46,6 +47,7 @@ def _spki(pem: str) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+@pytest.mark.forged_manifests("tampered.json")
 def test_local_ca_certificates_rerun_rewrite_and_export(tmp_path: Path) -> None:
     created = fleet("ca", "init", tmp_path / "ca", "--cn", "Line 1 test CA")
     assert created.returncode == 0, created.stderr

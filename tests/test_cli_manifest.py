@@ -103,6 +103,7 @@ def test_verify_without_pubkey_warns_and_passes(station: Path) -> None:
     assert "NOT TRUSTED" in result.stdout
 
 
+@pytest.mark.forged_manifests("tampered.json")
 def test_verify_tampered_manifest_names_device_and_key(station: Path, tmp_path: Path) -> None:
     path = _manifest(station, "tampered-src.json")
     doc = json.loads(path.read_text())
@@ -134,6 +135,7 @@ def test_verify_partial_manifest_says_partial(station: Path) -> None:
     assert "PARTIAL" in result.stdout
 
 
+@pytest.mark.forged_manifests("json-bad.json")
 def test_verify_json_several_manifests(station: Path, tmp_path: Path) -> None:
     good = _manifest(station, "json-good.json")
     device = device_record(1)

@@ -75,6 +75,7 @@ def test_snippet_verifies_a_real_manifest(tmp_path: Path, keys: tuple[Path, Path
     assert result.stdout == "OK\n"
 
 
+@pytest.mark.forged_manifests("tampered.json")
 def test_snippet_fails_a_tampered_manifest(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     path = _write(tmp_path, keys[0], run_record())
     doc = json.loads(path.read_text())
@@ -94,6 +95,7 @@ def test_snippet_fails_another_key(tmp_path: Path, keys: tuple[Path, Path]) -> N
     assert "no signature by key" in result.stderr
 
 
+@pytest.mark.forged_manifests
 def test_snippet_fails_an_altered_answer_signed_validly(tmp_path: Path,
                                                         keys: tuple[Path, Path]) -> None:
     device = device_record(1)
