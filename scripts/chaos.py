@@ -87,7 +87,8 @@ INVARIANTS = {
                                    "planned key with an answer"),
     8: ("sigterm-json", "a SIGTERMed run prints one JSON document and exits 3 interrupted (0/1 "
                         "if it had finished), naming its partial manifest"),
-    9: ("document-equals-manifest", "the JSON document agrees with the manifest it names"),
+    9: ("document-equals-manifest", "the JSON document lists the manifest's devices and "
+                                    "outcomes exactly"),
 }
 
 
