@@ -54,8 +54,9 @@ FINAL_OUTCOMES = frozenset({DeviceOutcome.DONE, DeviceOutcome.FAILED})
 _TYPES: Mapping[int, str] = {CredentialType.CLIENT_PRIVATE_KEY: "client_key",
                              CredentialType.ENDORSEMENT_KEY: "endorsement_key"}
 _CERT, _CHAIN = CredentialType.CLIENT_CERT, CredentialType.ROOT_CA_CERT
-_INTERRUPTED_KEYGEN = ("the run stopped after %KEYGEN was sent and before its answer arrived: "
-                       "a key may be on the device; the next run recovers it")
+_INTERRUPTED_WRITE = ("the run stopped after a write to this key (%KEYGEN or a delete) was sent "
+                      "and before its answer arrived: the next run finds out what the device "
+                      "holds (a key nobody saw is recovered)")
 
 
 def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:
@@ -84,10 +85,20 @@ def _answer_problem(answer: KeygenAnswer, row: KeyRow, response: str,
     if payload.payload_id != RESPONSE_PAYLOAD_IDS[response]:
         return f"its payload id {payload.payload_id} does not fit response {response}"
     if device_uuid is None:
-        return "the device's UUID was never confirmed"
-    if payload.device_uuid != uuid.UUID(device_uuid):
-        return f"it is from device {payload.device_uuid}, not {device_uuid}"
-    return None
+        return None  # the caller says why: a journal from before device UUIDs were journaled
+    try:
+        if payload.device_uuid == uuid.UUID(device_uuid):
+            return None
+    except ValueError:
+        return f"the device UUID the journal holds, {device_uuid!r}, is not a UUID"
+    return f"it is from device {payload.device_uuid}, not {device_uuid}"
+
+
+def _failed_key(row: KeyRow, response: str, error: str) -> KeyRecord:
+    return KeyRecord(name=row.key_name, sec_tag=row.sec_tag,
+                     type=_TYPES.get(row.key_type, "unknown"), response=response,
+                     outcome=KeyOutcome.FAILED, attempts=row.attempts, deleted=row.deleted,
+                     error=error)
 
 
 def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
@@ -95,8 +106,14 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
     response = spec.response.value if spec is not None else (
         "csr" if row.key_type == CredentialType.CLIENT_PRIVATE_KEY else "public_key")
     outcome, error = row.outcome, row.error
-    if outcome is KeyOutcome.NOT_ATTEMPTED and row.keygen_unresolved:
-        outcome, error = KeyOutcome.INTERRUPTED, error or _INTERRUPTED_KEYGEN
+    if outcome is KeyOutcome.NOT_ATTEMPTED and row.write_unresolved:
+        outcome, error = KeyOutcome.INTERRUPTED, error or _INTERRUPTED_WRITE
+    if outcome in ANSWER_OUTCOMES and row.answer is None:
+        # An earlier invocation of the run captured it; a later one lost the capture (a new
+        # %KEYGEN for the tag, or the capture taken back): the record has no answer to show.
+        outcome, error = (KeyOutcome.INTERRUPTED, _INTERRUPTED_WRITE) if row.write_unresolved \
+            else (KeyOutcome.FAILED, error or "the journal no longer holds the answer this run "
+                  "captured for this key: the next run finds out what the device holds")
     answer: KeygenAnswer | None = None
     reported = outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
     if row.answer is not None and (reported or outcome is KeyOutcome.FAILED):
@@ -108,13 +125,14 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
         if problem is not None and not reported:
             answer = None  # a failed key keeps its own error; its answer is left out
         elif problem is not None:
-            return KeyRecord(
-                name=row.key_name, sec_tag=row.sec_tag, type=_TYPES.get(row.key_type, "unknown"),
-                response=response, outcome=KeyOutcome.FAILED, attempts=row.attempts,
-                deleted=row.deleted,
-                error=f"the journal's captured answer for this key is not reported: {problem} "
-                "(the journal was changed outside fleet: restore it from a backup, or delete "
-                "the key with AT%CMNG=3 so that the next run makes a new one)")
+            return _failed_key(row, response, f"the journal's captured answer for this key is "
+                               f"not reported: {problem} (the journal was changed outside "
+                               "fleet: restore it from a backup, or delete the key with "
+                               "AT%CMNG=3 so that the next run makes a new one)")
+        elif device_uuid is None and reported:
+            return _failed_key(row, response, "the journal holds no device UUID for this "
+                               "device (a journal written by an earlier fleet): the next run "
+                               "confirms it with %ATTESTTOKEN and reports the key")
     extra: dict[str, Any] = {"cmng_sha256": row.cmng_sha} if row.cmng_sha else {}
     if spec is not None and spec.ca is not None and answer is not None:
         where = (row.imei, row.sec_tag)
@@ -149,8 +167,18 @@ def _device_record(row: SlotRow, slot: Slot | None, plan: Plan, keys: Sequence[K
         outcome = DeviceOutcome.FAILED
         error = "; ".join(f"{k.name}: {k.error}" for k in failed)
     return DeviceRecord(slot=row.slot, port=row.port, imei=row.imei,
-                        device_uuid=row.device_uuid, model=row.model, firmware=row.firmware,
-                        outcome=outcome, keys=tuple(records), error=error, changed=row.changed)
+                        device_uuid=_uuid_or_none(row.device_uuid), model=row.model,
+                        firmware=row.firmware, outcome=outcome, keys=tuple(records),
+                        error=error, changed=row.changed)
+
+
+def _uuid_or_none(text: str | None) -> str | None:
+    """The journal's device UUID when it is one (a damaged one is reported by each key that
+    would carry it, never signed)."""
+    try:
+        return None if text is None else str(uuid.UUID(text))
+    except ValueError:
+        return None
 
 
 def build_run_record(report: RunReport, plan: Plan, run: RunInfo, *, ended_at: str,
@@ -160,9 +188,9 @@ def build_run_record(report: RunReport, plan: Plan, run: RunInfo, *, ended_at: s
 
     ``complete`` is what the caller asks for (the run was neither interrupted nor limited to
     some slots); the record is complete only when, besides, every planned slot's latest device
-    reached a final outcome. ``unrecorded``: slots that ran in this invocation but whose result
-    the journal could not take (a full disk): they are reported as failed, from what the slot
-    saw, never as not started.
+    reached a final outcome. ``unrecorded`` (only for a journal that failed, whose record is
+    never signed): what the slots of this invocation saw, for the slots the journal has no row
+    of; they are reported as failed, never as not started.
     """
     certs = {(c.imei, c.sec_tag, c.type): c for c in report.certs}
     keys: dict[tuple[str, str], list[KeyRow]] = {}

@@ -21,7 +21,7 @@ import contextlib
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def _crash_result(slot: Slot, exc: BaseException) -> SlotResult:
                           model=None, firmware=None, outcome=DeviceOutcome.FAILED,
                           keys=tuple(not_attempted(k) for k in slot.keys),
                           error=f"internal error: {type(exc).__name__}: {exc}")
-    return SlotResult(record=record, changed=False)
+    return SlotResult(record=record)
 
 
 async def run_plan(
@@ -223,35 +223,48 @@ async def _finish(plan: Plan, options: RunOptions, journal: Journal, run: RunInf
                   results: Mapping[str, SlotResult], claims: ImeiClaims, *, interrupted: bool,
                   manifest_writer: Callable[[RunRecord], Any] | None) -> RunOutcome:
     """The run's record, its manifest and the run's status in the journal. Never raises for a
-    journal that fails now (a full disk): the outcome says so."""
+    journal that fails now (a full disk): the outcome says so.
+
+    Only what the journal holds is signed: when a journal write failed, or the journal cannot
+    be read back, no manifest is written (the next run resumes and writes it) and the document
+    reports the slots the journal lacks from what they saw."""
     ended_at = utc_now()
     planned = {name: result.planned for name, result in results.items()}
+    seen = {name: _with_clash(result.record, claims) for name, result in results.items()}
     if options.check:
-        record = check_record(plan, run, {n: r.record for n, r in results.items()},
-                              ended_at=ended_at)
-        return RunOutcome(record=record, check=True, resumed=False, interrupted=interrupted,
-                          manifest=None, manifest_error=None, planned=planned)
+        return RunOutcome(record=check_record(plan, run, seen, ended_at=ended_at), check=True,
+                          resumed=False, interrupted=interrupted, manifest=None,
+                          manifest_error=None, planned=planned)
     journal_error = next((r.journal_error for r in results.values() if r.journal_error), None)
     try:
         await _fail_clashing_slots(plan, journal, run, claims)
+    except JournalError as exc:
+        journal_error = journal_error or str(exc)
+    try:
         report = await journal.run_report(run.run_id, steps_before=run.steps_before)
     except JournalError as exc:
         journal_error = journal_error or str(exc)
         report = RunReport(slots=(), keys=(), certs=())
-    # With a failing journal, a slot it has no row for is reported from what the slot saw.
-    unrecorded = {n: r.record for n, r in results.items()} if journal_error else {}
-    record = build_run_record(
-        report, plan, run, ended_at=ended_at,
-        complete=not interrupted and not options.partial and journal_error is None,
-        unrecorded=unrecorded)
     manifest: Path | None = None
     manifest_error: str | None = None
-    if manifest_writer is not None:
-        try:
+    try:
+        record = build_run_record(
+            report, plan, run, ended_at=ended_at,
+            complete=not interrupted and not options.partial and journal_error is None,
+            unrecorded=seen if journal_error else None)
+        if journal_error is not None:
+            manifest_error = (f"not written: the journal could not record everything "
+                              f"({journal_error}); the next run resumes and writes it")
+        elif manifest_writer is not None:
             manifest = await manifest_writer(record)
-        except ManifestError as exc:
-            manifest_error = str(exc)
-            log.error("manifest not written; the next run writes it", error=manifest_error)
+    except ManifestError as exc:
+        manifest_error = str(exc)
+    except Exception as exc:  # a bug: the run still reports, from what the slots saw
+        log.exception("the run's record could not be built")
+        record = check_record(plan, run, seen, ended_at=ended_at)
+        manifest_error = f"not written: internal error: {type(exc).__name__}: {exc}"
+    if manifest_error is not None:
+        log.error("manifest not written; the next run writes it", error=manifest_error)
     status = "complete" if record.complete and manifest_error is None else "interrupted"
     try:
         await journal.finish_run(run.run_id, status=status, ended_at=ended_at)
@@ -263,6 +276,14 @@ async def _finish(plan: Plan, options: RunOptions, journal: Journal, run: RunInf
     return RunOutcome(record=record, check=False, resumed=run.resumed, interrupted=interrupted,
                       manifest=manifest, manifest_error=manifest_error,
                       journal_error=journal_error)
+
+
+def _with_clash(record: DeviceRecord, claims: ImeiClaims) -> DeviceRecord:
+    """A slot whose IMEI another slot's board reported too has failed, whenever it ended."""
+    if record.imei is None or record.imei not in claims.clashes:
+        return record
+    return replace(record, outcome=DeviceOutcome.FAILED, error=claims.reason(record.imei),
+                   device_uuid=None)
 
 
 async def _fail_clashing_slots(plan: Plan, journal: Journal, run: RunInfo,

@@ -285,7 +285,7 @@ async def test_a_keygen_for_an_absent_key_forgets_the_old_captured_answer(tmp_pa
     await journal.aclose()
 
 
-async def test_run_results_keep_every_device_of_a_slot_and_earlier_outcomes(
+async def test_run_report_keeps_every_device_of_a_slot_and_earlier_outcomes(
     tmp_path: Path,
 ) -> None:
     journal = await Journal.open(tmp_path / "j.sqlite")
@@ -377,7 +377,17 @@ async def test_run_report_says_what_may_have_changed(tmp_path: Path) -> None:
     await journal.key_result(_tls_result("r1", "s0", "not-attempted", sec_tag=5))
     report = await journal.run_report("r1", steps_before=first.steps_before)
     assert [s.changed for s in report.slots] == [True]
-    assert [(k.deleted, k.keygen_unresolved) for k in report.keys] == [(True, True)]
+    assert [(k.deleted, k.write_unresolved) for k in report.keys] == [(True, True)]
+    # A delete whose answer was lost may have taken effect: deleted, and unresolved.
+    lost = await journal.intent(run_id="r1", slot="s0", imei="1", action="delete",
+                                key_name="other", sec_tag=6, key_type=2)
+    await journal.outcome(lost, outcome="unknown", error="connection lost")
+    await journal.key_result(KeyResult(run_id="r1", slot="s0", imei="1", key_name="other",
+                                       sec_tag=6, key_type=2, outcome=KeyOutcome.NOT_ATTEMPTED,
+                                       error=None, attempts=1))
+    report = await journal.run_report("r1", steps_before=first.steps_before)
+    assert {k.key_name: (k.deleted, k.write_unresolved) for k in report.keys} == {
+        "tls": (True, True), "other": (True, True)}
     # The next invocation changed nothing itself.
     await journal.finish_run("r1", status="interrupted")
     second = await journal.start_run(run_id="r2", plan_path="p", plan_sha256="abc",

@@ -35,8 +35,7 @@ __all__ = ["WRITE_ACTIONS", "Journal"]
 #: Outcomes of earlier invocations of the same run that a later one must not hide.
 _STICKY = (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED,
            KeyOutcome.PRE_EXISTING)
-_HIDDEN_BY_STICKY = (KeyOutcome.UNCHANGED, KeyOutcome.FAILED, KeyOutcome.NOT_ATTEMPTED,
-                     KeyOutcome.INTERRUPTED)
+_HIDDEN_BY_STICKY = (KeyOutcome.UNCHANGED, KeyOutcome.FAILED, KeyOutcome.NOT_ATTEMPTED)
 #: Step actions that write to the device: one not refused by the modem may have changed it
 #: (except a %KEYGEN for an endorsement key that was there: it answers with that key).
 WRITE_ACTIONS = ("keygen", "delete", "cfun", "cert_write", "chain_write")
@@ -101,8 +100,12 @@ class Journal(CertJournal):
     # --- devices and keys ----------------------------------------------------------------------
 
     async def device_seen(self, *, imei: str, model: str, firmware: str,
-                          device_uuid: str | None) -> DeviceInfo:
-        """Record the device; returns what the journal knew of it before."""
+                          device_uuid: str | None, run_id: str | None = None,
+                          slot: str | None = None, port: str | None = None) -> DeviceInfo:
+        """Record the device; returns what the journal knew of it before. With ``run_id``, the
+        slot's device row of the run is made in the same transaction (no outcome yet: a run
+        killed from here on still reports the device, ``interrupted``), with the identity of
+        the board the slot holds."""
 
         def op(conn: sqlite3.Connection) -> DeviceInfo:
             now = utc_now()
@@ -111,13 +114,27 @@ class Journal(CertJournal):
             if row is None:
                 conn.execute("INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, NULL)",
                              (imei, device_uuid, model, firmware, now, now))
-                return DeviceInfo(keys=key_states(conn, imei))
-            conn.execute(
-                "UPDATE devices SET model = ?, firmware = ?, last_seen = ?, "
-                "device_uuid = COALESCE(device_uuid, ?) WHERE imei = ?",
-                (model, firmware, now, device_uuid, imei))
-            return DeviceInfo(device_uuid=row[0], restore_mode=row[1],
-                              keys=key_states(conn, imei))
+                info = DeviceInfo(keys=key_states(conn, imei))
+            else:
+                conn.execute(
+                    "UPDATE devices SET model = ?, firmware = ?, last_seen = ?, "
+                    "device_uuid = COALESCE(device_uuid, ?) WHERE imei = ?",
+                    (model, firmware, now, device_uuid, imei))
+                info = DeviceInfo(device_uuid=row[0], restore_mode=row[1],
+                                  keys=key_states(conn, imei))
+            if run_id is not None and slot is not None and port is not None:
+                conn.execute("DELETE FROM run_devices WHERE run_id = ? AND slot = ? AND "
+                             "imei = ''", (run_id, slot))
+                conn.execute(
+                    "INSERT INTO run_devices (run_id, slot, imei, port, outcome, error, "
+                    "updated_at, device_uuid, model, firmware) VALUES (?, ?, ?, ?, NULL, NULL, "
+                    "?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE SET "
+                    "port = excluded.port, updated_at = excluded.updated_at, device_uuid = "
+                    "COALESCE(excluded.device_uuid, device_uuid), model = excluded.model, "
+                    "firmware = excluded.firmware",
+                    (run_id, slot, imei, port, now, info.device_uuid or device_uuid, model,
+                     firmware))
+            return info
 
         return await self._execute(op)
 
@@ -154,10 +171,13 @@ class Journal(CertJournal):
 
         return await self._execute(op)
 
-    async def claim_device_uuid(self, imei: str, device_uuid: str) -> str | None:
-        """Record ``device_uuid`` for ``imei`` unless the journal knows it under another IMEI;
-        returns that other IMEI (nothing recorded), or None. One transaction."""
-        return await self._execute(lambda conn: _claim_device_uuid(conn, imei, device_uuid))
+    async def claim_device_uuid(self, imei: str, device_uuid: str, *, run_id: str | None = None,
+                                slot: str | None = None) -> str | None:
+        """Record ``device_uuid`` for ``imei`` (and for the slot's device row of ``run_id``)
+        unless the journal knows it under another IMEI; returns that other IMEI (nothing
+        recorded), or None. One transaction."""
+        return await self._execute(
+            lambda conn: _claim_device_uuid(conn, imei, device_uuid, run_id=run_id, slot=slot))
 
     async def device_uuid_owner(self, imei: str, device_uuid: str) -> str | None:
         """The other IMEI the journal knows ``device_uuid`` under, if any (read only)."""
@@ -229,13 +249,13 @@ class Journal(CertJournal):
 
         def op(conn: sqlite3.Connection) -> str | None:
             now = utc_now()
-            row = conn.execute("SELECT action, imei, sec_tag, type, run_id FROM steps "
+            row = conn.execute("SELECT action, imei, sec_tag, type, run_id, slot FROM steps "
                                "WHERE id = ?", (step_id,)).fetchone()
             if row is None:
                 raise JournalError(f"no step {step_id}")
-            action, imei, sec_tag, key_type, run_id = row
+            action, imei, sec_tag, key_type, run_id, slot = row
             if action == "keygen" and outcome == "ok" and device_uuid is not None:
-                owner = _claim_device_uuid(conn, imei, device_uuid)
+                owner = _claim_device_uuid(conn, imei, device_uuid, run_id=run_id, slot=slot)
                 if owner is not None:
                     conn.execute("UPDATE steps SET outcome = 'unknown', answer = ?, error = ?, "
                                  "done_at = ? WHERE id = ?",
@@ -330,7 +350,10 @@ class Journal(CertJournal):
                 conn.execute("DELETE FROM run_devices WHERE run_id = ? AND slot = ? AND imei = ''",
                              (run_id, slot))
             conn.execute(
-                "INSERT OR REPLACE INTO run_devices VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO run_devices (run_id, slot, imei, port, outcome, error, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE SET "
+                "port = excluded.port, outcome = excluded.outcome, error = excluded.error, "
+                "updated_at = excluded.updated_at",
                 (run_id, slot, imei or "", port, outcome, error, utc_now()))
 
         await self._execute(op)
@@ -348,6 +371,8 @@ class Journal(CertJournal):
         (``changed`` for writes after step ``steps_before``), each key's result with its
         captured answer, and the certificates with an outcome in the run."""
         writes = ", ".join(f"'{action}'" for action in WRITE_ACTIONS)
+        same_key = ("d.run_id = r.run_id AND d.slot = r.slot AND d.imei = r.imei AND "
+                    "d.sec_tag = r.sec_tag AND d.type = r.type")
 
         def op(conn: sqlite3.Connection) -> RunReport:
             slots = tuple(
@@ -355,26 +380,33 @@ class Journal(CertJournal):
                         outcome=DeviceOutcome(r[3]) if r[3] else None, error=r[4],
                         device_uuid=r[5], model=r[6], firmware=r[7], changed=bool(r[8]))
                 for r in conn.execute(
-                    "SELECT s.slot, s.port, s.imei, s.outcome, s.error, d.device_uuid, d.model, "
-                    "d.firmware, EXISTS (SELECT 1 FROM steps w WHERE w.run_id = s.run_id AND "
+                    "SELECT s.slot, s.port, s.imei, s.outcome, s.error, s.device_uuid, s.model, "
+                    "s.firmware, EXISTS (SELECT 1 FROM steps w WHERE w.run_id = s.run_id AND "
                     "w.slot = s.slot AND w.imei = s.imei AND w.id > ? AND w.action IN "
                     f"({writes}) AND w.outcome IS NOT 'error' AND NOT (w.action = 'keygen' "
                     f"AND w.type = {int(CredentialType.ENDORSEMENT_KEY)} AND "
-                    "json_extract(w.detail, '$.present_before'))) FROM run_devices s LEFT JOIN "
-                    "devices d ON d.imei = s.imei WHERE s.run_id = ? "
-                    "ORDER BY s.slot, s.updated_at", (steps_before, run_id)))
+                    "COALESCE(json_extract(w.detail, '$.present_before'), 0))) "
+                    "FROM run_devices s WHERE s.run_id = ? ORDER BY s.slot, s.updated_at",
+                    (steps_before, run_id)))
             keys = tuple(
                 KeyRow(slot=r[0], imei=r[1], key_name=r[2], sec_tag=r[3], key_type=r[4],
                        outcome=KeyOutcome(r[5]), error=r[6], attempts=r[7], answer=r[8],
-                       cmng_sha=r[9], keygen_unresolved=bool(r[10]), deleted=bool(r[11]))
+                       cmng_sha=r[9], write_unresolved=bool(r[10] or r[11]),
+                       deleted=bool(r[12]))
                 for r in conn.execute(
                     "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
                     "r.attempts, CASE WHEN k.state = 'captured' THEN k.answer END, k.cmng_sha, "
                     "EXISTS (SELECT 1 FROM steps p WHERE p.id = k.pending_step AND "
-                    "p.run_id = r.run_id AND p.slot = r.slot), EXISTS (SELECT 1 FROM steps d "
-                    "WHERE d.run_id = r.run_id AND d.slot = r.slot AND d.imei = r.imei AND "
-                    "d.sec_tag = r.sec_tag AND "
-                    "d.type = r.type AND d.action = 'delete' AND d.outcome = 'ok') "
+                    "p.run_id = r.run_id AND p.slot = r.slot), "
+                    # a delete whose answer never came, with nothing captured after it
+                    f"EXISTS (SELECT 1 FROM steps d WHERE {same_key} AND d.action = 'delete' "
+                    "AND d.outcome IS NOT 'ok' AND d.outcome IS NOT 'error' AND NOT EXISTS "
+                    "(SELECT 1 FROM steps g WHERE g.run_id = d.run_id AND g.slot = d.slot AND "
+                    "g.imei = d.imei AND g.sec_tag = d.sec_tag AND g.type = d.type AND "
+                    "g.id > d.id AND g.action = 'keygen' AND g.outcome = 'ok')), "
+                    # a delete the modem did not refuse: it may have taken effect
+                    f"EXISTS (SELECT 1 FROM steps d WHERE {same_key} AND d.action = 'delete' "
+                    "AND d.outcome IS NOT 'error') "
                     "FROM run_keys r LEFT JOIN keys k ON k.imei = r.imei AND "
                     "k.sec_tag = r.sec_tag AND k.type = r.type WHERE r.run_id = ? "
                     "ORDER BY r.slot, r.key_name", (run_id,)))
@@ -403,11 +435,14 @@ def _record_key_result(conn: sqlite3.Connection, result: KeyResult) -> KeyOutcom
     return kept
 
 
-def _claim_device_uuid(conn: sqlite3.Connection, imei: str, device_uuid: str) -> str | None:
+def _claim_device_uuid(conn: sqlite3.Connection, imei: str, device_uuid: str, *,
+                       run_id: str | None, slot: str | None) -> str | None:
     row = conn.execute("SELECT imei FROM devices WHERE device_uuid = ? AND imei != ? LIMIT 1",
                        (device_uuid, imei)).fetchone()
     if row is not None:
         return str(row[0])
     conn.execute("UPDATE devices SET device_uuid = ? WHERE imei = ? AND device_uuid IS NULL",
                  (device_uuid, imei))
+    conn.execute("UPDATE run_devices SET device_uuid = ? WHERE run_id = ? AND slot = ? AND "
+                 "imei = ?", (device_uuid, run_id, slot, imei))
     return None

@@ -128,7 +128,7 @@ class SlotRow:
     imei: str | None  #: None: the slot failed before its device was identified
     outcome: DeviceOutcome | None  #: None: the invocation working on it died
     error: str | None
-    device_uuid: str | None
+    device_uuid: str | None  #: of the board in the slot (None: never confirmed)
     model: str | None
     firmware: str | None
     #: a write to this device in the invocation (``RunInfo.steps_before``) may have reached it
@@ -149,9 +149,12 @@ class KeyRow:
     attempts: int
     answer: str | None  #: the key's captured %KEYGEN answer (verified when it was captured)
     cmng_sha: str | None
-    #: the key's pending %KEYGEN was sent in this run and its answer never arrived
-    keygen_unresolved: bool
-    deleted: bool  #: fleet deleted the key in this sec_tag in this run
+    #: a write to the key in this run (its pending %KEYGEN, or a delete with nothing captured
+    #: after it) was sent and its answer never arrived
+    write_unresolved: bool
+    #: fleet sent a delete of the key in this sec_tag in this run that the modem did not
+    #: refuse (it may have taken effect even if its answer was lost)
+    deleted: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

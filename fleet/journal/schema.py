@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS steps (
     intent_at TEXT NOT NULL, done_at TEXT, outcome TEXT, answer TEXT, error TEXT);
 CREATE TABLE IF NOT EXISTS run_devices (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
-    outcome TEXT, error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, slot, imei));
+    outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
+    device_uuid TEXT, model TEXT, firmware TEXT, PRIMARY KEY (run_id, slot, imei));
 CREATE TABLE IF NOT EXISTS run_keys (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
     sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
@@ -48,8 +49,6 @@ CREATE TABLE IF NOT EXISTS certs (
     PRIMARY KEY (imei, sec_tag, type));
 """
 
-#: Outcomes of earlier invocations of the same run that a later "unchanged" must not hide.
-
 KEY_COLUMNS = ("state, answer, cmng_sha, pending_step, pending_present_before, csr_pem, "
                 "public_key_pem, cose_payload")
 
@@ -60,6 +59,14 @@ def migrate(conn: sqlite3.Connection) -> None:
     for column in ("csr_pem", "public_key_pem", "cose_payload"):
         if column not in have:
             conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
+    # Each run's device row holds the identity of the board that was in the slot (two boards
+    # may report one IMEI); earlier journals kept it per IMEI only.
+    if "device_uuid" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
+        for column in ("device_uuid", "model", "firmware"):
+            conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
+        conn.execute("UPDATE run_devices SET (device_uuid, model, firmware) = (SELECT "
+                     "d.device_uuid, d.model, d.firmware FROM devices d WHERE "
+                     "d.imei = run_devices.imei)")
 
 
 def record_keygen_intent(conn: sqlite3.Connection, step_id: int, imei: str,

@@ -32,6 +32,7 @@ from fleet.credentials import (
     KeygenAnswer,
     attributes_subject,
     default_subject,
+    parse_attest_token,
 )
 from fleet.device import DeviceSession, DeviceSwapped, Opener, Response, backoff
 from fleet.errors import (
@@ -158,7 +159,6 @@ class SlotStatus:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlotResult:
     record: DeviceRecord
-    changed: bool
     planned: tuple[dict[str, Any], ...] = ()  #: check mode: what a real run would do per key
     journal_error: str | None = None  #: the slot's result could not be journaled
 
@@ -191,6 +191,9 @@ class DeviceState:
     mode: int | None = None  #: function mode as last read or set (None: not read yet)
     restore_target: int | None = None  #: mode to restore at the end (None: never changed)
     changed: bool = False
+    #: why this is not the board the journal knows under its IMEI (found before a write)
+    other_board: str | None = None
+    board_checked: bool = False  #: %ATTESTTOKEN compared with the journal's UUID
     keys: list[KeyRecord] = field(default_factory=list)
     planned: list[dict[str, Any]] = field(default_factory=list)
 
@@ -226,6 +229,7 @@ class DeviceWork:
         answer is verified. The step is journaled for ``key``'s sec_tag and its type, or
         ``credential_type`` (a certificate in the key's sec_tag)."""
         self.job.claims.check(self.dev.imei)
+        await self.confirm_board()
         await self.session.enable_cme_codes(timeout=self.settings.timeout_s)
         journal = self.job.journal
         step_id = await journal.intent(
@@ -249,6 +253,57 @@ class DeviceWork:
             await journal.outcome(step_id, outcome="ok")
         return step_id, answer
 
+    async def attest(self) -> str | None:
+        """The device UUID from ``%ATTESTTOKEN``; ``None`` when the firmware does not offer it."""
+        try:
+            answer = await self.session.command(Command.action("%ATTESTTOKEN"),
+                                                timeout=self.settings.timeout_s)
+        except CommandError as exc:
+            self.log.warning("device UUID not readable with %ATTESTTOKEN", error=str(exc))
+            return None
+        try:
+            return str(parse_attest_token(answer.first("%ATTESTTOKEN:")).device_uuid)
+        except CredentialError as exc:
+            raise Transient(f"%ATTESTTOKEN answer does not decode: {exc}") from exc
+
+    async def attest_with_retries(self) -> str | None:
+        """:meth:`attest`, recovering the session first when it needs it."""
+        for attempt in range(1, self.settings.retries + 2):
+            try:
+                if self.session.needs_recover:
+                    await self.recover()
+                return await self.attest()
+            except RETRYABLE:
+                if attempt > self.settings.retries:
+                    raise
+                await anyio.sleep(backoff(attempt + 1))
+        return None  # pragma: no cover - the loop returns or raises
+
+    def uuid_clash(self, device_uuid: str, owner: str) -> str:
+        return (f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "
+                f"journal, but it reported IMEI {self.dev.imei} (a cloned or reprogrammed "
+                "IMEI?): stopping this slot")
+
+    async def confirm_board(self) -> None:
+        """Before the first write to a device whose UUID the journal holds: ``%ATTESTTOKEN``
+        must report that UUID. Another board with the same IMEI (a cloned module, an
+        unprogrammed IMEI) is never written to, so its writes cannot replace the journal's
+        state of the real board's keys; :class:`DeviceLost` at this and every later write."""
+        if not self.dev.board_checked:
+            self.dev.board_checked = True
+            known = self.dev.device_uuid
+            if known is not None and self.dev.attested_uuid is None:
+                attested = await self.attest_with_retries()
+                self.dev.attested_uuid = attested
+                if attested is not None and attested != known:
+                    self.dev.other_board = (
+                        f"this board's device UUID {attested} is not {known}, the one the "
+                        f"journal holds for IMEI {self.dev.imei}: another board with the same "
+                        "IMEI (a cloned module or an unprogrammed IMEI?); nothing was written "
+                        "to it")
+        if self.dev.other_board is not None:
+            raise DeviceLost(self.dev.other_board)
+
     async def ensure_offline(self, *, force: bool = False) -> None:
         """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise).
 
@@ -266,6 +321,7 @@ class DeviceWork:
         if not force and confirmed != self.dev.mode:
             raise RemoteProtocolError(f"AT+CFUN? answered {self.dev.mode}, then {confirmed}")
         target = confirmed if self.dev.restore_target is None else self.dev.restore_target
+        await self.confirm_board()  # before the journal takes this board's mode as the IMEI's
         await self.job.journal.set_restore_mode(self.dev.imei, target)
         self.dev.restore_target = target
         self.step("offline (CFUN=4)")

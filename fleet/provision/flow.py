@@ -37,7 +37,6 @@ from fleet.aio import both
 from fleet.at import Command
 from fleet.credentials import (
     CredentialType,
-    parse_attest_token,
     parse_cmng_list,
     parse_keygen,
     verify_keygen,
@@ -135,8 +134,10 @@ class _Flow(DeviceWork):
         if self.job.check:
             seen = self.job.journal.device_info(identity.imei)
         else:
-            seen = self.job.journal.device_seen(imei=identity.imei, model=identity.model,
-                                                firmware=identity.firmware, device_uuid=None)
+            seen = self.job.journal.device_seen(
+                imei=identity.imei, model=identity.model, firmware=identity.firmware,
+                device_uuid=None, run_id=self.job.run_id, slot=self.slot.name,
+                port=self.slot.port)
         # The journal records the device while the modem lists its credentials.
         info, _ = await both(seen, self._prefetch_listing())
         self.dev.device_uuid = info.device_uuid
@@ -146,12 +147,12 @@ class _Flow(DeviceWork):
             # A device the journal has no UUID of: %ATTESTTOKEN says which it is, before any
             # write (with retries: a failed listing prefetch may have left the session to
             # recover). Its answers must carry that UUID.
-            self.dev.attested_uuid = await self._attest_with_retries()
+            self.dev.attested_uuid = await self.attest_with_retries()
             if self.dev.attested_uuid is not None:
                 owner = await self.job.journal.device_uuid_owner(identity.imei,
                                                                  self.dev.attested_uuid)
                 if owner is not None:
-                    raise DeviceLost(self._uuid_clash(self.dev.attested_uuid, owner))
+                    raise DeviceLost(self.uuid_clash(self.dev.attested_uuid, owner))
 
     async def _prefetch_listing(self) -> None:
         """The one ``AT%CMNG=1`` listing every key's first inspection uses (plans with more
@@ -170,36 +171,6 @@ class _Flow(DeviceWork):
         self.listing = {(e.sec_tag, e.type): e.sha256 for e in parse_cmng_list(answer.lines)}
         return self.listing
 
-    async def _attest(self) -> str | None:
-        """The device UUID from ``%ATTESTTOKEN``; ``None`` when the firmware does not offer it."""
-        try:
-            answer = await self.session.command(Command.action("%ATTESTTOKEN"),
-                                                timeout=self.settings.timeout_s)
-        except CommandError as exc:
-            self.log.warning("device UUID not readable with %ATTESTTOKEN", error=str(exc))
-            return None
-        try:
-            return str(parse_attest_token(answer.first("%ATTESTTOKEN:")).device_uuid)
-        except CredentialError as exc:
-            raise Transient(f"%ATTESTTOKEN answer does not decode: {exc}") from exc
-
-    async def _attest_with_retries(self) -> str | None:
-        for attempt in range(1, self.settings.retries + 2):
-            try:
-                if self.session.needs_recover:
-                    await self.recover()
-                return await self._attest()
-            except RETRYABLE:
-                if attempt > self.settings.retries:
-                    raise
-                await anyio.sleep(backoff(attempt + 1))
-        return None  # pragma: no cover - the loop returns or raises
-
-    def _uuid_clash(self, device_uuid: str, owner: str) -> str:
-        return (f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "
-                f"journal, but it reported IMEI {self.dev.imei} (a cloned or reprogrammed "
-                "IMEI?): stopping this slot")
-
     async def _claim_stored(self, key: KeySpec, state: KeyState) -> KeyRecord | None:
         """A device whose UUID the journal lacks, with a key captured by an earlier version of
         fleet: claim the UUID of that answer (it must be what ``%ATTESTTOKEN`` said); a
@@ -214,9 +185,11 @@ class _Flow(DeviceWork):
             await self.job.journal.suspect_capture(imei=self.dev.imei, sec_tag=key.sec_tag,
                                                    key_type=key.type.code, reason=reason)
             return self._failed(key, reason, 1)
-        owner = await self.job.journal.claim_device_uuid(self.dev.imei, stored)
+        owner = await self.job.journal.claim_device_uuid(self.dev.imei, stored,
+                                                         run_id=self.job.run_id,
+                                                         slot=self.slot.name)
         if owner is not None:
-            raise DeviceLost(self._uuid_clash(stored, owner))
+            raise DeviceLost(self.uuid_clash(stored, owner))
         self.dev.device_uuid = stored
         return None
 
@@ -381,7 +354,7 @@ class _Flow(DeviceWork):
                                                derived=derived, result=result,
                                                device_uuid=claim)
         if owner is not None:
-            reason = self._uuid_clash(str(parsed.payload.device_uuid), owner)
+            reason = self.uuid_clash(str(parsed.payload.device_uuid), owner)
             await self.save_key(key, self._failed(key, reason, attempt))
             raise DeviceLost(reason)
         self.results_saved[key.name] = outcome
@@ -518,6 +491,6 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                                     imei=dev.imei or None, device_uuid=dev.device_uuid,
                                     model=dev.model, firmware=dev.firmware, outcome=outcome,
                                     keys=tuple(dev.keys), error=error, changed=dev.changed),
-                changed=dev.changed, planned=tuple(dev.planned), journal_error=journal_error)
+                planned=tuple(dev.planned), journal_error=journal_error)
             job.on_result(result)
     return result
