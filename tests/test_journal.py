@@ -234,6 +234,8 @@ async def test_a_dead_runs_open_intents_become_unknown_and_keep_absent_before(
 async def test_a_journal_from_before_the_derived_columns_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema', '1')")  # every fleet journal has it
         conn.execute("CREATE TABLE keys (imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, "
                      "type INTEGER NOT NULL, state TEXT NOT NULL, answer TEXT, cmng_sha TEXT, "
                      "run_id TEXT, updated_at TEXT NOT NULL, pending_step INTEGER, "

@@ -21,8 +21,10 @@ of it (:mod:`fleet.report`).
 Writes are group-committed (:mod:`fleet.journal.engine`): the operations all slots queue in one
 turn of the event loop run in one transaction (one SQLite connection, so one writer) and every
 caller returns only after the COMMIT that contains its operation. Each call is shielded from
-cancellation, so a Ctrl-C never leaves half an operation. A journal is locked (``flock`` on
-``<journal>.lock``) by the run using it; a killed run's lock goes with its process.
+cancellation, so a Ctrl-C never leaves half an operation. A journal is locked (``flock`` on the
+database file itself, whatever name it is opened by) by the run using it; a killed run's lock
+goes with its process. It records the station it is made for and refuses another station's, and
+a file that is not a fleet journal is refused untouched (:mod:`fleet.journal.files`).
 """
 
 from fleet.journal.core import Journal

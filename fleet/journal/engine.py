@@ -1,4 +1,4 @@
-"""The journal's engine: one SQLite connection (WAL, ``synchronous=FULL``), a lock file, and
+"""The journal's engine: one SQLite connection (WAL, ``synchronous=FULL``), a lock, and
 group commits.
 
 Concurrent callers queue operations; when no batch is running, one of them takes the whole queue
@@ -7,13 +7,13 @@ worker thread: see ``_run_batch``); the others wait for that batch to end - all 
 one event, not handed a lock one by one, which with hundreds of slots would cost a loop iteration
 each - and every caller returns only after the COMMIT that contains its operation. Each call is
 shielded from cancellation, so a Ctrl-C never leaves half an operation. A journal is locked
-(``flock`` on ``<journal>.lock``) by the run using it; a killed run's lock goes with its process.
+(``flock`` on the database file itself, see :mod:`fleet.journal.files`) by the run using it; a
+killed run's lock goes with its process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from collections.abc import Callable
@@ -25,7 +25,8 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from fleet.errors import JournalError
-from fleet.journal.schema import SCHEMA, migrate
+from fleet.journal.files import open_database
+from fleet.journal.schema import SCHEMA
 
 __all__ = ["JournalEngine"]
 
@@ -45,10 +46,12 @@ class _Op:
 class JournalEngine:
     """The connection, the lock and the group-commit engine (see :mod:`fleet.journal`)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int, *,
+                 read_only: bool = False) -> None:
         self.path = path
         self._conn = conn
         self._lock_fd = lock_fd
+        self._begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"  #: a reader takes no write lock
         self._pending: list[_Op] = []
         self._running: anyio.Event | None = None  #: set when the running batch ends
         self._closed = False
@@ -57,48 +60,26 @@ class JournalEngine:
     # --- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def open_sync(cls, path: Path | str, *, create: bool = True) -> Self:
-        """Open and lock the journal at ``path``. With ``create=False`` (``--check``) a journal
-        that does not exist is not created: an empty one in memory stands in for it."""
+    def open_sync(cls, path: Path | str, *, create: bool = True, station: str | None = None,
+                  plan: str | None = None) -> Self:
+        """Open and lock the journal at ``path`` (see :mod:`fleet.journal.files`). With
+        ``create=False`` (``--check``) it is only read, and a journal that does not exist is not
+        created: an empty one in memory stands in for it. ``station``: refuse a journal made
+        for another station; a new journal records it (and ``plan``)."""
         path = Path(path)
         if not create and not path.exists():
             conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             conn.executescript(SCHEMA)
             return cls(path, conn, -1)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise JournalError(f"cannot use journal {path}: {exc.strerror or exc} "
-                               "(choose another place with --journal)") from exc
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(lock_fd)
-            raise JournalError(
-                f"journal {path} is in use by another fleet run (pid {holder}); wait for it to "
-                "finish or use another --journal"
-            ) from None
-        os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(SCHEMA)
-            migrate(conn)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
-        except sqlite3.DatabaseError as exc:
-            os.close(lock_fd)
-            raise JournalError(f"journal {path} cannot be used: {exc}") from exc
-        return cls(path, conn, lock_fd)
+        conn, lock_fd = open_database(path, create=create, station=station, plan=plan)
+        return cls(path, conn, lock_fd, read_only=not create)
 
     @classmethod
-    async def open(cls, path: Path | str, *, create: bool = True) -> Self:
+    async def open(cls, path: Path | str, *, create: bool = True, station: str | None = None,
+                   plan: str | None = None) -> Self:
         """Open (creating it unless ``create=False``) and lock the journal at ``path``."""
-        return await anyio.to_thread.run_sync(lambda: cls.open_sync(path, create=create))
+        return await anyio.to_thread.run_sync(
+            lambda: cls.open_sync(path, create=create, station=station, plan=plan))
 
     async def aclose(self) -> None:
         self._closed = True  # a late caller gets a JournalError, never a closed connection
@@ -157,13 +138,13 @@ class JournalEngine:
         each) and one fsync at COMMIT (about a millisecond on an SSD, more on an SD card): the
         serial ports buffer meanwhile and command timeouts are seconds, so nothing is lost, and
         the fsync is shared by every operation of the batch. BEGIN IMMEDIATE cannot wait for
-        another fleet run: the journal's lock file keeps them out (a foreign program writing to
+        another fleet run: the journal's lock keeps them out (a foreign program writing to
         it could make it wait up to the 5 s busy timeout)."""
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(self._begin)
             if not self._apply(batch):
                 self._conn.execute("ROLLBACK")
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(self._begin)
                 self._apply_isolated(batch)
             self._conn.execute("COMMIT")
             self.commits += 1

@@ -1,0 +1,143 @@
+"""Which file a journal is: one lock per database file (symlinks and hard links), empty,
+foreign and unwritable files, and ``--check`` writing nothing. All through the real CLI on real
+SQLite files."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.runhelpers import fleet, run_json, write_plan
+
+SIM = "simulator: {seed: 5, profile: fast, state: sim.json, log: sim.log}\n"
+
+
+def _plan(directory: Path, *, name: str = "plan.yaml", station: str = "test-station",
+          sim: str = SIM, extra: str = "", ports: str = "sim://0-1",
+          defaults: str = "{timeout_s: 5, keygen_timeout_s: 10, retries: 2}") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = write_plan(directory, ports=ports, extra=sim + extra, slot_keys="[tls]",
+                      name=name, defaults=defaults)
+    plan.write_text(plan.read_text().replace("station: test-station", f"station: {station}"))
+    return plan
+
+
+def _files_like(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
+
+
+def _fingerprint(path: Path) -> tuple[bytes, int, list[str]]:
+    return path.read_bytes(), path.stat().st_mtime_ns, _files_like(path)
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _running(journal: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as conn:
+            return bool(conn.execute("SELECT count(*) FROM runs WHERE status = 'running'")
+                        .fetchone()[0])
+    except sqlite3.Error:
+        return False
+
+
+def test_a_link_to_a_live_runs_journal_is_refused(tmp_path: Path) -> None:
+    # One slot at a time, about 1.5 s per %KEYGEN: the run lasts long enough.
+    plan = _plan(tmp_path, sim=SIM.replace("fast", "realistic"), ports="sim://0-5",
+                 defaults="{timeout_s: 5, keygen_timeout_s: 10, retries: 2, concurrency: 1}")
+    journal = tmp_path / "j.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
+                             str(journal), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: _running(journal), "the first run to start")
+        (tmp_path / "symlink.sqlite").symlink_to(journal)
+        os.link(journal, tmp_path / "hardlink.sqlite")
+        for name in ("symlink.sqlite", "hardlink.sqlite"):
+            for check in ([], ["--check"]):
+                code, doc, err = run_json(plan, tmp_path / name, *check)
+                assert code == 2, err
+                assert f"in use by another fleet run (pid {proc.pid})" in err, err
+                assert doc["failed"] is True
+    finally:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["failed"] is False
+    assert len(list((tmp_path / "out").iterdir())) == 1  # one run, one manifest
+
+
+def test_an_empty_journal_file_is_refused_not_taken_as_new(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    journal = tmp_path / "j.sqlite"
+    journal.write_bytes(b"")
+    code, doc, err = run_json(plan, journal)
+    assert code == 2 and doc["failed"] is True, err
+    assert "empty file (0 bytes)" in err and "truncated" in err, err
+    assert journal.stat().st_size == 0 and _files_like(journal) == ["j.sqlite"]
+    assert not (tmp_path / "sim.log").exists()
+
+
+def test_no_room_for_a_new_journal_is_a_clear_refusal(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    assert fleet("station-key", "init", "--out", tmp_path / "keys").returncode == 0
+
+    def small_files() -> None:  # a full disk, as far as new files go (SIGXFSZ: Python ignores it)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    journal = tmp_path / "journal" / "j.sqlite"
+    result = subprocess.run([sys.executable, "-m", "fleet", "run", str(plan), "--json",
+                             "--journal", str(journal)], capture_output=True, text=True,
+                            timeout=120, preexec_fn=small_files, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot use journal {journal}: File too large" in result.stderr
+    assert "free some space" in result.stderr
+    assert json.loads(result.stdout)["failed"] is True
+    assert not journal.exists()
+    assert not [p for p in journal.parent.iterdir()]  # no temporary file left behind
+
+
+def test_a_database_that_is_not_a_journal_is_left_untouched(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    foreign = tmp_path / "inventory.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE boards (serial TEXT)")
+        conn.execute("INSERT INTO boards VALUES ('A-1')")
+    conn.close()
+    before = _fingerprint(foreign)
+    for check in (["--check"], []):
+        code, doc, err = run_json(plan, foreign, *check)
+        assert code == 2 and doc["failed"] is True, err
+        assert "not a fleet journal" in err and "left untouched" in err, err
+        assert "tables: boards" in err
+        assert _fingerprint(foreign) == before
+    garbage = tmp_path / "notes.sqlite"
+    garbage.write_text("not a database at all\n" * 100)
+    code, _, err = run_json(plan, garbage)
+    assert code == 2 and "not a fleet journal" in err, err
+    assert garbage.read_text() == "not a database at all\n" * 100
+
+
+def test_check_writes_nothing_to_an_existing_journal(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(plan, journal)
+    assert code == 0, err
+    before = _fingerprint(journal)
+    assert before[2] == ["j.sqlite"]
+    code, doc, err = run_json(plan, journal, "--check")
+    assert code == 0, err
+    assert doc["changed"] is False
+    assert _fingerprint(journal) == before  # no -wal or -shm file either
