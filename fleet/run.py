@@ -50,7 +50,7 @@ class RunOptions:
 
     check: bool = False
     concurrency: int | None = None
-    journal: Path = Path(".fleet/journal.sqlite")
+    journal: Path | None = None  #: None: the plan's (Plan.journal_path)
     fresh: bool = False
     partial: bool = False  #: only some slots (--only): the run stays open for the others
     handle_signals: bool = True
@@ -160,7 +160,8 @@ async def run_plan(
     real run and returns its path; the run counts as complete only once its manifest is written
     (a run whose manifest failed is resumed by the next one)."""
     raise_fd_limit()
-    journal = await Journal.open(options.journal, create=not options.check)
+    journal = await Journal.open(options.journal or plan.journal_path, create=not options.check,
+                                 station=plan.station, plan=str(plan.path))
     results: dict[str, SlotResult] = {}
     stop = {"interrupted": False}
     claims = ImeiClaims()

@@ -1,6 +1,7 @@
-"""Which file a journal is: one lock per database file (symlinks and hard links), empty,
-foreign and unwritable files, and ``--check`` writing nothing. All through the real CLI on real
-SQLite files."""
+"""Where a plan's journal is, which file it is, whose it is: the default place beside the plan,
+``journal:`` and ``--journal``, the station a journal is made for, the journal at the old default
+place, one lock per database file (symlinks and hard links), empty, foreign and unwritable
+files, and ``--check`` writing nothing. All through the real CLI on real SQLite files."""
 
 from __future__ import annotations
 
@@ -29,12 +30,116 @@ def _plan(directory: Path, *, name: str = "plan.yaml", station: str = "test-stat
     return plan
 
 
+def _run(plan: Path, *args: str | Path, cwd: Path) -> tuple[int, dict[str, Any], str]:
+    """`fleet run --json` with no --journal unless given."""
+    result = fleet("run", plan, "--json", *args, cwd=cwd)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def _outcomes(doc: dict[str, Any]) -> set[str]:
+    return {k["outcome"] for d in doc["devices"] for k in d["keys"]}
+
+
 def _files_like(path: Path) -> list[str]:
     return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name))
 
 
 def _fingerprint(path: Path) -> tuple[bytes, int, list[str]]:
     return path.read_bytes(), path.stat().st_mtime_ns, _files_like(path)
+
+
+def test_the_default_journal_belongs_to_the_plan_not_to_the_current_directory(
+        tmp_path: Path) -> None:
+    station = tmp_path / "station"
+    plan = _plan(station)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    code, first, err = _run(plan, cwd=here)
+    assert code == 0, err
+    assert _outcomes(first) == {"generated"}
+    assert (station / ".fleet" / "plan.journal.sqlite").is_file()
+    # From another directory the same plan finds its journal: fleet's keys are its own.
+    code, again, err = _run(plan, cwd=there)
+    assert code == 0, err
+    assert _outcomes(again) == {"unchanged"} and again["changed"] is False
+    assert not list(here.iterdir()) and not list(there.iterdir())
+    # A second plan in the same directory has a journal of its own.
+    other = _plan(station, name="other.yaml", sim=SIM.replace("sim.json", "other-sim.json"))
+    code, _, err = _run(other, cwd=there)
+    assert code == 0, err
+    assert (station / ".fleet" / "other.journal.sqlite").is_file()
+    with sqlite3.connect(station / ".fleet" / "plan.journal.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 2  # not other.yaml
+    # `fleet plan check` says where it is.
+    shown = fleet("plan", "check", plan, "--json", cwd=there)
+    assert json.loads(shown.stdout)["journal"] == str(station / ".fleet" / "plan.journal.sqlite")
+
+
+def test_journal_in_the_plan_is_relative_to_the_plan_and_the_option_overrides_it(
+        tmp_path: Path) -> None:
+    station = tmp_path / "station"
+    plan = _plan(station, extra="journal: data/line.sqlite\n")
+    code, _, err = _run(plan, cwd=tmp_path)
+    assert code == 0, err
+    assert (station / "data" / "line.sqlite").is_file()
+    assert not (station / ".fleet").exists() and not (tmp_path / ".fleet").exists()
+    # --journal PATH (relative to the current directory, as any command-line path) wins.
+    code, doc, err = _run(plan, "--journal", "mine.sqlite", cwd=tmp_path)
+    assert code == 0, err
+    assert (tmp_path / "mine.sqlite").is_file()
+    assert _outcomes(doc) == {"pre-existing"}  # a new journal does not know fleet's keys
+    bad = _plan(tmp_path / "bad", extra="journal: ''\n")
+    result = fleet("run", bad, "--json")
+    assert result.returncode == 2 and "not a usable path" in result.stderr
+
+
+def test_a_journal_made_for_another_station_is_refused(tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(_plan(tmp_path / "a", station="line1-a"), journal)
+    assert code == 0, err
+    with sqlite3.connect(journal) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta["station"] == "line1-a" and meta["plan"] == str(tmp_path / "a" / "plan.yaml")
+    other = _plan(tmp_path / "b", station="line1-b")
+    for check in ([], ["--check"]):
+        code, doc, err = run_json(other, journal, *check)
+        assert code == 2, err
+        assert "'line1-a'" in err and "'line1-b'" in err and "--journal" in err, err
+        assert doc["failed"] is True and "nothing was sent" in err
+    assert not (tmp_path / "b" / "sim.log").exists()  # its simulator never started
+
+
+def test_the_journal_at_the_old_default_place_is_not_silently_left_behind(
+        tmp_path: Path) -> None:
+    station = tmp_path / "station"
+    plan = _plan(station)
+    old = tmp_path / ".fleet" / "journal.sqlite"
+    code, _, err = run_json(plan, old)  # where a run from tmp_path used to put it
+    assert code == 0, err
+    for check in ([], ["--check"]):
+        code, doc, err = _run(plan, *check, cwd=tmp_path)
+        assert code == 2, err
+        assert str(old) in err and f"--journal {old}" in err, err
+        assert "journal: ../.fleet/journal.sqlite" in err, err
+        assert doc["failed"] is True
+    assert not (station / ".fleet").exists()
+    # Named, it is used as before.
+    code, doc, err = _run(plan, "--journal", ".fleet/journal.sqlite", cwd=tmp_path)
+    assert code == 0, err
+    assert _outcomes(doc) == {"unchanged"}
+    # Once the plan's own journal exists, it is used; the old one is only mentioned.
+    (station / ".fleet").mkdir()
+    (station / ".fleet" / "plan.journal.sqlite").write_bytes(old.read_bytes())
+    code, doc, err = _run(plan, cwd=tmp_path)
+    assert code == 0, err
+    assert _outcomes(doc) == {"unchanged"}
+    assert "old default place" in err
+    # A journal there that holds no run of this plan is no reason to stop.
+    other = _plan(tmp_path / "other", station="elsewhere")
+    code, _, err = _run(other, cwd=tmp_path)
+    assert code == 0, err
 
 
 def _wait_for(predicate: Any, what: str, timeout: float = 60) -> None:

@@ -116,6 +116,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "signing_key": str(plan.signing_key) if plan.signing_key else None,
         "throwaway_signing_key": plan.throwaway_signing_key,
         "manifest": plan.manifest,
+        "journal": str(plan.journal_path),
         "defaults": _settings(plan.defaults),
         "keys": {name: _action(spec) for name, spec in plan.keys.items()},
         "slots": [_slot(slot) for slot in plan.slots],
@@ -146,6 +147,7 @@ def _print_human(plan: Plan) -> None:
         key += "  (throwaway key allowed)"
     print(f"signing:   {key}")
     print(f"manifest:  {plan.manifest}")
+    print(f"journal:   {plan.journal_path}")
     print(f"defaults:  {fmt(plan.defaults)}")
     if plan.simulator is not None:
         sim = plan.simulator

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,13 +18,17 @@ import structlog
 
 from fleet import exitcodes
 from fleet.errors import FleetError, JournalError, ManifestError, PlanError
+from fleet.journal.files import runs_of_plan
 from fleet.logs import configure_logging
-from fleet.plan import load_plan
+from fleet.plan import Plan, load_plan
 from fleet.provision.flow import SlotStatus
 from fleet.report import summary_lines
 from fleet.run import RunOptions, run_plan
 
 __all__ = ["register", "run"]
+
+#: Where the journal was by default before a plan's journal was its own (the current directory's).
+_OLD_DEFAULT = Path(".fleet") / "journal.sqlite"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="slots worked on at once (default: all)")
     parser.add_argument("--only", nargs="+", action="extend", metavar="SLOT", default=[],
                         help="only these slots (by name or port; may be repeated)")
-    parser.add_argument("--journal", type=Path, default=Path(".fleet/journal.sqlite"),
-                        help="journal file (default: .fleet/journal.sqlite)")
+    parser.add_argument("--journal", type=Path, metavar="PATH",
+                        help="journal file (default: the plan's journal: its journal: key, or "
+                             ".fleet/<plan name>.journal.sqlite beside the plan)")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new run instead of resuming an interrupted one "
                              "(what devices hold is still honoured)")
@@ -67,6 +73,32 @@ def _print_failure_document(args: argparse.Namespace, error: str) -> None:
                           "summary": {"devices": 0}, "devices": []}, indent=2))
 
 
+def _journal_at_the_old_place(plan: Plan) -> str | None:
+    """Why not to run when the journal at the old default place (``.fleet/journal.sqlite`` in
+    the current directory) holds runs of this plan and the plan's own journal does not exist
+    yet: the run would start an empty journal and take the keys fleet made for pre-existing
+    ones (and replace them with ``if_exists: replace``). When both exist, a warning."""
+    old = Path.cwd() / _OLD_DEFAULT
+    new = plan.journal_path
+    if not old.is_file() or os.path.realpath(old) == os.path.realpath(new):
+        return None
+    runs = runs_of_plan(old, station=plan.station, plan_sha256=plan.sha256,
+                        plan_path=str(plan.path))
+    if not runs:
+        return None
+    if new.exists():
+        structlog.get_logger().warning(
+            "the journal at the old default place also holds runs of this plan; it is not used",
+            old=str(old), journal=str(new))
+        return None
+    return (f"fleet run: {old} holds {runs} run(s) of this plan (station {plan.station}); it "
+            "is a journal at the old default place (.fleet/journal.sqlite in the current "
+            f"directory), but a plan's journal is now its own, {new}, which does not exist yet. "
+            "To keep using the old journal, run with --journal "
+            f"{old} or put 'journal: {os.path.relpath(old, plan.path.parent)}' in the plan; "
+            f"or, while no run uses it, move it (with any -wal file beside it) to {new}")
+
+
 def run(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not args.json
     configure_logging(level="warning" if tty and args.log_level == "info" else args.log_level)
@@ -76,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan, only=args.only)
     except PlanError as exc:
         return _refuse(args, exc.errors, "invalid plan")
+    if args.journal is None:
+        stray = _journal_at_the_old_place(plan)
+        if stray is not None:
+            return _refuse(args, [stray], "journal not usable")
     from fleet.run_manifest import prepare_manifest
 
     try:

@@ -134,6 +134,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         signing_key=ctx.path(top.signing_key) if top.signing_key else None,
         throwaway_signing_key=top.throwaway_signing_key,
         manifest=top.manifest,
+        journal=ctx.path(top.journal) if top.journal else None,
         defaults=defaults,
         keys=MappingProxyType(specs),
         slots=kept,

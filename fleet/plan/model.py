@@ -340,11 +340,20 @@ class Plan:
     keys: Mapping[str, KeySpec]
     slots: tuple[Slot, ...]
     simulator: SimulatorSettings | None
+    journal: Path | None = None  #: ``journal:`` in the plan; None: the default (journal_path)
 
     def __post_init__(self) -> None:
         _require(self.version == 1, f"unsupported plan version {self.version!r}")
         _require(bool(STATION_RE.match(self.station)), f"invalid station {self.station!r}")
         Template.parse(self.manifest, MANIFEST_PLACEHOLDERS)
+
+    @property
+    def journal_path(self) -> Path:
+        """The plan's journal: ``journal:`` in the plan, else ``.fleet/<plan file's stem>.
+        journal.sqlite`` beside the plan file (so two plans in one directory have two)."""
+        if self.journal is not None:
+            return self.journal
+        return self.path.parent / ".fleet" / f"{self.path.stem}.journal.sqlite"
 
     def manifest_path(self, *, now: datetime, run_id: str) -> Path:
         """Where this run's manifest goes: ``manifest`` rendered with ``{station}``, ``{date}``

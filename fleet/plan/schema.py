@@ -163,6 +163,7 @@ class TopDoc(_Doc):
     signing_key: str | None
     throwaway_signing_key: bool
     manifest: str
+    journal: str | None
     defaults: dict[str, Any] | None
     keys: dict[str, Any]
     slots: list[Any]
@@ -242,6 +243,7 @@ _SCHEMAS: dict[type[_Doc], dict[str, cs.ModelField]] = {
         throwaway_signing_key=(_BOOL, False),
         manifest=(_checked(_STR, _template_problem(MANIFEST_PLACEHOLDERS), _path_problem),
                   DEFAULT_MANIFEST),
+        journal=_optional(_PATH),
         defaults=_optional(_MAPPING),
         keys=cs.dict_schema(_checked(_STR, _pattern(KEY_NAME_RE, "key name")), _ANY,
                             min_length=1, strict=True),

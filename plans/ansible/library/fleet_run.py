@@ -53,9 +53,10 @@ options:
     aliases: [executable]
   journal:
     description:
-      - The journal file (C(--journal)). When left out, fleet uses C(.fleet/journal.sqlite) under
-        I(chdir) (or under the directory Ansible runs the module in). Set it to one absolute path
-        per station, so that runs from Ansible and by hand resume from the same journal.
+      - The journal file (C(--journal)). When left out, fleet uses the plan's journal (the
+        plan's C(journal) key, or C(.fleet/<plan name>.journal.sqlite) beside the plan), the
+        same one a run by hand of the plan uses, from any directory, so either resumes the
+        other. A relative path is relative to I(chdir).
     type: path
   concurrency:
     description:
@@ -102,7 +103,6 @@ EXAMPLES = r"""
   fleet_run:
     plan: /srv/fleet/line1-a.yaml
     fleet: /opt/fleet/venv/bin/fleet
-    journal: /srv/fleet/.fleet/journal.sqlite
   register: fleet_result
 
 - name: Only two slots, five at a time, in a fresh run
