@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from fleet import __version__, exitcodes
+from fleet import __version__, exitcodes, interrupts
 
 __all__ = ["build_parser", "main"]
 
@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
     the start-up (:func:`entry`), and it comes back, tuned, once the command's modules are in."""
     if argv is None:
         argv = sys.argv[1:]
+    if interrupts.catching() and (not argv or argv[0] != "run"):
+        interrupts.release()  # only `fleet run` reports a signal in its own way
     _import_structlog_without_rich()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -113,7 +115,12 @@ def entry() -> None:
     Every file fleet writes (journal, manifest, state) is closed by the time ``main`` returns;
     what is left is the interpreter's teardown of every module and object, tens of
     milliseconds that an operator or a playbook waits for at every invocation. So the output
-    streams are flushed and the process ends with ``os._exit``."""
+    streams are flushed and the process ends with ``os._exit``.
+
+    SIGINT and SIGTERM are recorded from the first line on, so that `fleet run` reports one that
+    lands while it starts (:mod:`fleet.interrupts`); the other commands get the default
+    handlers back in :func:`main`."""
+    interrupts.catch()
     gc.disable()
     code = main(gc_held=True)
     try:

@@ -31,6 +31,7 @@ import structlog
 
 from fleet import __version__, exitcodes
 from fleet.errors import JournalError, ManifestError, PlanError
+from fleet.interrupts import Watch
 from fleet.journal import Journal, RunInfo, RunReport, utc_now
 from fleet.plan import Plan, Slot
 from fleet.provision.base import ImeiClaims
@@ -127,10 +128,12 @@ async def _simulator(plan: Plan) -> AsyncIterator[Callable[[int], Any] | None]:
 
 
 async def _watch_signals(slots: anyio.CancelScope, stop: dict[str, bool]) -> None:
-    """The first SIGINT/SIGTERM cancels the slots; later ones (an impatient second Ctrl-C) are
+    """The first SIGINT/SIGTERM (one that came before the run started included: see
+    :mod:`fleet.interrupts`) cancels the slots; later ones (an impatient second Ctrl-C) are
     ignored until the journal and the manifest are written."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
+    with Watch() as signals:
+        while True:
+            signum = await signals.next()
             if stop["interrupted"]:
                 log.warning("already stopping: writing the journal and the manifest",
                             signal=signal.Signals(signum).name)
@@ -211,8 +214,8 @@ async def run_plan(
                                             manifest_writer=manifest_writer)
                 outer.cancel_scope.cancel()
             if stop["interrupted"]:
-                # The receiver is gone (asyncio put the default handlers back): the run is
-                # stopping anyway, so an impatient repeat must not kill it before it reports.
+                # The watcher is gone: the run is stopping anyway, so an impatient repeat
+                # must not kill it before it reports.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
     finally:

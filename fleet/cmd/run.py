@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import anyio
 import structlog
 
-from fleet import exitcodes
+from fleet import exitcodes, interrupts
 from fleet.errors import FleetError, JournalError, ManifestError, PlanError
 from fleet.journal.files import runs_of_plan
 from fleet.logs import configure_logging
@@ -71,6 +72,20 @@ def _print_failure_document(args: argparse.Namespace, error: str) -> None:
         print(json.dumps({"changed": False, "failed": True, "interrupted": False,
                           "check": bool(args.check), "manifest": None, "error": error,
                           "summary": {"devices": 0}, "devices": []}, indent=2))
+
+
+def _print_interrupted_document(args: argparse.Namespace, plan: Plan, signum: int) -> int:
+    """Exit 3: a signal came before the run started, so nothing was sent."""
+    name = signal.Signals(signum).name
+    error = f"interrupted by {name} before the run started; nothing was sent to any device"
+    print(f"fleet run: {error}; run again to provision", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"changed": False, "failed": False, "interrupted": True,
+                          "check": bool(args.check), "run_id": None, "resumed": False,
+                          "station": plan.station, "plan": str(plan.path), "manifest": None,
+                          "manifest_error": None, "error": error, "summary": {"devices": 0},
+                          "devices": []}, indent=2))
+    return exitcodes.INTERRUPTED
 
 
 def _journal_at_the_old_place(plan: Plan) -> str | None:
@@ -134,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
     from fleet.progress import live_progress
 
+    if (signum := interrupts.received()) is not None:  # the last instant before the run
+        return _print_interrupted_document(args, plan, signum)
     try:
         with live_progress(table):
             outcome = anyio.run(lambda: run_plan(plan, options, on_progress=on_progress,
