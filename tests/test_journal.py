@@ -442,3 +442,21 @@ async def test_calls_racing_a_close_get_a_journal_error_not_a_closed_connection(
     # What was committed before the close is all there.
     conn = sqlite3.connect(tmp_path / "j.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == outcomes.count("ok")
+
+
+async def test_a_journal_from_before_it_recorded_its_station_is_taken_over_by_its_station(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(path)  # no station: as journals were made before
+    await _run(journal)  # a run of station "st"
+    await journal.aclose()
+    with pytest.raises(JournalError, match="belongs to station 'st', not to this plan's station"):
+        await Journal.open(path, station="other")
+    journal = await Journal.open(path, station="st")
+    await journal.aclose()
+    with sqlite3.connect(path) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta["station"] == "st" and meta["schema"] == "1"
+    with pytest.raises(JournalError, match="belongs to station 'st'"):
+        await Journal.open(path, station="other", create=False)

@@ -177,7 +177,9 @@ def _connect(real: Path, shown: Path, *, create: bool,
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
         migrate(conn)
-        conn.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", _identity(station, None))
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
+        if station is not None:  # a journal made before journals recorded it: this station's
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('station', ?)", (station,))
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise JournalError(f"journal {shown} cannot be used: {exc}") from exc
