@@ -239,7 +239,8 @@ async def _finish(plan: Plan, options: RunOptions, journal: Journal, run: RunInf
         return RunOutcome(record=check_record(plan, run, seen, ended_at=ended_at), check=True,
                           resumed=False, interrupted=interrupted, manifest=None,
                           manifest_error=None, planned=planned)
-    journal_error = next((r.journal_error for r in results.values() if r.journal_error), None)
+    journal_error = journal.write_error or next(
+        (r.journal_error for r in results.values() if r.journal_error), None)
     try:
         await _fail_clashing_slots(plan, journal, run, claims)
     except JournalError as exc:

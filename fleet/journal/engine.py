@@ -56,6 +56,9 @@ class JournalEngine:
         self._running: anyio.Event | None = None  #: set when the running batch ends
         self._closed = False
         self.commits = 0
+        #: the first write that failed (a full disk, an I/O error), for the run's record: the
+        #: caller that met it may have reported it as something else (a failed device)
+        self.write_error: str | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class JournalEngine:
             self._rollback()
             for op in batch:
                 op.error = JournalError(f"journal write failed: {exc}")
+            self.write_error = self.write_error or f"journal write failed: {exc}"
         except BaseException:  # KeyboardInterrupt on the loop's thread: leave no open transaction
             self._rollback()
             raise
