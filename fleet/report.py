@@ -65,12 +65,15 @@ def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:
                      response=key.response.value, outcome=KeyOutcome.NOT_ATTEMPTED, extra=extra)
 
 
-def not_started(slot: Slot) -> DeviceRecord:
-    """The record of a slot the run stopped before reaching."""
+def not_started(slot: Slot, why: str = "the run stopped before this slot's turn came"
+                ) -> DeviceRecord:
+    """The record of a slot the run stopped before reaching (or, ``why``, never worked on)."""
     return DeviceRecord(slot=slot.name, port=slot.port, imei=None, device_uuid=None, model=None,
                         firmware=None, outcome=DeviceOutcome.NOT_STARTED,
-                        keys=tuple(not_attempted(k) for k in slot.keys),
-                        error="the run stopped before this slot's turn came")
+                        keys=tuple(not_attempted(k) for k in slot.keys), error=why)
+
+
+_UNSELECTED = "not worked on yet: the run so far was limited to other slots (--only)"
 
 
 def _answer_problem(answer: KeygenAnswer, row: KeyRow, response: str,
@@ -217,7 +220,12 @@ def build_run_record(report: RunReport, plan: Plan, run: RunInfo, *, ended_at: s
                    for r in slot_rows]
         devices += records
         final = final and records[-1].outcome in FINAL_OUTCOMES
-    for name, slot_rows in rows.items():  # slots of earlier invocations (--only)
+    for slot in plan.unselected:  # --only: the plan's other slots, as far as the run got
+        slot_rows = rows.get(slot.name, [])
+        devices += [_device_record(r, slot, plan, keys.get((r.slot, r.imei or ""), []), certs)
+                    for r in slot_rows] or [not_started(slot, _UNSELECTED)]
+    planned.update((slot.name, slot) for slot in plan.unselected)
+    for name, slot_rows in rows.items():  # slots no longer in the plan
         if name not in planned:
             devices += [_device_record(r, None, plan, keys.get((r.slot, r.imei or ""), []),
                                        certs) for r in slot_rows]
@@ -234,7 +242,8 @@ def check_record(plan: Plan, run: RunInfo, devices: Mapping[str, DeviceRecord], 
     return RunRecord(run_id=run.run_id, station=plan.station, plan_path=str(plan.path),
                      plan_sha256=plan.sha256, started_at=run.started_at, ended_at=ended_at,
                      complete=False, tool_version=__version__,
-                     devices=tuple(devices.get(s.name) or not_started(s) for s in plan.slots))
+                     devices=(*(devices.get(s.name) or not_started(s) for s in plan.slots),
+                              *(not_started(s, _UNSELECTED) for s in plan.unselected)))
 
 
 def _key_document(key: KeyRecord) -> dict[str, Any]:

@@ -493,3 +493,14 @@ def test_a_damaged_device_uuid_in_the_journal_is_reported_not_a_traceback(
     signed = _manifest(document)
     key = signed["devices"][0]["keys"][0]
     assert key["outcome"] == "failed" and "'not-a-uuid', is not a UUID" in key["error"]
+
+
+def test_a_run_limited_to_some_slots_still_lists_every_planned_slot(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0-2", slot_keys="[tls]")
+    code, document, err = run_json(plan, tmp_path / "j.sqlite", "--only", "slot1")
+    assert code == 0, err
+    signed = _manifest(document)
+    for devices in (document["devices"], signed["devices"]):
+        assert {d["slot"]: d["outcome"] for d in devices} == {
+            "slot0": "not-started", "slot1": "done", "slot2": "not-started"}
+    assert signed["run"]["complete"] is False

@@ -77,6 +77,7 @@ def test_a_signal_at_any_instant_gives_one_document(tmp_path: Path, signum: int,
         assert document["interrupted"] is True, document
         if document["run_id"] is None:  # stopped before the run began: nothing was sent
             assert "before the run started" in document["error"]
+            assert [d["outcome"] for d in document["devices"]] == ["not-started"] * 4
             assert not (tmp_path / "sim.log").exists() or not (tmp_path / "sim.log").read_text()
         else:
             assert document["manifest"] is not None, document

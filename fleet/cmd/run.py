@@ -19,11 +19,12 @@ import structlog
 
 from fleet import exitcodes, interrupts
 from fleet.errors import FleetError, JournalError, ManifestError, PlanError
+from fleet.journal import RunInfo, utc_now
 from fleet.journal.files import runs_of_plan
 from fleet.logs import configure_logging
 from fleet.plan import Plan, load_plan
 from fleet.provision.flow import SlotStatus
-from fleet.report import summary_lines
+from fleet.report import check_record, run_document, summary_lines
 from fleet.run import RunOptions, run_plan
 
 __all__ = ["register", "run"]
@@ -80,11 +81,12 @@ def _print_interrupted_document(args: argparse.Namespace, plan: Plan, signum: in
     error = f"interrupted by {name} before the run started; nothing was sent to any device"
     print(f"fleet run: {error}; run again to provision", file=sys.stderr)
     if args.json:
-        print(json.dumps({"changed": False, "failed": False, "interrupted": True,
-                          "check": bool(args.check), "run_id": None, "resumed": False,
-                          "station": plan.station, "plan": str(plan.path), "manifest": None,
-                          "manifest_error": None, "error": error, "summary": {"devices": 0},
-                          "devices": []}, indent=2))
+        now = utc_now()
+        record = check_record(plan, RunInfo(run_id="", started_at=now, resumed=False), {},
+                              ended_at=now)  # every planned slot, not started
+        document = run_document(record, check=bool(args.check), resumed=False,
+                                interrupted=True, manifest=None, manifest_error=None)
+        print(json.dumps({**document, "run_id": None, "error": error}, indent=2))
     return exitcodes.INTERRUPTED
 
 

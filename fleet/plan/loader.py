@@ -138,6 +138,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         defaults=defaults,
         keys=MappingProxyType(specs),
         slots=kept,
+        unselected=tuple(s for s in slots if s.name not in {k.name for k in kept}),
         simulator=simulator,
     )
 

@@ -338,8 +338,10 @@ class Plan:
     manifest: str  #: the manifest path template, as written
     defaults: Settings
     keys: Mapping[str, KeySpec]
-    slots: tuple[Slot, ...]
+    slots: tuple[Slot, ...]  #: the slots to work on (``--only`` keeps some)
     simulator: SimulatorSettings | None
+    #: the plan's other slots, left out by ``--only``: still part of the run's record
+    unselected: tuple[Slot, ...] = ()
     journal: Path | None = None  #: ``journal:`` in the plan; None: the default (journal_path)
 
     def __post_init__(self) -> None:
