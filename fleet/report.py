@@ -219,7 +219,11 @@ def build_run_record(report: RunReport, plan: Plan, run: RunInfo, *, ended_at: s
         records = [_device_record(r, slot, plan, keys.get((r.slot, r.imei or ""), []), certs)
                    for r in slot_rows]
         devices += records
-        final = final and records[-1].outcome in FINAL_OUTCOMES
+        # The slot's latest device must be finished; when the latest attempt never learnt
+        # which board was there, so must every earlier one (it may be that same board). A
+        # board swapped out for another (a later IMEI) does not hold the run open.
+        settled = records if records[-1].imei is None else records[-1:]
+        final = final and all(r.outcome in FINAL_OUTCOMES for r in settled)
     for slot in plan.unselected:  # --only: the plan's other slots, as far as the run got
         slot_rows = rows.get(slot.name, [])
         devices += [_device_record(r, slot, plan, keys.get((r.slot, r.imei or ""), []), certs)

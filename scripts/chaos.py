@@ -25,11 +25,13 @@ and after EACH interruption (and each run that finished first):
    is the key the simulator holds for that IMEI and sec_tag (same public key), unless a later
    manifest reports another key there or a later invocation journaled a %KEYGEN or delete of it;
 7. a manifest with `complete: true` lists every planned slot, each `done` with every planned key
-   carrying an answer;
+   carrying an answer or `failed` saying why (a fault may fail a device), and no device of the
+   run still `interrupted`;
 8. a run stopped by SIGTERM prints exactly one JSON document on stdout and exits 3 with
    `interrupted: true` naming its partial manifest (or 0/1 with `interrupted: false` when it had
-   finished first); a SIGTERM that lands before fleet has started its run (Python's default
-   action, nothing journaled, nothing sent) is counted apart, not a violation;
+   finished first); one that lands before the run began must exit 3 with a document saying so
+   (`run_id` null, no manifest) and nothing journaled, and one in the interpreter's own first
+   milliseconds (the default action: nothing journaled, nothing sent) is counted apart;
 9. the JSON document lists the same devices as the manifest it names, with the same IMEIs,
    device outcomes and key outcomes (both are built from the journal's record of the run).
 
@@ -83,8 +85,8 @@ INVARIANTS = {
                                    "interruption (partial ones included)"),
     6: ("manifests-equal-sim", "every key a manifest reports with an answer is the key the "
                                "simulator holds, unless a later manifest or run replaced it"),
-    7: ("complete-means-all-done", "a complete manifest lists every planned slot, done, every "
-                                   "planned key with an answer"),
+    7: ("complete-means-all-done", "a complete manifest lists every planned slot, done with "
+                                   "every planned key's answer, or failed saying why"),
     8: ("sigterm-json", "a SIGTERMed run prints one JSON document and exits 3 interrupted (0/1 "
                         "if it had finished), naming its partial manifest"),
     9: ("document-equals-manifest", "the JSON document lists the manifest's devices and "
@@ -299,12 +301,16 @@ def check_complete(chaos: Chaos, when: str, path: Path, signed: dict[str, Any],
     for device in signed.get("devices", []):
         label = f"manifest {path.name} is complete but device {device.get('slot')} " \
                 f"{device.get('imei')}"
-        if device.get("outcome") != "done":
+        if device.get("outcome") not in ("done", "failed"):
             chaos.violate(7, when, f"{label} is {device.get('outcome')} "
                                    f"({device.get('error')})")
         names = [k.get("name") for k in device.get("keys", [])]
         if tuple(names) != KEY_NAMES:
             chaos.violate(7, when, f"{label} lists keys {names}, planned {list(KEY_NAMES)}")
+        if device.get("outcome") == "failed":  # a fault may fail a device; it says why
+            if not device.get("error"):
+                chaos.violate(7, when, f"{label} failed without saying why")
+            continue
         for key in device.get("keys", []):
             if key.get("outcome") not in ANSWER_OUTCOMES or not key.get("keygen_answer"):
                 chaos.violate(7, when, f"{label} key {key.get('name')} is {key.get('outcome')} "
@@ -374,6 +380,14 @@ def check_terminated(chaos: Chaos, when: str, proc: subprocess.Popen[bytes], out
         chaos.violate(8, when, f"exit {code}: {why}")
         return f"exit {code}"
     interrupted = doc.get("interrupted")
+    if code == 3 and doc.get("run_id") is None:  # stopped before its run began
+        chaos.early_terms += 1
+        if interrupted is not True or doc.get("manifest") is not None:
+            chaos.violate(8, when, "stopped before the run began, but the document says "
+                                   f"interrupted={interrupted!r}, manifest={doc.get('manifest')}")
+        if journal_rows(journal, "SELECT run_id FROM runs WHERE pid = ?", (proc.pid,)):
+            chaos.violate(8, when, "the document says the run never began, the journal has it")
+        return "exit 3 before the run began (nothing sent)"
     if code == 3:
         if interrupted is not True:
             chaos.violate(8, when, f"exit 3 but the document says interrupted={interrupted!r}")
