@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KEYS", "fleet", "run_json", "write_plan"]
+__all__ = ["KEYS", "fleet", "journal_rows", "run_json", "wait_for", "write_plan"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +70,24 @@ def run_json(plan: Path, journal: Path, *args: str | Path, timeout: float = 300
         raise AssertionError(f"stdout is not one JSON document ({exc}):\n{result.stdout}\n"
                              f"stderr:\n{result.stderr}") from exc
     return result.returncode, document, result.stderr
+
+
+def journal_rows(journal: Path, sql: str) -> list[tuple[Any, ...]]:
+    """``sql`` against a journal a live run may be writing (read only; nothing yet: [])."""
+    if not journal.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as conn:
+            return list(conn.execute(sql))
+    except sqlite3.OperationalError:
+        return []
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,33 +25,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.credentials import parse_keygen
 from fleet.manifest import verify
 from tests.certhelpers import NOW, make_ca
-from tests.runhelpers import KEYS, fleet, run_json, write_plan
+from tests.runhelpers import KEYS, fleet, journal_rows, run_json, wait_for, write_plan
 from tests.simproc import command, open_port, run_sim
 
 TLS = 16842753
+REPLACE = f"""
+keys:
+  tls:
+    sec_tag: {TLS}
+    type: client_key
+    response: csr
+    if_exists: replace
+"""
 
 
 def _ports(tmp_path: Path) -> str:
     return str(tmp_path / "ports" / "modem*")
-
-
-def _query(journal: Path, sql: str) -> list[tuple[Any, ...]]:
-    if not journal.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as conn:
-            return list(conn.execute(sql))
-    except sqlite3.OperationalError:
-        return []
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _start(plan: Path, journal: Path, *args: str) -> subprocess.Popen[str]:
@@ -137,7 +125,7 @@ def test_sigterm_between_the_two_keys_of_a_device_gives_a_manifest_that_verifies
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
         journal = tmp_path / "j.sqlite"
         proc = _start(plan, journal, "--json")
-        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
                                                "AND outcome = 'ok'")), "a first captured key")
         code, out, err = _stop(proc, signal.SIGTERM)
         assert code == 3, err
@@ -168,7 +156,7 @@ def test_sigterm_during_a_keygen_reports_the_key_interrupted(tmp_path: Path) -> 
         plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
         proc = _start(plan, journal, "--json")
-        _wait_for(lambda: len(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+        wait_for(lambda: len(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
                                               "AND outcome IS NULL")) == 2, "two %KEYGEN sent")
         code, out, err = _stop(proc, signal.SIGTERM)
         assert code == 3, err
@@ -185,7 +173,7 @@ def test_slots_waiting_for_their_turn_are_reported_not_started(tmp_path: Path) -
         plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
         proc = _start(plan, journal, "--json", "--concurrency", "1")
-        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen'")),
+        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen'")),
                   "the first slot's %KEYGEN")
         code, out, err = _stop(proc, signal.SIGINT)
         assert code == 3, err
@@ -223,9 +211,9 @@ def test_two_boards_with_one_imei_both_fail_and_share_nothing(tmp_path: Path) ->
                     assert f"two boards report IMEI {imei}" in device["error"]
         # Whatever one board's slot captured is that board's: its device UUID and its key.
         uuids = {m["index"]: m["device_uuid"] for m in sim.state()["modems"]}
-        known = _query(journal, "SELECT device_uuid FROM devices")
+        known = journal_rows(journal, "SELECT device_uuid FROM devices")
         assert len(known) == 1 and known[0][0] in (uuids[0], uuids[1], None)
-        for (answer,) in _query(journal, "SELECT answer FROM keys WHERE answer IS NOT NULL"):
+        for (answer,) in journal_rows(journal, "SELECT answer FROM keys WHERE answer IS NOT NULL"):
             assert str(parse_keygen(answer).payload.device_uuid) == known[0][0]
 
 
@@ -257,18 +245,10 @@ def test_a_device_uuid_known_under_another_imei_stops_the_slot_before_any_write(
 
 
 def test_replace_then_failing_keygen_records_the_deletion(tmp_path: Path) -> None:
-    keys = f"""
-    keys:
-      tls:
-        sec_tag: {TLS}
-        type: client_key
-        response: csr
-        if_exists: replace
-    """
     with run_sim(tmp_path, 1) as sim:
         _make_key_behind_fleets_back(sim.ports[0], TLS)
     with run_sim(tmp_path, 1, "--fault", "keygen-fail:1.0") as sim:
-        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=REPLACE, slot_keys="[tls]")
         code, document, err = run_json(plan, tmp_path / "j.sqlite")
         assert code == 1, err
         assert document["changed"] is True
@@ -281,19 +261,11 @@ def test_replace_then_failing_keygen_records_the_deletion(tmp_path: Path) -> Non
 
 
 def test_replacing_a_key_deletes_its_client_certificate_too(tmp_path: Path) -> None:
-    keys = f"""
-    keys:
-      tls:
-        sec_tag: {TLS}
-        type: client_key
-        response: csr
-        if_exists: replace
-    """
     _, _, ca_cert, ca_key = make_ca(tmp_path / "old-ca")
     with run_sim(tmp_path, 1) as sim:
         _make_key_behind_fleets_back(sim.ports[0], TLS, ca=(ca_cert, ca_key))
         assert (TLS, 1) in {(c["sec_tag"], c["type"]) for c in sim.modem_state(0)["credentials"]}
-        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=REPLACE, slot_keys="[tls]")
         before = len(sim.log_lines())
         code, document, err = run_json(plan, tmp_path / "j.sqlite")
         assert code == 0, err
@@ -336,7 +308,7 @@ def test_the_summary_on_screen_says_what_the_manifest_says(tmp_path: Path) -> No
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
         journal = tmp_path / "j.sqlite"
         proc = _start(plan, journal)
-        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
                                                "AND outcome = 'ok'")), "a first captured key")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -378,13 +350,13 @@ def test_ctrl_c_during_the_certificate_step_keeps_the_key_generated(tmp_path: Pa
         plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
         proc = _start(plan, journal, "--json")
-        _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM certs WHERE state = 'issued'")),
+        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM certs WHERE state = 'issued'")),
                   "a certificate issued")
         code, out, err = _stop(proc, signal.SIGINT)
         assert code == 3, err
         document = _document(out, err)
         signed = _manifest(document)
-        captured = {imei for (imei,) in _query(
+        captured = {imei for (imei,) in journal_rows(
             journal, "SELECT imei FROM keys WHERE state = 'captured'")}
         assert captured
         for devices in (document["devices"], signed["devices"]):
@@ -438,11 +410,11 @@ def test_a_board_swapped_after_a_sigkill_keeps_its_keys_in_the_record(tmp_path: 
                       extra="simulator: {state: sim.json, profile: realistic}\n")
     journal = tmp_path / "j.sqlite"
     proc = _start(plan, journal, "--json")
-    _wait_for(lambda: bool(_query(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
+    wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
                                            "AND outcome = 'ok'")), "a first captured key")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    ((slot, imei),) = _query(journal, "SELECT slot, imei FROM run_keys LIMIT 1")
+    ((slot, imei),) = journal_rows(journal, "SELECT slot, imei FROM run_keys LIMIT 1")
     _swap_board(tmp_path / "sim.json", int(slot.removeprefix("slot")), _luhn("35999999000000"))
     code, document, err = run_json(plan, journal)
     assert code == 0, err
@@ -464,12 +436,12 @@ def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> 
     real_board = (tmp_path / "sim.json").read_text()
     imei = document["devices"][0]["imei"]
     _swap_board(tmp_path / "sim.json", 0, imei)  # a clone: the same IMEI, another board
-    steps = _query(journal, "SELECT count(*) FROM steps")[0][0]
+    steps = journal_rows(journal, "SELECT count(*) FROM steps")[0][0]
     code, document, err = run_json(plan, journal)
     assert code == 1, err
     device = document["devices"][0]
     assert device["outcome"] == "failed" and "another board with the same IMEI" in device["error"]
-    assert _query(journal, "SELECT count(*) FROM steps")[0][0] == steps  # nothing was sent
+    assert journal_rows(journal, "SELECT count(*) FROM steps")[0][0] == steps  # nothing was sent
     assert json.loads((tmp_path / "sim.json").read_text())["modems"][0]["credentials"] == []
     _manifest(document)
     (tmp_path / "sim.json").write_text(real_board)  # the real board comes back

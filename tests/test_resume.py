@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runhelpers import fleet, run_json, write_plan
+from tests.runhelpers import fleet, run_json, wait_for, write_plan
 from tests.simproc import command, open_port, run_sim
 
 TLS = 16842753
@@ -26,15 +26,6 @@ def _start_run(plan: Path, journal: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
                              str(journal), "--json"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-
-
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _open_keygen_intents(journal: Path) -> int:
@@ -60,7 +51,7 @@ def test_sigkill_between_intent_and_answer_is_recovered(tmp_path: Path) -> None:
         journal = tmp_path / "j.sqlite"
         proc = _start_run(plan, journal)
         try:
-            _wait_for(lambda: _open_keygen_intents(journal) == 2, what="two %KEYGEN intents")
+            wait_for(lambda: _open_keygen_intents(journal) == 2, "two %KEYGEN intents")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
@@ -199,7 +190,7 @@ def test_two_concurrent_runs_on_one_journal(tmp_path: Path) -> None:
         journal = tmp_path / "j.sqlite"
         proc = _start_run(plan, journal)
         try:
-            _wait_for(lambda: _open_keygen_intents(journal) >= 1, what="the first run's %KEYGEN")
+            wait_for(lambda: _open_keygen_intents(journal) >= 1, "the first run's %KEYGEN")
             commands_before = len(sim.log_lines())
             second = fleet("run", plan, "--journal", journal)
             assert second.returncode == 2, second.stderr
