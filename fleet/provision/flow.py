@@ -473,7 +473,7 @@ async def provision_slot(job: SlotJob) -> SlotResult:
             await flow.try_restore_after_failure()
     except anyio.get_cancelled_exc_class():
         outcome = DeviceOutcome.INTERRUPTED
-        error = "interrupted"
+        error = "the run was stopped while this slot was being worked on: run again to resume"
         raise
     finally:
         with anyio.CancelScope(shield=True):
