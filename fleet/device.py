@@ -42,6 +42,7 @@ from fleet.at import (
     Urc,
 )
 from fleet.errors import (
+    AnswerTooLong,
     CmeError,
     CommandError,
     DeviceTimeout,
@@ -198,7 +199,7 @@ class DeviceSession:
             self._mark_dirty()
             reason = str(exc) or type(exc).__name__
             raise TransportError(f"connection lost during {text} ({reason})") from exc
-        except LineTooLong as exc:
+        except (LineTooLong, AnswerTooLong) as exc:
             self._mark_dirty()
             raise RemoteProtocolError(f"{text}: {exc}") from exc
 

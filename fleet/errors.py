@@ -30,6 +30,7 @@ import enum
 from collections.abc import Iterator, Mapping
 
 __all__ = [
+    "AnswerTooLong",
     "ArgumentError",
     "CertificateError",
     "CmeCode",
@@ -74,6 +75,10 @@ class RemoteProtocolError(ProtocolError):
 
 class LineTooLong(RemoteProtocolError):
     """A line exceeded the codec's maximum length; it was discarded."""
+
+
+class AnswerTooLong(RemoteProtocolError):
+    """An answer went over the codec's bound of lines or bytes without a final line."""
 
 
 class CmeCode(enum.IntEnum):

@@ -28,6 +28,7 @@ from fleet.at import (
     parse_command,
 )
 from fleet.errors import (
+    AnswerTooLong,
     ArgumentError,
     CmeCode,
     LineTooLong,
@@ -144,8 +145,49 @@ def test_one_command_at_a_time() -> None:
     with pytest.raises(LocalProtocolError, match="waiting for the answer"):
         host.send(Command.read("+CFUN"))
     host.abandon()
+    assert host.state is HostState.ERROR
+    with pytest.raises(LocalProtocolError, match="reset it"):
+        host.send(Command.read("+CFUN"))
+    host.reset()
     assert host.state is HostState.IDLE
     host.send(Command.read("+CFUN"))
+
+
+def test_error_is_terminal_until_reset_and_reset_forgets_the_late_answer() -> None:
+    host = HostConnection()
+    host.send(CFUN)
+    host.abandon()
+    host.receive_data(b"+CFUN: 1\r\nOK\r\n+CF")  # the late answer, and a partial line
+    assert host.state is HostState.ERROR
+    host.reset()
+    host.send(CGMM)
+    host.receive_data(b"UN: 4\r\nOK\r\n")
+    # The tail of the late line is no longer glued to the next answer's first bytes.
+    assert drain(host) == [InformationLine(text="UN: 4"), Ok()]
+
+
+def test_an_answer_over_its_line_bound_is_an_error() -> None:
+    host = HostConnection(max_answer_lines=3)
+    host.send(Command.set("%CMNG", 1))
+    host.receive_data(b"%CMNG: 1,0,\"AA\"\r\n" * 3)
+    assert len(drain(host)) == 3
+    host.receive_data(b"%CMNG: 1,0,\"AA\"\r\n")
+    with pytest.raises(AnswerTooLong, match="over 3 lines"):
+        host.next_event()
+    assert host.state is HostState.ERROR
+    # A device that goes on streaming: at most the bound of stray lines is kept.
+    host.receive_data(b"%CMNG: 1,0,\"AA\"\r\n" * 100)
+    assert len(drain(host)) == 3 and host.state is HostState.ERROR
+
+
+def test_an_answer_over_its_byte_bound_is_an_error() -> None:
+    host = HostConnection(max_answer_bytes=100)
+    host.send(CGMM)
+    host.receive_data(b"x" * 60 + b"\r\n")
+    assert drain(host) == [InformationLine(text="x" * 60)]
+    host.receive_data(b"y" * 60 + b"\r\n")
+    with pytest.raises(AnswerTooLong, match="100 bytes"):
+        host.next_event()
 
 
 # --- host side: bytes to events ---------------------------------------------------------------

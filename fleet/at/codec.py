@@ -11,9 +11,15 @@ Host side (:class:`HostConnection`): ``send(command) -> bytes`` moves IDLE -> AW
 arrive while AWAITING are information lines, unless they look like a URC of another command
 (``+CEREG: ...`` while waiting for ``%KEYGEN``); a final line (``OK``, ``ERROR``, ``+CME ERROR: n``,
 ``+CMS ERROR: n``) moves back to IDLE. Lines that arrive while IDLE are URCs or
-:class:`StrayLine` (for example the late answer of a command abandoned after a timeout). Lines end
-at CR or LF; empty lines are skipped. Only whole lines are matched, so ``OK`` inside base64 data is
-never taken as a final result.
+:class:`StrayLine`. Lines end at CR or LF; empty lines are skipped. Only whole lines are matched,
+so ``OK`` inside base64 data is never taken as a final result.
+
+ERROR is terminal, as in h11: a command abandoned after a timeout (``abandon``), or an answer
+over ``max_answer_lines`` lines or ``max_answer_bytes`` bytes (:class:`AnswerTooLong` from
+``next_event``: a device that streams lines without a final one), leaves the connection in ERROR,
+where ``send`` refuses until ``reset`` (the port reopened), so a late answer can never be taken
+for the next command's. Lines that arrive in ERROR are :class:`StrayLine`/URC events, at most
+``max_answer_lines`` of them (the rest are dropped: memory stays bounded).
 
 Modem side (:class:`ModemConnection`): command lines end at CR, LF or NUL outside double quotes;
 inside quotes they are part of the argument (a PEM written in one command).
@@ -44,9 +50,11 @@ from fleet.at.events import (
     StrayLine,
     Urc,
 )
-from fleet.errors import CmeCode, LineTooLong, LocalProtocolError
+from fleet.errors import AnswerTooLong, CmeCode, LineTooLong, LocalProtocolError
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
+    "MAX_ANSWER_LINES",
     "MAX_LINE_BYTES",
     "HostConnection",
     "HostState",
@@ -58,6 +66,11 @@ __all__ = [
 #: Longest response line the host accepts. A %KEYGEN answer is about 575 bytes and an
 #: %ATTESTTOKEN about 400; 8192 leaves room for any documented answer.
 MAX_LINE_BYTES = 8192
+#: Most information lines the host takes for one command. A full credential store lists a few
+#: hundred lines (``AT%CMNG=1``), a certificate chain read back a few hundred more.
+MAX_ANSWER_LINES = 4096
+#: Most bytes of information lines the host takes for one command.
+MAX_ANSWER_BYTES = 1 << 20
 
 _URC_LIKE = re.compile(r"([+%][A-Z][A-Z0-9]*)(?::|\Z)")
 _CME = re.compile(r"\+CME ERROR: *([0-9]{1,9})\Z")
@@ -100,6 +113,15 @@ class _TooLong:
 
     def __init__(self, length: int) -> None:
         self.length = length
+
+
+class _AnswerOverflow:
+    """Queue marker: the pending command's answer went over a bound here."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 class _LineSplitter:
@@ -175,32 +197,46 @@ class HostState(enum.Enum):
 
     IDLE = "IDLE"
     AWAITING = "AWAITING"
+    ERROR = "ERROR"  #: a command was abandoned or overflowed: only ``reset`` leaves it
 
 
 class _Trigger(enum.Enum):
     SEND = "SEND"
     FINAL = "FINAL"
     ABANDON = "ABANDON"
+    OVERFLOW = "OVERFLOW"
+    RESET = "RESET"
 
 
 # One transition table; a pair that is missing is a local protocol error.
 _HOST_TRANSITIONS: dict[tuple[HostState, _Trigger], HostState] = {
     (HostState.IDLE, _Trigger.SEND): HostState.AWAITING,
     (HostState.AWAITING, _Trigger.FINAL): HostState.IDLE,
-    (HostState.AWAITING, _Trigger.ABANDON): HostState.IDLE,
-    (HostState.IDLE, _Trigger.ABANDON): HostState.IDLE,
+    (HostState.AWAITING, _Trigger.ABANDON): HostState.ERROR,
+    (HostState.AWAITING, _Trigger.OVERFLOW): HostState.ERROR,
+    (HostState.IDLE, _Trigger.ABANDON): HostState.IDLE,  # nothing was pending
+    (HostState.ERROR, _Trigger.ABANDON): HostState.ERROR,
+    (HostState.IDLE, _Trigger.RESET): HostState.IDLE,
+    (HostState.AWAITING, _Trigger.RESET): HostState.IDLE,
+    (HostState.ERROR, _Trigger.RESET): HostState.IDLE,
 }
 
 
 class HostConnection:
     """The host (fleet) end of an AT serial line. No I/O, no clock."""
 
-    def __init__(self, *, terminator: bytes = b"\r", max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, *, terminator: bytes = b"\r", max_line: int = MAX_LINE_BYTES,
+                 max_answer_lines: int = MAX_ANSWER_LINES,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         if terminator not in (b"\r", b"\r\n", b"\n"):
             raise ValueError(f"terminator must be CR, CRLF or LF, not {terminator!r}")
         self._terminator = terminator
         self._splitter = _LineSplitter(terminators=b"\r\n", quote_aware=False, max_line=max_line)
-        self._events: deque[HostEvent | _TooLong] = deque()
+        self._events: deque[HostEvent | _TooLong | _AnswerOverflow] = deque()
+        self._max_lines = max_answer_lines
+        self._max_bytes = max_answer_bytes
+        self._lines = 0  #: information lines of the pending answer (or strays in ERROR)
+        self._bytes = 0
         self.state = HostState.IDLE
         self.pending: Command | None = None
 
@@ -215,25 +251,41 @@ class HostConnection:
 
     def send(self, command: Command) -> bytes:
         """Bytes to write for ``command``. Only one command may be pending at a time."""
+        if self.state is HostState.ERROR:
+            raise LocalProtocolError(
+                f"cannot send {command}: the connection is in ERROR since a command was "
+                "abandoned or its answer overflowed; reset it (reopen the port) first")
         self._fire(_Trigger.SEND)
         self.pending = command
+        self._lines = self._bytes = 0
         return command.encode() + self._terminator
 
     def abandon(self) -> None:
-        """Give up waiting for the pending command (after a timeout). Its late lines, if any
-        arrive, become :class:`StrayLine` events."""
+        """Give up waiting for the pending command (after a timeout): the connection goes to
+        ERROR. Its late lines, if any arrive, become :class:`StrayLine` events."""
         self._fire(_Trigger.ABANDON)
         self.pending = None
+        self._lines = self._bytes = 0
+
+    def reset(self) -> None:
+        """Back to IDLE with nothing buffered (the port was reopened)."""
+        self._fire(_Trigger.RESET)
+        self.pending = None
+        self._lines = self._bytes = 0
+        self._splitter.reset()
+        self._events.clear()
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the port. ``b""`` is allowed and does nothing."""
         for item in self._splitter.feed(data):
             if isinstance(item, _TooLong):
                 self._events.append(item)
-            else:
-                self._events.append(self._classify(item.decode("utf-8", errors="replace")))
+                continue
+            event = self._classify(item.decode("utf-8", errors="replace"))
+            if event is not None:
+                self._events.append(event)
 
-    def _classify(self, text: str) -> HostEvent:
+    def _classify(self, text: str) -> HostEvent | _AnswerOverflow | None:
         final = parse_final(text)
         if self.state is HostState.AWAITING:
             if final is not None:
@@ -244,18 +296,35 @@ class HostConnection:
             pending = self.pending
             if match and pending is not None and match.group(1) != pending.response_prefix:
                 return Urc(text=text)
+            self._lines += 1
+            self._bytes += len(text)
+            if self._lines > self._max_lines or self._bytes > self._max_bytes:
+                reason = (f"the answer to {pending} went over {self._max_lines} lines or "
+                          f"{self._max_bytes} bytes without a final line")
+                self._fire(_Trigger.OVERFLOW)
+                self.pending = None
+                self._lines = self._bytes = 0
+                return _AnswerOverflow(reason)
             return InformationLine(text=text)
+        if self.state is HostState.ERROR:
+            self._lines += 1
+            if self._lines > self._max_lines:
+                return None  # a device still streaming: dropped, memory stays bounded
         if final is None and _URC_LIKE.match(text):
             return Urc(text=text)
         return StrayLine(text=text)
 
     def next_event(self) -> HostEvent | NeedData:
-        """The next event, or ``NEED_DATA``. Raises :class:`LineTooLong` where a line overflowed."""
+        """The next event, or ``NEED_DATA``. Raises :class:`LineTooLong` where a line overflowed
+        and :class:`AnswerTooLong` where an answer went over its bound (the connection is then
+        in ERROR)."""
         if not self._events:
             return NEED_DATA
         item = self._events.popleft()
         if isinstance(item, _TooLong):
             raise LineTooLong(f"line longer than the {self._splitter._max}-byte maximum discarded")
+        if isinstance(item, _AnswerOverflow):
+            raise AnswerTooLong(item.reason)
         return item
 
     @property
