@@ -16,6 +16,7 @@ import anyio
 
 from fleet import exitcodes
 from fleet.nrf91 import FUNCTION_MODES
+from fleet.plan import FAULT_NAMES
 from fleet.sim import DEFAULT_CAPACITY, MODELS, PROFILES, SimConfig, parse_fault_spec
 from fleet.sim.server import Ready, run_server
 
@@ -57,9 +58,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="timing: fast (no delays, default) or realistic")
     parser.add_argument("--fault", type=_fault, action="append", default=[],
                         metavar="NAME:PROB[@I,J]",
-                        help="inject a fault (repeatable): disconnect, garble, urc-storm, "
-                        "keygen-fail, lost-answer, reboot, slow, silent; @I,J limits it to "
-                        "those modem indexes")
+                        help=f"inject a fault (repeatable): {', '.join(FAULT_NAMES)}; @I,J "
+                        "limits it to those modem indexes")
     parser.add_argument("--log", type=Path, metavar="FILE",
                         help="append one JSON line per received command (and per fault)")
     parser.add_argument("--listen", metavar="HOST:PORT",

@@ -40,9 +40,10 @@ MAX_SEC_TAG = 2_147_483_647
 #: Baud rates the nRF91 UARTE supports, from 9600 up.
 BAUDRATES = (9600, 14400, 19200, 28800, 31250, 38400, 56000, 57600, 76800, 115200, 230400,
              250000, 460800, 921600, 1000000)
-#: Fault names the simulator knows (``simulator.faults``).
+#: Fault names the simulator knows (``simulator.faults``; the same as
+#: ``fleet.sim.faults.FaultName``, which a plan load does not import: a test keeps them equal).
 FAULT_NAMES = ("disconnect", "garble", "urc-storm", "keygen-fail", "lost-answer", "reboot",
-               "slow", "silent")
+               "slow", "silent", "endless-answer")
 MODELS = ("nrf9160", "nrf9151")
 PROFILES = ("fast", "realistic")
 

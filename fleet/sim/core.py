@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
 from fleet.at import MAX_COMMAND_BYTES, NEED_DATA, Error, ModemConnection, encode_final
 from fleet.errors import LineTooLong
@@ -40,6 +41,10 @@ from fleet.sim.reply import SYSTEM_ENTROPY, Entropy
 from fleet.sim.state import StateRenderer, parse_state
 
 __all__ = ["USB_FRAME_S", "Ending", "Link", "LinkClosed", "SimCore", "load_modems"]
+
+#: What the ``endless-answer`` fault repeats for a command without information lines.
+_ENDLESS_LINE = ('%CMNG: 16842753,0,"2C43952EE9E000FF2ACC4E2ED0897C0A72AD5FA72C3D934E81741CBD5'
+                 '4F05BD1"')
 
 #: A USB full-speed frame: in the realistic profile, output lines that arrive within one frame of
 #: each other are written together (see ``SimCore._send``).
@@ -190,6 +195,9 @@ class SimCore:
             self.log.fault(index, FaultName.LOST_ANSWER.value, text)
             return Ending.DROPPED
 
+        if dice.roll(FaultName.ENDLESS_ANSWER):
+            self.log.fault(index, FaultName.ENDLESS_ANSWER.value, text)
+            return await self._endless(link, reply.lines)
         lines = [*reply.lines, encode_final(reply.final)]
         if dice.roll(FaultName.URC_STORM):
             self.log.fault(index, FaultName.URC_STORM.value, text)
@@ -201,6 +209,14 @@ class SimCore:
         if not await self._send(link, data):
             return Ending.CLOSED
         return None
+
+    async def _endless(self, link: Link, lines: tuple[str, ...] | list[str]) -> Ending:
+        """The ``endless-answer`` fault: well-formed lines and never a final one, until the
+        host goes away (a link's buffer makes the pace when the host stops reading)."""
+        block = "".join(f"{line}\r\n" for line in (lines or [_ENDLESS_LINE])).encode() * 64
+        while await self._send(link, block):
+            await anyio.lowlevel.checkpoint()  # the other modems go on meanwhile
+        return Ending.CLOSED
 
     async def _send(self, link: Link, data: bytes) -> bool:
         """Send ``data`` (paced at the profile's baud rate); False when the host is gone."""

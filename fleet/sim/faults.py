@@ -21,6 +21,8 @@ lost-answer     a %KEYGEN that stored a new key: the key stays stored (and persi
 slow            every answered command: :data:`SLOW_EXTRA_S` seconds of extra delay
 urc-storm       every answered command: URC lines before, between and after the answer lines
 garble          every answered command: 1 to 3 bytes of the answer (never CR or LF) replaced
+endless-answer  every answered command: its information lines (or a ``%CMNG`` line) sent
+                again and again, never the final line, until the host closes the port
 ==============  =============================================================================
 """
 
@@ -57,6 +59,7 @@ class FaultName(enum.Enum):
     SLOW = "slow"
     URC_STORM = "urc-storm"
     GARBLE = "garble"
+    ENDLESS_ANSWER = "endless-answer"
 
 
 _NAMES = ", ".join(f.value for f in FaultName)
