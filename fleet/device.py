@@ -9,10 +9,16 @@ the codec, until the final line arrives; URCs and stray lines are logged and nev
 the answer. There is no reader task: bytes that arrive between commands wait in the stream's
 buffer and are classified (as URCs or stray lines) before the next answer.
 
+Before anything else is asked of a port, :meth:`DeviceSession.probe` finds out whether anything
+answers: ``AT``, twice at most, each with its own short timeout (``probe_timeout_s``, not
+``timeout_s``). Nothing but a final line counts; when none comes, :class:`NoAnswer` carries a
+diagnosis of the bytes that came instead (:mod:`fleet.diagnose`).
+
 A timeout or a lost connection leaves the line in an unknown state (a late answer could be taken
 for the next command's), so the session is marked dirty and the caller must ``recover()``: close,
-reopen with bounded backoff, ``AT+CMEE=1``, and read the IMEI again. A different IMEI means the
-board in the slot was swapped: :class:`DeviceSwapped`.
+reopen (tries and backoff from the :class:`fleet.retry.RetryPolicy`), probe, ``AT+CMEE=1``, and
+read the IMEI again. A different IMEI means the board in the slot was swapped:
+:class:`DeviceSwapped`.
 
 This is the only layer that reads a clock (``anyio.fail_after``).
 """
@@ -41,6 +47,7 @@ from fleet.at import (
     StrayLine,
     Urc,
 )
+from fleet.diagnose import Diagnosis, diagnose
 from fleet.errors import (
     AnswerTooLong,
     CmeError,
@@ -53,9 +60,15 @@ from fleet.errors import (
     TransportError,
 )
 from fleet.nrf91 import FUNCTION_MODES
+from fleet.retry import REOPEN_RETRYABLE, RetryPolicy
 
-__all__ = ["DeviceSession", "DeviceSwapped", "Identity", "Response", "backoff",
+__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "NoAnswer", "Response",
            "luhn_ok"]
+
+#: How many times the first-contact probe sends ``AT``.
+PROBE_TRIES = 2
+_AT = Command.action()
+_HEARD_MAX = 4096  #: bytes kept for the probe's diagnosis
 
 Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
@@ -64,6 +77,14 @@ _IMEI = re.compile(r'\+CGSN:\s*"?([0-9]{15})"?\Z')
 
 class DeviceSwapped(FleetError):
     """The board in the slot changed while fleet was working on it."""
+
+
+class NoAnswer(DeviceTimeout):
+    """Nothing answered the first-contact probe; ``diagnosis`` says what came instead."""
+
+    def __init__(self, diagnosis: Diagnosis) -> None:
+        super().__init__(diagnosis.message())
+        self.diagnosis = diagnosis
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,13 +124,6 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def backoff(attempt: int, *, base: float = 0.5, cap: float = 8.0) -> float:
-    """Seconds to wait before ``attempt`` (1-based) of a retried step: 0, base, 2*base, ... cap."""
-    if attempt <= 1:
-        return 0.0
-    return float(min(cap, base * 2 ** (attempt - 2)))
-
-
 class DeviceSession:
     """The host side of one modem's serial line."""
 
@@ -118,14 +132,20 @@ class DeviceSession:
         opener: Opener,
         *,
         port: str,
-        reopen_attempts: int = 4,
+        policy: RetryPolicy | None = None,
+        probe_timeout: float = 3.0,
+        baudrate: int = 115200,
+        rtscts: bool = True,
         readonly: bool = False,
         log: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self._opener = opener
         self.readonly = readonly  #: --check: never send AT+CMEE=1 (or any other set command)
         self.port = port
-        self._reopen_attempts = reopen_attempts
+        self.policy = policy or RetryPolicy()
+        self.probe_timeout = probe_timeout  #: seconds each probe ``AT`` waits
+        self._line = (baudrate, rtscts)  #: the port's settings, for a diagnosis
+        self._heard: bytearray | None = None  #: what the port delivered during a probe
         self._stream: anyio.abc.ByteStream | None = None
         self._conn = HostConnection()
         self._dirty = False
@@ -177,7 +197,10 @@ class DeviceSession:
                 while True:
                     event = self._conn.next_event()
                     if event is NEED_DATA:
-                        self._conn.receive_data(await self._stream.receive())
+                        data = await self._stream.receive()
+                        if self._heard is not None and len(self._heard) < _HEARD_MAX:
+                            self._heard += data
+                        self._conn.receive_data(data)
                         continue
                     if isinstance(event, InformationLine):
                         lines.append(event.text)
@@ -282,32 +305,61 @@ class DeviceSession:
             raise RemoteProtocolError(f"AT+CFUN?: {text!r} is not a function mode")
         return int(text)
 
+    async def probe(self, *, on_retry: Callable[[str], None] | None = None) -> None:
+        """Does anything answer on this port? ``AT`` up to :data:`PROBE_TRIES` times, each
+        waiting ``probe_timeout`` seconds for a final line (``ERROR`` counts: an AT host is
+        there). A late answer to the first ``AT`` is taken as the second's. Raises
+        :class:`NoAnswer` with a diagnosis of what came instead; ``on_retry(reason)`` is
+        called before the second ``AT``."""
+        heard = self._heard = bytearray()
+        try:
+            for tries in range(1, PROBE_TRIES + 1):
+                try:
+                    await self.command(_AT, timeout=self.probe_timeout)
+                    return
+                except CommandError:
+                    return
+                except (DeviceTimeout, RemoteProtocolError) as exc:
+                    self._dirty = False  # the line holds nothing but this probe's late answer
+                    reason = str(exc)
+                if tries < PROBE_TRIES:
+                    self.log.warning("no answer to AT yet; sending it again", error=reason,
+                                     received=len(heard))
+                    if on_retry is not None:
+                        on_retry(reason)
+        finally:
+            self._heard = None
+        baudrate, rtscts = self._line
+        raise NoAnswer(diagnose(bytes(heard), sent=str(_AT), baudrate=baudrate, rtscts=rtscts,
+                                tries=PROBE_TRIES, waited=PROBE_TRIES * self.probe_timeout))
+
     async def recover(self, *, timeout: float) -> None:
-        """Close, reopen (bounded attempts with backoff), re-enable CME codes and check that the
-        same device is still there. Raises TransportError when the port does not come back and
-        :class:`DeviceSwapped` when another board answers."""
+        """Close, reopen (tries and backoff from the policy), probe, re-enable CME codes and
+        check that the same device is still there. Raises TransportError when the port does
+        not come back and :class:`DeviceSwapped` when another board answers."""
         await self.close()
-        last: Exception | None = None
-        for attempt in range(1, self._reopen_attempts + 1):
-            await anyio.sleep(backoff(attempt))
-            try:
-                await self.open()
-                await self.enable_cme_codes(timeout=timeout)
-                imei = await self.read_imei(timeout=timeout)
-            except PortBusy:
-                raise
-            except (TransportError, DeviceTimeout, RemoteProtocolError, CommandError) as exc:
-                last = exc
-                self.log.info("reopen failed", attempt=attempt, error=str(exc))
-                await self.close()
-                continue
-            if self.identity is not None and imei != self.identity.imei:
-                raise DeviceSwapped(
-                    f"device swapped: the slot held IMEI {self.identity.imei}, now {imei}"
-                )
-            self.log.info("port reopened", attempt=attempt)
-            return
-        raise TransportError(
-            f"{self.port}: device not usable after reopening the port {self._reopen_attempts} "
-            f"times (last error: {last})"
-        )
+        attempts = 0
+        try:
+            async for attempt in self.policy.reopening():
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    try:
+                        await self.open()
+                        await self.probe()
+                        await self.enable_cme_codes(timeout=timeout)
+                        imei = await self.read_imei(timeout=timeout)
+                    except BaseException as exc:
+                        self.log.info("reopen failed", attempt=attempts, error=str(exc))
+                        await self.close()
+                        raise
+        except PortBusy:
+            raise
+        except REOPEN_RETRYABLE as exc:
+            raise TransportError(
+                f"{self.port}: device not usable after reopening the port {attempts} "
+                f"time(s) (last error: {exc})") from exc
+        if self.identity is not None and imei != self.identity.imei:
+            raise DeviceSwapped(
+                f"device swapped: the slot held IMEI {self.identity.imei}, now {imei}"
+            )
+        self.log.info("port reopened", attempt=attempts)

@@ -148,6 +148,9 @@ class Settings:
     timeout_s: float = 20.0
     keygen_timeout_s: float = 30.0
     retries: int = 3
+    reopen_attempts: int = 2  #: reopens of the port in one recovery
+    device_deadline_s: float = 120.0  #: no retry or reopen starts later than this into a device
+    probe_timeout_s: float = 3.0  #: wait for each of the two first-contact ``AT`` probes
     restore_function_mode: bool = True
     rtscts: bool = True
     concurrency: int | None = None  #: plan-wide: at most this many slots at once (None: all)
@@ -155,12 +158,14 @@ class Settings:
     def __post_init__(self) -> None:
         _require(_is_int(self.baudrate) and self.baudrate in BAUDRATES,
                  f"baudrate must be one of {BAUDRATES}, not {self.baudrate!r}")
-        for name in ("timeout_s", "keygen_timeout_s"):
+        for name in ("timeout_s", "keygen_timeout_s", "device_deadline_s", "probe_timeout_s"):
             value = getattr(self, name)
             _require(isinstance(value, int | float) and not isinstance(value, bool)
                      and 0 < value < float("inf"), f"{name} must be > 0, not {value!r}")
         _require(_is_int(self.retries) and 0 <= self.retries <= 10,
                  f"retries must be 0..10, not {self.retries!r}")
+        _require(_is_int(self.reopen_attempts) and 1 <= self.reopen_attempts <= 10,
+                 f"reopen_attempts must be 1..10, not {self.reopen_attempts!r}")
         for name in ("restore_function_mode", "rtscts"):
             _require(isinstance(getattr(self, name), bool), f"{name} must be a boolean")
         _require(self.concurrency is None or (_is_int(self.concurrency) and self.concurrency >= 1),

@@ -178,6 +178,9 @@ class SettingsDoc(_Doc):
     timeout_s: float
     keygen_timeout_s: float
     retries: int
+    reopen_attempts: int
+    device_deadline_s: float
+    probe_timeout_s: float
     restore_function_mode: bool
     rtscts: bool
     concurrency: int | None
@@ -255,6 +258,9 @@ _SCHEMAS: dict[type[_Doc], dict[str, cs.ModelField]] = {
         timeout_s=(_seconds(), 20.0),
         keygen_timeout_s=(_seconds(), 30.0),
         retries=(_int(ge=0, le=10), 3),
+        reopen_attempts=(_int(ge=1, le=10), 2),
+        device_deadline_s=(_seconds(), 120.0),
+        probe_timeout_s=(_seconds(), 3.0),
         restore_function_mode=(_BOOL, True),
         rtscts=(_BOOL, True),
         concurrency=_optional(_int(ge=1)),

@@ -10,12 +10,14 @@ command, a journal outcome (``ok``, ``error`` when the modem refused it, ``unkno
 knows whether it took effect). :meth:`DeviceWork.ensure_offline` takes the modem to ``CFUN=4``
 only when it is active, after reading the mode twice (the mode read is what the device is
 restored to), and remembers it in the journal before changing it, so a run killed while the modem
-was offline still restores it. :func:`retrying` is the retry policy of both steps: tenacity for the
-mechanism, :func:`fleet.device.backoff` for the wait, attempts from the plan.
+was offline still restores it. Every retry and recovery of the device follows its
+:class:`fleet.retry.RetryPolicy` (``DeviceWork.policy``, built from the slot's settings when the
+slot starts: its deadline counts from then).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +25,6 @@ from typing import Any
 
 import anyio
 import structlog
-import tenacity
 
 from fleet.at import Command
 from fleet.credentials import (
@@ -34,7 +35,7 @@ from fleet.credentials import (
     default_subject,
     parse_attest_token,
 )
-from fleet.device import DeviceSession, DeviceSwapped, Opener, Response, backoff
+from fleet.device import DeviceSession, DeviceSwapped, Opener, Response
 from fleet.errors import (
     CmeCode,
     CmeError,
@@ -47,12 +48,12 @@ from fleet.errors import (
 )
 from fleet.journal import Journal
 from fleet.nrf91 import ACTIVE_MODES
-from fleet.plan import KeySpec, Settings, Slot
+from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
 from fleet.records import DeviceRecord, KeyRecord
+from fleet.retry import Clock, RetryPolicy, Sleep, Transient
 
 __all__ = [
-    "RETRYABLE",
     "DeviceLost",
     "DeviceState",
     "DeviceWork",
@@ -60,34 +61,13 @@ __all__ = [
     "SlotJob",
     "SlotResult",
     "SlotStatus",
-    "Transient",
     "derived_fields",
     "explain_error",
-    "retrying",
 ]
-
-
-class Transient(FleetError):
-    """This attempt failed in a way worth another attempt (after inspecting again)."""
 
 
 class DeviceLost(FleetError):
     """The device cannot be worked on any more in this run (port gone, board swapped)."""
-
-
-#: What a step retries (each retry starts again from inspection).
-RETRYABLE = (Transient, DeviceTimeout, TransportError, RemoteProtocolError, CredentialError)
-
-
-def retrying(settings: Settings) -> tenacity.AsyncRetrying:
-    """The retry policy of a key or certificate step: ``retries + 1`` attempts, backoff between."""
-    return tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(settings.retries + 1),
-        wait=lambda state: backoff(state.attempt_number + 1),
-        retry=tenacity.retry_if_exception_type(RETRYABLE),
-        sleep=anyio.sleep,
-        reraise=True,
-    )
 
 
 _HINTS = {
@@ -177,6 +157,8 @@ class SlotJob:
     on_progress: Callable[[SlotStatus], None] = lambda status: None
     #: Called with the slot's result once it is known, also when the run is cancelled.
     on_result: Callable[[SlotResult], None] = lambda result: None
+    sleep: Sleep = anyio.sleep  #: what the retry policy waits with
+    clock: Clock = time.monotonic  #: what the retry policy's deadline is read from
 
 
 @dataclass(slots=True)
@@ -208,8 +190,12 @@ class DeviceWork:
         self.status = SlotStatus(slot=job.slot.name, port=job.slot.port,
                                  keys_total=len(job.slot.keys))
         self.log = structlog.get_logger().bind(slot=job.slot.name, port=job.slot.port)
+        self.policy = RetryPolicy.from_settings(self.settings, sleep=job.sleep, clock=job.clock)
         self.session = DeviceSession(job.opener, port=job.slot.port, readonly=job.check,
-                                     log=self.log)
+                                     policy=self.policy,
+                                     probe_timeout=self.settings.probe_timeout_s,
+                                     baudrate=self.settings.baudrate,
+                                     rtscts=self.settings.rtscts, log=self.log)
         self.dev = DeviceState()
 
     def step(self, text: str) -> None:
@@ -268,16 +254,12 @@ class DeviceWork:
 
     async def attest_with_retries(self) -> str | None:
         """:meth:`attest`, recovering the session first when it needs it."""
-        for attempt in range(1, self.settings.retries + 2):
-            try:
+        async for attempt in self.policy.step():
+            with attempt:
                 if self.session.needs_recover:
                     await self.recover()
                 return await self.attest()
-            except RETRYABLE:
-                if attempt > self.settings.retries:
-                    raise
-                await anyio.sleep(backoff(attempt + 1))
-        return None  # pragma: no cover - the loop returns or raises
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def uuid_clash(self, device_uuid: str, owner: str) -> str:
         return (f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "

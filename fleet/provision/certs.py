@@ -50,16 +50,15 @@ from fleet.credentials import (
 )
 from fleet.errors import (
     CertificateError,
-    CmeCode,
-    CmeError,
     CommandError,
     CredentialError,
     FleetError,
 )
 from fleet.journal import CertState
 from fleet.plan import KeySpec
-from fleet.provision.base import RETRYABLE, DeviceWork, explain_error, retrying
+from fleet.provision.base import DeviceWork, explain_error
 from fleet.records import CertOutcome, KeyOutcome, KeyRecord
+from fleet.retry import RETRYABLE
 
 __all__ = ["certify_key"]
 
@@ -136,7 +135,7 @@ class _Step:
         """Do the step with retries; the reason it failed, or None. The outcome is journaled."""
         attempts = 0
         try:
-            async for attempt in retrying(self.flow.settings):
+            async for attempt in self.flow.policy.step():
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     session = self.flow.session
@@ -145,7 +144,7 @@ class _Step:
                     await self.attempt(attempts)
             return None
         except RETRYABLE as exc:
-            reason = f"gave up after {attempts} attempt(s): {exc}"
+            reason = f"{self.flow.policy.gave_up(attempts)}: {exc}"
         except CommandError as exc:
             reason = explain_error(exc)
         except FleetError as exc:
@@ -309,19 +308,15 @@ class _Step:
         command = Command.set("%CMNG", 0, self.key.sec_tag, cert_type, Multiline(known.pem))
         self.flow.step(f"{self.key.name}: write {'certificate' if cert_type else 'CA chain'}")
         await self.flow.ensure_offline()
-        for tries in (1, 2):
-            try:
-                await self.flow.write(command, action=action, key=self.key, attempt=attempt,
-                                       timeout=self.flow.settings.timeout_s,
-                                       detail={"credential_type": cert_type,
-                                               "sha256": known.sha256, "serial": known.serial})
-            except CmeError as exc:
-                if exc.code == CmeCode.ACTIVE_STATE and tries == 1:
+        async for send in self.flow.policy.after_active_state():  # 518: offline, once more
+            with send:
+                if send.retry_state.attempt_number > 1:
                     await self.flow.ensure_offline(force=True)
-                    continue
-                raise
-            self.flow.dev.changed = True
-            return
+                await self.flow.write(command, action=action, key=self.key, attempt=attempt,
+                                      timeout=self.flow.settings.timeout_s,
+                                      detail={"credential_type": cert_type,
+                                              "sha256": known.sha256, "serial": known.serial})
+        self.flow.dev.changed = True
 
     # --- record --------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from fleet.credentials import (
     parse_keygen,
     verify_keygen,
 )
-from fleet.device import DeviceSwapped, backoff
+from fleet.device import DeviceSwapped, NoAnswer
 from fleet.errors import (
     CmeCode,
     CmeError,
@@ -57,16 +57,13 @@ from fleet.errors import (
 from fleet.journal import KeyResult, KeyState
 from fleet.plan import KeySpec, KeyType
 from fleet.provision.base import (
-    RETRYABLE,
     DeviceLost,
     DeviceWork,
     SlotJob,
     SlotResult,
     SlotStatus,
-    Transient,
     derived_fields,
     explain_error,
-    retrying,
 )
 from fleet.provision.certs import certify_key
 from fleet.provision.decide import (
@@ -78,11 +75,12 @@ from fleet.provision.decide import (
 )
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord
 from fleet.report import not_attempted
+from fleet.retry import RETRY_CODES, RETRYABLE, Transient
 
 __all__ = ["SlotJob", "SlotResult", "SlotStatus", "provision_slot"]
 
-#: Errors after which a write may be retried (from inspection).
-_RETRY_CODES = (CmeCode.KEYGEN_FAILED, CmeCode.ACTIVE_STATE, CmeCode.ALREADY_EXISTS)
+#: What identification retries (reopening the port first).
+_IDENTIFY_RETRYABLE = (DeviceTimeout, TransportError, RemoteProtocolError)
 _CLIENT_CERT = CredentialType.CLIENT_CERT
 
 
@@ -101,30 +99,23 @@ class _Flow(DeviceWork):
     async def open_and_identify(self) -> None:
         timeout = self.settings.timeout_s
         self.step("opening")
-        for attempt in range(1, self.settings.retries + 2):
-            try:
-                await self.session.open()
-                break
-            except PortBusy:
-                raise
-            except TransportError:
-                if attempt > self.settings.retries:
-                    raise
-                await anyio.sleep(backoff(attempt + 1))
+        try:
+            async for attempt in self.policy.opening():
+                with attempt:
+                    await self.session.close()
+                    await self.session.open()
+                    self.step("probe (AT)")
+                    await self.session.probe(
+                        on_retry=lambda reason: self.step("probe: no answer, AT again"))
+        except (NoAnswer, TransportError) as exc:
+            raise DeviceLost(str(exc)) from exc
         self.step("identify")
-        for attempt in range(1, self.settings.retries + 2):
-            try:
-                if attempt > 1:
-                    await self.session.recover(timeout=timeout)
+        async for attempt in self.policy.step(retry_on=_IDENTIFY_RETRYABLE):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    await self.recover()
                 identity = await self.session.identify(timeout=timeout,
                                                        known_model=self.job.journal.model_of)
-                break
-            except PortBusy:
-                raise
-            except (DeviceTimeout, TransportError, RemoteProtocolError) as exc:
-                if attempt > self.settings.retries:
-                    raise
-                self.log.info("identify failed; reopening", attempt=attempt, error=str(exc))
         self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, identity.model,
                                                             identity.firmware)
         self.status.imei = identity.imei
@@ -217,14 +208,14 @@ class _Flow(DeviceWork):
     async def provision_key(self, key: KeySpec) -> KeyRecord:
         attempts = 0
         try:
-            async for attempt in retrying(self.settings):
+            async for attempt in self.policy.step():
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     if not self.session.is_open or self.session.needs_recover:
                         await self.recover()
                     return await self.key_attempt(key, attempts)
         except RETRYABLE as exc:
-            return self._failed(key, f"gave up after {attempts} attempt(s): {exc}", attempts)
+            return self._failed(key, f"{self.policy.gave_up(attempts)}: {exc}", attempts)
         except CommandError as exc:
             return self._failed(key, explain_error(exc), attempts)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -316,7 +307,7 @@ class _Flow(DeviceWork):
                 raise self._retry_or_fail(exc) from exc
 
     def _retry_or_fail(self, exc: CmeError) -> Exception:
-        return Transient(explain_error(exc)) if exc.code in _RETRY_CODES else exc
+        return Transient(explain_error(exc)) if exc.code in RETRY_CODES else exc
 
     async def _keygen(self, key: KeySpec, decision: Decision, attempt: int,
                       args: tuple[Any, ...], command: Command, *, present_before: bool,

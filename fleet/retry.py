@@ -1,0 +1,186 @@
+"""Retry and recovery policy: how often a step is tried again, how long to wait between tries,
+how often a port is reopened, and when a device has had its time.
+
+How this works
+--------------
+A :class:`RetryPolicy` is plain data built from a slot's plan settings
+(:meth:`RetryPolicy.from_settings`): ``attempts`` of a retried step (``retries + 1``),
+``reopen_attempts`` of one recovery (close, reopen, probe, re-identify), a per-device
+``deadline`` on its clock, and the :func:`backoff` parameters. tenacity is the mechanism: every
+place that tries something again asks the policy for a :class:`tenacity.AsyncRetrying`
+(:meth:`RetryPolicy.step`, :meth:`RetryPolicy.reopening`, :meth:`RetryPolicy.after_active_state`)
+and loops over it. The policy holds the ``sleep`` callable and the ``clock`` it uses, so tests
+pass fakes and no test sleeps to see a backoff or a deadline.
+
+The deadline never cuts work that succeeds: it is checked only when a try has failed, and no
+new try (step or reopen) starts once the next one could not begin before it.
+
+What is worth another try is listed here and nowhere else: :data:`RETRYABLE` (errors after which
+a step starts again from inspection), :data:`RETRY_CODES` (the ``+CME ERROR`` codes after which
+a write's step is tried again) and :data:`REOPEN_RETRYABLE` (what one reopen may meet before
+the next). A client-key ``%KEYGEN`` is never re-sent blindly: a retried step starts from
+inspection, the caller's loop body decides again what to send.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import tenacity
+
+from fleet.errors import (
+    CmeCode,
+    CmeError,
+    CommandError,
+    CredentialError,
+    DeviceTimeout,
+    FleetError,
+    PortBusy,
+    RemoteProtocolError,
+    TransportError,
+)
+
+__all__ = [
+    "REOPEN_RETRYABLE",
+    "RETRYABLE",
+    "RETRY_CODES",
+    "Clock",
+    "RetryPolicy",
+    "Sleep",
+    "Transient",
+    "backoff",
+]
+
+
+class Transient(FleetError):
+    """This attempt failed in a way worth another attempt (after inspecting again)."""
+
+
+#: What a step retries (each retry starts again from inspection).
+RETRYABLE: tuple[type[Exception], ...] = (Transient, DeviceTimeout, TransportError,
+                                          RemoteProtocolError, CredentialError)
+
+#: ``+CME ERROR`` codes after which a write's step is tried again, from inspection: 523 key
+#: generation failed (with backoff), 518 active state (the modem is taken offline first), 519
+#: already exists (inspection decides again). Every other code fails the key with its reason.
+RETRY_CODES = frozenset({CmeCode.KEYGEN_FAILED, CmeCode.ACTIVE_STATE, CmeCode.ALREADY_EXISTS})
+
+#: What one reopen of a port may meet before the next reopen is tried (never PortBusy: another
+#: process holds the port, and trying again only delays saying so).
+REOPEN_RETRYABLE: tuple[type[Exception], ...] = (TransportError, DeviceTimeout,
+                                                 RemoteProtocolError, CommandError)
+
+
+class _Settings(Protocol):
+    @property
+    def retries(self) -> int: ...
+    @property
+    def reopen_attempts(self) -> int: ...
+    @property
+    def device_deadline_s(self) -> float: ...
+
+
+class _Deadline(tenacity.stop.stop_base):
+    """Stop when ``late(state)``: the next try could not start before the deadline."""
+
+    def __init__(self, late: Callable[[tenacity.RetryCallState], bool]) -> None:
+        self._late = late
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self._late(retry_state)
+
+
+Sleep = Callable[[float], Awaitable[Any]]
+Clock = Callable[[], float]
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 8.0) -> float:
+    """Seconds to wait before ``attempt`` (1-based) of a retried step: 0, base, 2*base, ... cap."""
+    if attempt <= 1:
+        return 0.0
+    return float(min(cap, base * 2 ** (attempt - 2)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How one device's steps are tried again. ``deadline`` is a value of ``clock()`` after
+    which no new try starts (``inf``: none)."""
+
+    attempts: int = 4
+    reopen_attempts: int = 2
+    deadline: float = math.inf
+    backoff_base: float = 0.5
+    backoff_cap: float = 8.0
+    sleep: Sleep = field(default=anyio.sleep, compare=False)
+    clock: Clock = field(default=time.monotonic, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.reopen_attempts < 1:
+            raise ValueError("attempts and reopen_attempts must be >= 1")
+        if self.backoff_base < 0 or self.backoff_cap < 0:
+            raise ValueError("backoff must be >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: _Settings, *, sleep: Sleep = anyio.sleep,
+                      clock: Clock = time.monotonic) -> RetryPolicy:
+        """The policy of a device whose work starts now (``clock()``), from its plan settings."""
+        return cls(attempts=settings.retries + 1, reopen_attempts=settings.reopen_attempts,
+                   deadline=clock() + settings.device_deadline_s, sleep=sleep, clock=clock)
+
+    def wait(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (1-based)."""
+        return backoff(attempt, base=self.backoff_base, cap=self.backoff_cap)
+
+    def expired(self) -> bool:
+        """True once the device's deadline has passed."""
+        return self.clock() >= self.deadline
+
+    def _late(self, state: tenacity.RetryCallState) -> bool:
+        """The next try (after its wait) could not start before the deadline."""
+        return self.clock() + self.wait(state.attempt_number + 1) >= self.deadline
+
+    def _retrying(self, attempts: int, retry: tenacity.retry_base) -> tenacity.AsyncRetrying:
+        return tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(attempts) | _Deadline(self._late),
+            wait=lambda state: self.wait(state.attempt_number + 1),
+            retry=retry,
+            sleep=self.sleep,
+            reraise=True,
+        )
+
+    def step(self, retry_on: tuple[type[Exception], ...] = RETRYABLE) -> tenacity.AsyncRetrying:
+        """A retried step (identify, a key, a certificate, ``%ATTESTTOKEN``): ``attempts``
+        tries, backoff between them, on the errors of ``retry_on`` (never PortBusy)."""
+        return self._retrying(self.attempts, tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, retry_on) and not isinstance(exc, PortBusy)))
+
+    def reopening(self) -> tenacity.AsyncRetrying:
+        """One recovery: ``reopen_attempts`` tries of reopening the port (backoff between)."""
+        return self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, REOPEN_RETRYABLE) and not isinstance(exc, PortBusy)))
+
+    def opening(self) -> tenacity.AsyncRetrying:
+        """The first opening of a port: ``reopen_attempts`` tries while it cannot be opened
+        (a port that opens but where nothing answers is not tried again: it is diagnosed)."""
+        return self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, TransportError) and not isinstance(exc, PortBusy)))
+
+    def after_active_state(self) -> tenacity.AsyncRetrying:
+        """A write refused with 518 (active state): the caller takes the modem offline and
+        sends it once more."""
+        return tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(2),
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, CmeError) and exc.code == CmeCode.ACTIVE_STATE),
+            sleep=self.sleep, reraise=True)
+
+    def gave_up(self, attempts: int) -> str:
+        """How a step that ran out of tries says so."""
+        if attempts < self.attempts:  # stopped early: only the deadline does that
+            return f"gave up after {attempts} attempt(s) (the device's deadline passed)"
+        return f"gave up after {attempts} attempt(s)"
