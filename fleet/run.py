@@ -33,6 +33,7 @@ from fleet import __version__, exitcodes
 from fleet.errors import JournalError, ManifestError, PlanError
 from fleet.interrupts import Watch
 from fleet.journal import Journal, RunInfo, RunReport, utc_now
+from fleet.openers import OpenersScan
 from fleet.plan import Plan, Slot
 from fleet.provision.base import ImeiClaims
 from fleet.provision.flow import SlotJob, SlotResult, SlotStatus, provision_slot
@@ -181,6 +182,7 @@ async def run_plan(
                          slots=len(plan.slots))
             limit = options.concurrency or plan.defaults.concurrency or max(1, len(plan.slots))
             limiter = anyio.CapacityLimiter(limit)
+            openers = OpenersScan(slot.port for slot in plan.slots)  # one /proc scan for all
 
             async def run_slot(slot: Slot) -> None:
                 async def opener() -> anyio.abc.ByteStream:
@@ -189,7 +191,7 @@ async def run_plan(
 
                 job = SlotJob(run_id=run.run_id, station=plan.station, slot=slot,
                               journal=journal, opener=opener, check=options.check,
-                              claims=claims, on_progress=on_progress,
+                              claims=claims, openers=openers, on_progress=on_progress,
                               on_result=lambda result: results.__setitem__(slot.name, result))
                 async with limiter:
                     try:

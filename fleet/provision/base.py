@@ -48,6 +48,7 @@ from fleet.errors import (
 )
 from fleet.journal import Journal
 from fleet.nrf91 import ACTIVE_MODES
+from fleet.openers import OpenersScan, describe, fresh
 from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
 from fleet.records import DeviceRecord, KeyRecord
@@ -157,6 +158,9 @@ class SlotJob:
     on_progress: Callable[[SlotStatus], None] = lambda status: None
     #: Called with the slot's result once it is known, also when the run is cancelled.
     on_result: Callable[[SlotResult], None] = lambda result: None
+    #: Other processes holding ports open: one scan shared by a run's slots (None: this
+    #: slot's own)
+    openers: OpenersScan | None = None
     sleep: Sleep = anyio.sleep  #: what the retry policy waits with
     clock: Clock = time.monotonic  #: what the retry policy's deadline is read from
 
@@ -196,6 +200,7 @@ class DeviceWork:
                                      probe_timeout=self.settings.probe_timeout_s,
                                      baudrate=self.settings.baudrate,
                                      rtscts=self.settings.rtscts, log=self.log)
+        self.openers = job.openers or OpenersScan((job.slot.port,))
         self.dev = DeviceState()
 
     def step(self, text: str) -> None:
@@ -260,6 +265,18 @@ class DeviceWork:
                     await self.recover()
                 return await self.attest()
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def with_openers(self, reason: str) -> str:
+        """``reason``, and the other processes that hold the port open now, if any."""
+        found = await fresh(self.slot.port)
+        return f"{reason}; {describe(found)}" if found else reason
+
+    async def warn_openers(self) -> None:
+        """A warning when other processes hold the port open (the port works, for now)."""
+        found = await self.openers.of(self.slot.port)
+        if found:
+            self.log.warning(describe(found) + ": they may take fleet's answers or send "
+                             "their own; close them")
 
     def uuid_clash(self, device_uuid: str, owner: str) -> str:
         return (f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "
@@ -343,8 +360,10 @@ class DeviceWork:
         self.step("reopening")
         try:
             await self.session.recover(timeout=self.settings.timeout_s)
-        except (TransportError, DeviceSwapped) as exc:
+        except DeviceSwapped as exc:
             raise DeviceLost(str(exc)) from exc
+        except TransportError as exc:
+            raise DeviceLost(await self.with_openers(str(exc))) from exc
         # A reboot puts the modem back to CFUN 0: read the mode again when it matters.
         self.dev.mode = None
 
