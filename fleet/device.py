@@ -42,6 +42,7 @@ from fleet.at import (
     Command,
     Error,
     HostConnection,
+    HostState,
     InformationLine,
     Ok,
     StrayLine,
@@ -148,7 +149,6 @@ class DeviceSession:
         self._heard: bytearray | None = None  #: what the port delivered during a probe
         self._stream: anyio.abc.ByteStream | None = None
         self._conn = HostConnection()
-        self._dirty = False
         self._cme_codes = False
         self.identity: Identity | None = None
         self.log = log or structlog.get_logger().bind(port=port)
@@ -159,14 +159,14 @@ class DeviceSession:
 
     @property
     def needs_recover(self) -> bool:
-        """True after a timeout or a lost connection: call :meth:`recover` first."""
-        return self._dirty
+        """True after a timeout, a lost connection or an answer the codec refused (its
+        connection is in ERROR): call :meth:`recover` first."""
+        return self._conn.state is HostState.ERROR
 
     async def open(self) -> None:
         """Open the port (one attempt). PortBusy and TransportError propagate."""
         self._stream = await self._opener()
         self._conn = HostConnection()
-        self._dirty = False
         self._cme_codes = False
 
     async def close(self) -> None:
@@ -186,7 +186,7 @@ class DeviceSession:
         """
         if self._stream is None:
             raise TransportError(f"{self.port}: port is not open")
-        if self._dirty:
+        if self.needs_recover:
             raise TransportError(f"{self.port}: session needs recover() after a failure")
         text = str(command)
         self._drain_idle()
@@ -215,21 +215,19 @@ class DeviceSession:
                     elif isinstance(event, CmsErrorLine):
                         raise CommandError(text, f"+CMS ERROR: {event.code}")
         except TimeoutError:
-            self._mark_dirty()
+            self._give_up_line()
             raise DeviceTimeout(f"{text}: no answer within {timeout:g} s") from None
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 OSError) as exc:
-            self._mark_dirty()
+            self._give_up_line()
             reason = str(exc) or type(exc).__name__
             raise TransportError(f"connection lost during {text} ({reason})") from exc
         except (LineTooLong, AnswerTooLong) as exc:
-            self._mark_dirty()
+            self._give_up_line()
             raise RemoteProtocolError(f"{text}: {exc}") from exc
 
-    def _mark_dirty(self) -> None:
-        self._dirty = True
-        if self._conn.pending is not None:
-            self._conn.abandon()
+    def _give_up_line(self) -> None:
+        self._conn.abandon()  # ERROR until the port is reopened
 
     def _drain_idle(self) -> None:
         """Log what arrived while no command was pending."""
@@ -320,7 +318,9 @@ class DeviceSession:
                 except CommandError:
                     return
                 except (DeviceTimeout, RemoteProtocolError) as exc:
-                    self._dirty = False  # the line holds nothing but this probe's late answer
+                    # The line holds nothing but this probe's late answer: the next AT may
+                    # take it as its own.
+                    self._conn.reset()
                     reason = str(exc)
                 if tries < PROBE_TRIES:
                     self.log.warning("no answer to AT yet; sending it again", error=reason,

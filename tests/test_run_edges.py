@@ -241,7 +241,7 @@ def test_a_failed_listing_prefetch_is_recovered_before_the_attestation_read(
     async def fail_once(self: Any) -> Any:
         if not failed:
             failed.append(1)
-            self.session._mark_dirty()  # what a timed-out command leaves behind
+            self.session._give_up_line()  # what a timed-out command leaves behind
             raise DeviceTimeout("AT%CMNG=1: no answer within 5 s")
         return await real(self)
 

@@ -214,7 +214,7 @@ _HOST_TRANSITIONS: dict[tuple[HostState, _Trigger], HostState] = {
     (HostState.AWAITING, _Trigger.FINAL): HostState.IDLE,
     (HostState.AWAITING, _Trigger.ABANDON): HostState.ERROR,
     (HostState.AWAITING, _Trigger.OVERFLOW): HostState.ERROR,
-    (HostState.IDLE, _Trigger.ABANDON): HostState.IDLE,  # nothing was pending
+    (HostState.IDLE, _Trigger.ABANDON): HostState.ERROR,  # the line itself was given up
     (HostState.ERROR, _Trigger.ABANDON): HostState.ERROR,
     (HostState.IDLE, _Trigger.RESET): HostState.IDLE,
     (HostState.AWAITING, _Trigger.RESET): HostState.IDLE,
@@ -261,8 +261,9 @@ class HostConnection:
         return command.encode() + self._terminator
 
     def abandon(self) -> None:
-        """Give up waiting for the pending command (after a timeout): the connection goes to
-        ERROR. Its late lines, if any arrive, become :class:`StrayLine` events."""
+        """Give up waiting for the pending command (after a timeout), or on the line (it was
+        lost): the connection goes to ERROR. Late lines, if any arrive, become
+        :class:`StrayLine` events."""
         self._fire(_Trigger.ABANDON)
         self.pending = None
         self._lines = self._bytes = 0
