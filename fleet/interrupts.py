@@ -40,6 +40,7 @@ def _record(signum: int, frame: FrameType | None) -> None:
 
 def catch() -> None:
     """Record SIGINT and SIGTERM from now on instead of acting on them (main thread only)."""
+    _received.clear()  # a signal of an earlier run of this process is not this one's
     for signum in _SIGNALS:
         signal.signal(signum, _record)
 
@@ -58,8 +59,8 @@ def release() -> None:
 
 
 def received() -> int | None:
-    """The first signal recorded since :func:`catch`, if any."""
-    return _received[0] if _received else None
+    """The first signal recorded since :func:`catch`, if any (None when it is not in force)."""
+    return _received[0] if _received and catching() else None
 
 
 class Watch:

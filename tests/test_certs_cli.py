@@ -270,7 +270,9 @@ def test_export_refuses_a_formula_in_the_device_id(tmp_path: Path, ca: LocalCa, 
 
 @pytest.mark.parametrize(("option", "value"), [
     ("--subtype", "=cmd"), ("--subtype", "@x"), ("--subtype", "\tx"), ("--subtype", "a\rb"),
-    ("--subtype", "-x"), ("--tags", "+x"), ("--tags", "ok|=x"), ("--tags", "-x;y")])
+    ("--subtype", "-x"), ("--tags", "+x"), ("--tags", "ok|=x"), ("--tags", "-x;y"),
+    ("--subtype", ' =HYPERLINK("x")'), ("--subtype", "\uff1d1+1"), ("--subtype", "a\u202eb"),
+    ("--subtype", "a\u2028b")])
 def test_export_refuses_a_formula_option(tmp_path: Path, ca: LocalCa, option: str,
                                          value: str) -> None:
     path, pub = _manifest(tmp_path, (_certified(device_record(1), ca),))

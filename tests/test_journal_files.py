@@ -246,3 +246,18 @@ def test_check_writes_nothing_to_an_existing_journal(tmp_path: Path) -> None:
     assert code == 0, err
     assert doc["changed"] is False
     assert _fingerprint(journal) == before  # no -wal or -shm file either
+
+
+def test_a_journal_with_two_names_or_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(plan, journal)
+    assert code == 0, err
+    os.link(journal, tmp_path / "other-name.sqlite")
+    for name in ("j.sqlite", "other-name.sqlite"):
+        code, doc, err = run_json(plan, tmp_path / name)
+        assert code == 2 and doc["failed"] is True, err
+        assert "has 2 names (hard links)" in err
+    os.mkfifo(tmp_path / "fifo.sqlite")
+    code, doc, err = run_json(plan, tmp_path / "fifo.sqlite", "--check", timeout=60)
+    assert code == 2 and "not a regular file" in err, err

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +53,9 @@ _GOOD = ("issued", "unchanged", "rewritten", "pre-existing")
 _TAG = re.compile(r"[^|;,\"\x00-\x1f\x7f]+\Z")
 #: A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode categories of characters that change how a cell reads without showing: controls,
+#: format characters (a right-to-left override), line and paragraph separators.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _PEM_START = "-----BEGIN CERTIFICATE-----"
 
 
@@ -72,11 +75,13 @@ class OnboardRow:
 def cell_problem(value: str) -> str | None:
     """Why ``value`` must not be a CSV cell (a spreadsheet formula, a control character), or
     ``None``."""
-    if value.startswith(_FORMULA_START):
-        return (f"starts with {value[0]!r}: a spreadsheet would run it as a formula "
+    # Spreadsheets skip leading blanks and read fullwidth signs as their ASCII forms.
+    start = unicodedata.normalize("NFKC", value).lstrip()
+    if start.startswith(_FORMULA_START):
+        return (f"starts with {start[0]!r}: a spreadsheet would run it as a formula "
                 "(CSV injection)")
-    if _CONTROL.search(value):
-        return "has a control character"
+    if any(unicodedata.category(c) in _INVISIBLE for c in value):
+        return "has a control or format character"
     return None
 
 

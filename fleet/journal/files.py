@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import sqlite3
+import stat
 from pathlib import Path
 from urllib.parse import quote
 
@@ -51,6 +52,10 @@ def open_database(path: Path, *, create: bool, station: str | None = None,
     real = Path(os.path.realpath(path))
     if create and not real.exists():
         _create(real, path, station=station, plan=plan)
+    with contextlib.suppress(FileNotFoundError):  # (missing in check mode: the open says so)
+        if not stat.S_ISREG(os.stat(real).st_mode):  # before an open that a FIFO would block
+            raise JournalError(f"journal {path} is not a regular file (a FIFO, a device or a "
+                               f"directory?): choose another place with {_ELSEWHERE}")
     try:
         fd = os.open(real, os.O_RDWR if create else os.O_RDONLY)
     except OSError as exc:
@@ -58,6 +63,15 @@ def open_database(path: Path, *, create: bool, station: str | None = None,
                            f"(choose another place with {_ELSEWHERE})") from None
     try:
         _lock(fd, path, shared=not create)
+        if os.fstat(fd).st_nlink != 1:
+            # SQLite keeps its write-ahead log beside the name a journal is opened by: under
+            # a second name, committed steps in the first name's -wal would be invisible, and
+            # replayed over what was written under the second.
+            raise JournalError(
+                f"journal {path} has {os.fstat(fd).st_nlink} names (hard links): SQLite keeps "
+                "its write-ahead log beside one name, so a journal must have exactly one. Use "
+                "that one (a symbolic link to it is fine) and remove the others while no run "
+                "uses it")
         if os.fstat(fd).st_size == 0:
             raise JournalError(
                 f"journal {path} is an empty file (0 bytes): fleet never leaves an empty "
