@@ -14,7 +14,7 @@ import anyio.to_thread
 import structlog
 
 from fleet.errors import ManifestError
-from fleet.manifest import build_signed, sign, verify, write_manifest
+from fleet.manifest import build_signed, directory_problem, sign, verify, write_manifest
 from fleet.plan import Plan
 from fleet.records import RunRecord
 from fleet.station_key import (
@@ -51,10 +51,16 @@ def load_plan_signing_key(plan: Plan) -> SigningKey:
 
 
 def prepare_manifest(plan: Plan) -> ManifestWriter:
-    """Check the signing key now (so a missing key stops the run before anything is sent) and
-    return the coroutine function that signs and writes the manifest of a run's record."""
+    """Check the signing key and the manifest directory now (so a missing key or a directory
+    that cannot be written stops the run before anything is sent) and return the coroutine
+    function that signs and writes the manifest of a run's record."""
     key = load_plan_signing_key(plan)
     public = key.public_key()
+    directory = plan.manifest_directory(now=datetime.now(UTC))
+    problem = directory_problem(directory, create=True)
+    if problem is not None:
+        raise ManifestError(f"{problem}: no manifest could be written after the devices were "
+                            "provisioned (fix the directory, or change manifest: in the plan)")
 
     async def write(record: RunRecord) -> Path:
         document = sign(build_signed(record, station_public_key_pem=public_key_pem(key)), key)

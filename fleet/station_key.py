@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleet.atomic import create_atomic, fsync_dir, write_atomic
 from fleet.errors import ManifestError
+from fleet.regular import read_regular_file
 
 __all__ = [
     "ALG_ED25519",
@@ -53,6 +54,8 @@ ALG_ES256 = "ES256"  #: ECDSA P-256 with SHA-256, DER-encoded signature
 ALG_ED25519 = "Ed25519"  #: pure Ed25519 (RFC 8032), 64-byte signature
 
 _SUPPORTED = "ECDSA P-256 (ES256) or Ed25519"
+#: A PEM key is a few hundred bytes; a larger file is refused unparsed.
+_MAX_KEY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,7 +214,7 @@ def load_signing_key(path: Path | str) -> SigningKey:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, max_bytes=_MAX_KEY_BYTES)
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         raise ManifestError(
@@ -219,7 +222,10 @@ def load_signing_key(path: Path | str) -> SigningKey:
             "(or, for a demo plan only, set `throwaway_signing_key: true`)"
         ) from None
     except OSError as exc:
-        raise ManifestError(f"cannot read signing key {path}: {exc}") from exc
+        raise ManifestError(f"cannot read signing key {path}: {exc.strerror or exc}") from exc
+    if len(data) > _MAX_KEY_BYTES:
+        raise ManifestError(f"signing key {path} is larger than {_MAX_KEY_BYTES} bytes: it is "
+                            "not a PEM key (name the file `fleet station-key init` wrote)")
     if mode & 0o077:
         structlog.get_logger().warning(
             "signing key is readable by group or others",
@@ -246,9 +252,12 @@ def load_public_key(path: Path | str) -> PublicKey:
     """Load a trusted public key (SubjectPublicKeyInfo PEM, P-256 or Ed25519)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, max_bytes=_MAX_KEY_BYTES)
     except OSError as exc:
-        raise ManifestError(f"cannot read public key {path}: {exc}") from exc
+        raise ManifestError(f"cannot read public key {path}: {exc.strerror or exc}") from exc
+    if len(data) > _MAX_KEY_BYTES:
+        raise ManifestError(f"public key {path} is larger than {_MAX_KEY_BYTES} bytes: it is "
+                            "not a PEM key")
     if b"PRIVATE KEY-----" in data:
         raise ManifestError(
             f"{path} is a private key: give the public key (the .pub.pem file) and keep the "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from fleet.cli import main
+from fleet.station_key import init_station_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,11 +48,15 @@ def fleet(*args: str) -> subprocess.CompletedProcess[str]:
 def test_valid_plan_prints_slots_and_commands(tmp_path: Path) -> None:
     path = tmp_path / "plan.yaml"
     path.write_text(PLAN)
+    key = init_station_key(tmp_path / "keys")
     result = fleet("plan", "check", str(path))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "station:   line1-a" in out
-    assert f"signing:   {tmp_path / 'keys' / 'station.pem'}" in out
+    assert f"signing:   {tmp_path / 'keys' / 'station.pem'}  (loads: ES256 key " \
+           f"{key.keyid[:16]}...)" in out.splitlines()
+    assert f"manifest:  {tmp_path / 'out'}/{{station}}-{{date}}.json  (directory writable)" \
+        in out.splitlines()
     assert "slots:     3, 5 key action(s)" in out
     for line in ("  slot0  sim://0  (line 16)", "  slot1  sim://1  (line 16)",
                  "  remote  socket://gang-hub.local:4001  (line 18)",
@@ -118,7 +124,14 @@ def test_missing_and_unreadable_plans_exit_2(tmp_path: Path) -> None:
         f"fleet plan check: {tmp_path / 'nope.yaml'}: 1 error; {NOTHING_SENT}"]
     result = fleet("plan", "check", str(tmp_path))
     assert result.returncode == 2
-    assert "cannot read the plan: Is a directory" in result.stderr
+    assert "cannot read the plan: it is a directory, not a regular file" in result.stderr
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would wait forever
+    for path, kind in ((fifo, "a FIFO (named pipe)"), (Path("/dev/zero"), "a character device")):
+        result = fleet("plan", "check", str(path))
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[0] == (f"{path}: cannot read the plan: it is {kind}, "
+                                                 "not a regular file: name the file itself")
 
 
 def test_usage_errors_exit_2() -> None:
@@ -178,3 +191,43 @@ def test_a_plan_nested_too_deeply_is_a_plan_error(tmp_path: Path) -> None:
             assert doc["failed"] is True and doc["changed"] is False
             errors = doc["errors"] if command == ["plan", "check"] else doc["error"].splitlines()
             assert errors == [f"{path}:{line}: {reason}"]
+
+
+def test_check_says_when_run_would_stop_for_the_key_or_the_manifest_directory(
+        tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("a file, where the manifest directory should be\n")
+    path = tmp_path / "plans" / "plan.yaml"
+    path.parent.mkdir()
+    path.write_text(PLAN.replace("signing_key: keys/station.pem",
+                                 "signing_key: ../keys/station.pem\n"
+                                 "manifest: ../afile/{station}/../m.json"))
+    result = fleet("plan", "check", str(path))
+    assert result.returncode == 0, result.stderr  # the plan is valid; this machine is not ready
+    lines = result.stdout.splitlines()
+    assert f"signing:   {tmp_path / 'keys' / 'station.pem'}  (NOT USABLE, see below)" in lines
+    assert f"manifest:  {tmp_path / 'afile' / 'm.json'}  (NOT WRITABLE, see below)" in lines
+    assert (f"  fleet run would stop: signing key {tmp_path / 'keys' / 'station.pem'} does "
+            "not exist: create it with `fleet station-key init --out ") in result.stdout
+    assert (f"  fleet run would stop: the manifest directory {tmp_path / 'afile'} cannot be "
+            f"made: {tmp_path / 'afile'} is not a directory") in lines
+    assert lines[-1] == ("plan is valid, but fleet run would stop here before any device (see "
+                         f"above); {NOTHING_SENT}")
+    doc = json.loads(fleet("plan", "check", "--json", str(path)).stdout)
+    assert doc["ok"] is True and doc["ready"] is False
+    assert "does not exist" in doc["signing_key_problem"]
+    assert "is not a directory" in doc["manifest_problem"]
+    assert doc["manifest_pattern"] == str(tmp_path / "afile" / "m.json")
+    assert not (tmp_path / "keys").exists()  # plan check makes nothing
+
+    init_station_key(tmp_path / "keys")
+    (tmp_path / "afile").unlink()
+    doc = json.loads(fleet("plan", "check", "--json", str(path)).stdout)
+    assert doc["ready"] is True and doc["signing_key_problem"] is None
+    assert doc["manifest_problem"] is None and doc["signing_key_state"].startswith("loads: ")
+    assert not (tmp_path / "afile").exists()  # nor the manifest directory
+
+
+def test_check_help_shows_the_keygen_command() -> None:
+    result = fleet("plan", "check", "--help")
+    assert result.returncode == 0
+    assert "AT%KEYGEN command" in result.stdout and "%%" not in result.stdout

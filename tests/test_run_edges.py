@@ -3,6 +3,7 @@ the journal, --only, journal and manifest failures, a new device's UUID."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 import sqlite3
@@ -140,14 +141,24 @@ def test_unusable_journal_path_exits_2_with_a_json_document(tmp_path: Path) -> N
 
 
 def test_a_manifest_that_cannot_be_written_keeps_the_run_open(tmp_path: Path) -> None:
-    (tmp_path / "out").write_text("a file where the manifest directory should be")
+    # The directory out/ passes the check before the run; the {time} directory in it is made
+    # only when the manifest is written, and a file is in its way for the next two minutes.
+    out = tmp_path / "out"
+    out.mkdir()
+    now = datetime.datetime.now(datetime.UTC)
+    for second in range(-5, 120):
+        moment = now + datetime.timedelta(seconds=second)
+        (out / moment.strftime("%H%M%SZ")).write_text("a file where a directory should be")
     with run_sim(tmp_path, 1):
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        plan.write_text(plan.read_text().replace("manifest: out/{station}-{run_id}.json",
+                                                 "manifest: out/{time}/{run_id}.json"))
         journal = tmp_path / "j.sqlite"
         code, doc, _ = run_json(plan, journal)
         assert code == 1
         assert doc["manifest"] is None and "cannot write manifest" in doc["manifest_error"]
-        (tmp_path / "out").unlink()
+        for blocker in out.iterdir():
+            blocker.unlink()
         code, again, err = run_json(plan, journal)
         assert code == 0, err
         assert again["resumed"] is True

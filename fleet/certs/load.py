@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtensionOID
 from fleet.certs.authority import CaPrivateKey, Chain
 from fleet.certs.pem import parse_pem_certificates
 from fleet.errors import CertificateError
+from fleet.regular import read_regular_file
 
 __all__ = ["MAX_FILE_BYTES", "load_ca_certificate", "load_ca_key", "load_certificate",
            "load_chain"]
@@ -30,8 +31,7 @@ MAX_FILE_BYTES = 1024 * 1024
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
+        data = read_regular_file(path, max_bytes=MAX_FILE_BYTES)
     except OSError as exc:
         raise CertificateError(f"{what} {path}: cannot read ({exc.strerror or exc})") from exc
     if len(data) > MAX_FILE_BYTES:

@@ -29,6 +29,7 @@ from fleet.certs.nrfcloud import (
 from fleet.cmd.verify import load_trusted
 from fleet.errors import ExportError, ManifestError
 from fleet.manifest import NOT_TRUSTED_WARNING, json_syntax_problem, load_document, verify
+from fleet.regular import read_regular_file
 
 __all__ = ["register", "run_nrfcloud"]
 
@@ -81,7 +82,7 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
     failed = False
     for path in args.manifests:
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path)
         except OSError as exc:
             print(f"{prog}: {path}: cannot read: {exc.strerror}", file=sys.stderr)
             return exitcodes.USAGE

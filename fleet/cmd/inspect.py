@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet import exitcodes
 from fleet.credentials import check_keygen, parse_keygen
 from fleet.errors import CredentialError
+from fleet.regular import read_regular_file
 
 __all__ = ["register", "run"]
 
@@ -42,8 +43,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _load_identity_key(path: Path) -> ec.EllipticCurvePublicKey:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        key = serialization.load_pem_public_key(read_regular_file(path, max_bytes=64 * 1024))
+    except OSError as exc:
+        raise SystemExit(f"fleet inspect: cannot read identity key {path}: "
+                         f"{exc.strerror or exc}") from exc
+    except ValueError as exc:
         raise SystemExit(f"fleet inspect: cannot read identity key {path}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SystemExit(f"fleet inspect: {path} is not an EC public key")

@@ -2,22 +2,31 @@
 
 Nothing here opens a port: globs are expanded against the file system (``--no-expand`` leaves
 them as patterns), and each key action is shown as the ``AT%KEYGEN=...`` line it would send with
-its templates unrendered. Exit 0 for a valid plan, 2 for an invalid or unreadable one (every
-``file:line: reason`` on stderr, then a line saying nothing was sent to any device).
+its templates unrendered. It also says whether `fleet run` could start here: whether the signing
+key exists and loads, and whether a manifest can be written in the manifest directory (a temp
+file is made and removed there; no directory is made). Exit 0 for a valid plan (also when the key
+or the directory is not usable here, which the output says), 2 for an invalid or unreadable one
+(every ``file:line: reason`` on stderr, then a line saying nothing was sent to any device).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fleet import exitcodes
 from fleet.certs.authority import LocalCa
-from fleet.errors import PlanError
+from fleet.errors import ManifestError, PlanError
+from fleet.logs import configure_logging
+from fleet.manifest import directory_problem
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
 from fleet.plan.ports import is_glob
+from fleet.station_key import algorithm, keyid, load_signing_key
 
 __all__ = ["plan_document", "register", "run_check"]
 
@@ -32,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "check",
         help="validate a plan and print the expanded slots and key actions",
         description="Validate PLAN and print every slot (after expanding globs, lists and "
-        "sim:// ranges) with the key actions and the AT%%KEYGEN command each would send "
-        "(templates unrendered). Nothing is sent to any device.",
+        "sim:// ranges) with the key actions and the AT%KEYGEN command each would send "
+        "(templates unrendered), and whether the signing key loads and the manifest "
+        "directory is writable here. Nothing is sent to any device.",
     )
     check.add_argument("plan", metavar="PLAN", help="the plan file (YAML)")
     check.add_argument("--json", action="store_true", help="print one JSON document")
@@ -45,8 +55,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.set_defaults(func=run_check)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness:
+    """Whether `fleet run` could start on this machine: each problem, or None."""
+
+    signing_key: str | None  #: the signing key's state, in words
+    signing_key_problem: str | None
+    manifest_problem: str | None
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for p in (self.signing_key_problem, self.manifest_problem) if p]
+
+
+def readiness(plan: Plan) -> Readiness:
+    """Load the signing key (never making one) and try the manifest directory (never made)."""
+    state, problem = None, None
+    if plan.signing_key is None:
+        problem = ("the plan has no signing_key: create one with `fleet station-key init --out "
+                   "keys` and set `signing_key: keys/station.pem`")
+    elif plan.throwaway_signing_key and not os.path.lexists(plan.signing_key):
+        state = "does not exist yet: a throwaway key is made at the first run"
+    else:
+        try:
+            key = load_signing_key(plan.signing_key)
+            state = f"loads: {algorithm(key)} key {keyid(key)[:16]}..."
+        except ManifestError as exc:
+            problem = str(exc)
+    directory = plan.manifest_directory(now=datetime.now(UTC))
+    return Readiness(signing_key=state, signing_key_problem=problem,
+                     manifest_problem=directory_problem(directory, create=False))
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Run ``fleet plan check``."""
+    configure_logging(level="warning")  # a signing key readable by others: a warning on stderr
     try:
         plan = load_plan(args.plan, only=args.only, expand_globs=not args.no_expand)
     except PlanError as exc:
@@ -62,10 +105,14 @@ def run_check(args: argparse.Namespace) -> int:
             print(json.dumps({"ok": False, "changed": False, "failed": True,
                               "plan": args.plan, "errors": exc.errors}, indent=2))
         return exitcodes.USAGE
+    ready = readiness(plan)
     if args.json:
-        print(json.dumps(plan_document(plan), indent=2))
+        print(json.dumps({**plan_document(plan), "ready": not ready.problems,
+                          "signing_key_state": ready.signing_key,
+                          "signing_key_problem": ready.signing_key_problem,
+                          "manifest_problem": ready.manifest_problem}, indent=2))
     else:
-        _print_human(plan)
+        _print_human(plan, ready)
     return exitcodes.OK
 
 
@@ -116,6 +163,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "signing_key": str(plan.signing_key) if plan.signing_key else None,
         "throwaway_signing_key": plan.throwaway_signing_key,
         "manifest": plan.manifest,
+        "manifest_pattern": plan.manifest_pattern,
         "journal": str(plan.journal_path),
         "defaults": _settings(plan.defaults),
         "keys": {name: _action(spec) for name, spec in plan.keys.items()},
@@ -135,18 +183,19 @@ def _value(value: Any) -> str:
     return "all" if value is None else str(value)
 
 
-def _print_human(plan: Plan) -> None:
+def _print_human(plan: Plan, ready: Readiness) -> None:
     def fmt(settings: Settings) -> str:
         return " ".join(f"{k}={_value(v)}" for k, v in _settings(settings).items())
 
     print(f"plan:      {plan.path}")
     print(f"sha256:    {plan.sha256}")
     print(f"station:   {plan.station}")
+    notes = ["throwaway key allowed"] if plan.throwaway_signing_key else []
+    notes.append(ready.signing_key or "NOT USABLE, see below")
     key = str(plan.signing_key) if plan.signing_key else "(none)"
-    if plan.throwaway_signing_key:
-        key += "  (throwaway key allowed)"
-    print(f"signing:   {key}")
-    print(f"manifest:  {plan.manifest}")
+    print(f"signing:   {key}  ({'; '.join(notes)})")
+    writable = "NOT WRITABLE, see below" if ready.manifest_problem else "directory writable"
+    print(f"manifest:  {plan.manifest_pattern}  ({writable})")
     print(f"journal:   {plan.journal_path}")
     print(f"defaults:  {fmt(plan.defaults)}")
     if plan.simulator is not None:
@@ -173,4 +222,10 @@ def _print_human(plan: Plan) -> None:
             if spec.ca is not None:
                 chain = f"; chain {spec.ca.chain.path} as type 0" if spec.ca.chain else ""
                 print(f"      certificate: {spec.ca.describe()}{chain}")
-    print(f"plan is valid; {_NOTHING_SENT}")
+    for problem in ready.problems:
+        print(f"  fleet run would stop: {problem}")
+    if ready.problems:
+        print(f"plan is valid, but fleet run would stop here before any device (see above); "
+              f"{_NOTHING_SENT}")
+    else:
+        print(f"plan is valid; {_NOTHING_SENT}")

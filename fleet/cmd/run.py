@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         writer = None if args.check else prepare_manifest(plan)
     except ManifestError as exc:
-        return _refuse(args, [f"fleet run: {exc}"], "no signing key")
+        return _refuse(args, [f"fleet run: {exc}"], "the manifest cannot be signed or written")
     options = RunOptions(check=args.check, concurrency=args.concurrency, journal=args.journal,
                          fresh=args.fresh, partial=bool(args.only))
     table = None

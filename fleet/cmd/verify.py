@@ -20,6 +20,7 @@ from typing import Any
 from fleet import exitcodes
 from fleet.errors import ManifestError
 from fleet.manifest import json_syntax_problem, verify
+from fleet.regular import read_regular_file
 from fleet.station_key import PublicKey, load_public_key
 
 __all__ = ["load_trusted", "register", "run"]
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _check_one(path: Path, trusted: list[PublicKey] | None) -> dict[str, Any]:
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError as exc:
         return {"path": str(path), "ok": False, "usage_error": f"cannot read: {exc.strerror}"}
     problem = json_syntax_problem(data)

@@ -23,6 +23,7 @@ from fleet.manifest.build import (
 )
 from fleet.manifest.signing import ALGORITHMS, add_signature, canonical_bytes, sign, signature
 from fleet.manifest.store import (
+    directory_problem,
     json_syntax_problem,
     load_document,
     nesting_problem,
@@ -43,6 +44,7 @@ __all__ = [
     "answer_fields",
     "build_signed",
     "canonical_bytes",
+    "directory_problem",
     "json_syntax_problem",
     "load_document",
     "nesting_problem",

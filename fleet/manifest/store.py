@@ -16,6 +16,8 @@ without recursion (:func:`nesting_problem`); JSON too deep for the parser itself
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,10 @@ from typing import Any
 from fleet.atomic import create_atomic
 from fleet.errors import ManifestError
 from fleet.manifest.build import plain_json
+from fleet.regular import read_regular_file
 
-__all__ = ["MAX_DEPTH", "json_syntax_problem", "load_document", "nesting_problem",
-           "read_manifest", "write_manifest"]
+__all__ = ["MAX_DEPTH", "directory_problem", "json_syntax_problem", "load_document",
+           "nesting_problem", "read_manifest", "write_manifest"]
 
 _MAX_VARIANTS = 10_000
 #: How deeply a manifest may nest objects and arrays (the document itself is level 1).
@@ -119,7 +122,7 @@ def load_document(data: bytes | str) -> dict[str, Any]:
 def read_manifest(path: Path | str) -> dict[str, Any]:
     """Read and strictly parse the manifest at ``path``; ``ManifestError`` naming the path."""
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_file(path)
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
@@ -150,3 +153,30 @@ def write_manifest(path: Path | str, document: Mapping[str, Any]) -> Path:
             raise ManifestError(f"cannot write manifest {candidate}: {exc}") from exc
         return candidate
     raise ManifestError(f"cannot write manifest {path}: {_MAX_VARIANTS} names are taken")
+
+
+def directory_problem(directory: Path, *, create: bool) -> str | None:
+    """Why no manifest can be written in ``directory`` (None: one can), found by creating and
+    removing a temp file there. With ``create`` the directory is made first (as the manifest
+    write would); without, nothing but that temp file is ever made: the nearest directory that
+    exists is tried."""
+    target = directory
+    while not os.path.lexists(target) and target.parent != target:
+        target = target.parent
+    if not target.is_dir():
+        return f"the manifest directory {directory} cannot be made: {target} is not a directory"
+    if create:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the manifest directory {directory}: {exc.strerror or exc}"
+        target = directory
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fleet-write-test-", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if target == directory else f" (in {target}, where it would be made)"
+        return (f"cannot write in the manifest directory {directory}{where}: "
+                f"{exc.strerror or exc}")
+    return None

@@ -56,10 +56,12 @@ from fleet.plan.slots import build_slots
 from fleet.plan.source import Path_, read_source
 from fleet.plan.templates import (
     ATTRIBUTE_PLACEHOLDERS,
+    MANIFEST_PLACEHOLDERS,
     SAMPLE_DEVICE_UUID,
     SAMPLE_IMEI,
     Template,
 )
+from fleet.regular import read_regular_file
 
 __all__ = ["MAX_PLAN_BYTES", "load_plan"]
 
@@ -77,8 +79,7 @@ def load_plan(path: Path | str, *, only: Sequence[str] = (), expand_globs: bool 
     label = str(path)
     report = Report(label)
     try:
-        with open(path, "rb") as stream:
-            raw = stream.read(MAX_PLAN_BYTES + 1)
+        raw = read_regular_file(path, max_bytes=MAX_PLAN_BYTES)
     except OSError as exc:
         raise PlanError([f"{label}: cannot read the plan: {exc.strerror or exc}"]) from None
     if len(raw) > MAX_PLAN_BYTES:
@@ -123,6 +124,8 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
     slots = build_slots(ctx, specs, defaults)
     _render_samples(ctx, specs, station)
     simulator = _simulator(ctx, slots)
+    if top is not None:
+        _check_manifest(ctx, top.manifest, station)
     kept = _only(ctx, slots, only) if not ctx.report.items else ()  # names need a valid plan
     if top is None or ctx.report.items:
         return None
@@ -141,6 +144,21 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         unselected=tuple(s for s in slots if s.name not in {k.name for k in kept}),
         simulator=simulator,
     )
+
+
+def _check_manifest(ctx: Context, text: str, station: str) -> None:
+    """A manifest template that names a directory is refused now, not after the devices."""
+    try:
+        template = Template.parse(text, MANIFEST_PLACEHOLDERS)
+    except ValueError:
+        return  # reported by the schema
+    hint = "name a file in it, like <directory>/{station}-{date}-{time}.json"
+    if text.endswith(("/", os.sep)):
+        ctx.at(("manifest",), f"{text!r} names a directory (it ends with /): {hint}")
+    elif template.placeholders <= {"station"}:
+        target = ctx.path(template.render({"station": station}))
+        if target.is_dir():
+            ctx.at(("manifest",), f"{target} is an existing directory: {hint}")
 
 
 def _key_specs(ctx: Context) -> dict[str, KeySpec]:

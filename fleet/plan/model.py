@@ -8,6 +8,7 @@ read from YAML. The loader reports the same problems earlier, with file and line
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -378,7 +379,30 @@ class Plan:
             "time": utc.strftime("%H%M%SZ"),
             "run_id": run_id,
         })
-        return self.path.parent / Path(rendered).expanduser()
+        return self._beside_plan(rendered)
+
+    def manifest_directory(self, *, now: datetime) -> Path:
+        """The directory of a manifest written at ``now``, as far as it is known before the
+        run: the template's directory up to the first part that holds ``{time}`` or
+        ``{run_id}`` (those parts are made when the manifest is written)."""
+        kept: list[str] = []
+        for part in Path(self.manifest).expanduser().parent.parts:
+            if "{time}" in part or "{run_id}" in part:
+                break
+            kept.append(part)
+        utc = now.astimezone(UTC)
+        rendered = Template.parse(os.path.join(".", *kept), MANIFEST_PLACEHOLDERS).render({
+            "station": self.station, "date": utc.strftime("%Y%m%d")})
+        return self._beside_plan(rendered)
+
+    @property
+    def manifest_pattern(self) -> str:
+        """The manifest path template made absolute (``..`` resolved), placeholders kept: what
+        `fleet plan check` shows."""
+        return str(self._beside_plan(self.manifest))
+
+    def _beside_plan(self, text: str) -> Path:
+        return Path(os.path.normpath(self.path.parent / Path(text).expanduser()))
 
     def template_context(self, slot: Slot, *, imei: str,
                          device_uuid: str | None = None) -> dict[str, str]:

@@ -1,0 +1,152 @@
+"""Bad input is refused, saying why and what to do, before any device is touched: key and
+certificate files that are not regular files (a FIFO would hang the read, a device would be read
+until memory runs out), a manifest path that names a directory or cannot be written.
+Through the real command line and the in-process simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fleet.station_key import init_station_key
+from tests.certhelpers import make_ca, script_ca_command
+from tests.runhelpers import KEYS, fleet, run_json, write_plan
+
+NOT_REGULAR = {"fifo": "a FIFO (named pipe)", "device": "a character device"}
+SIM = "simulator: {log: sim.log, state: sim.json}\n"
+
+
+def _special(tmp_path: Path, kind: str) -> Path:
+    """A FIFO nobody writes to, or /dev/zero."""
+    if kind == "device":
+        return Path("/dev/zero")
+    path = tmp_path / "special.fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _sim_commands(tmp_path: Path, modem: int | None = None) -> list[str]:
+    """The commands the simulator received (by ``modem`` when given)."""
+    log = tmp_path / "sim.log"
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [r["command"] for r in lines if modem is None or r["modem"] == modem]
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR))
+@pytest.mark.parametrize("throwaway", [False, True])
+def test_a_signing_key_that_is_not_a_regular_file_is_refused_before_any_device(
+        tmp_path: Path, kind: str, throwaway: bool) -> None:
+    key = _special(tmp_path, kind)
+    signing = f"signing_key: {key}" + ("\nthrowaway_signing_key: true" if throwaway else "")
+    plan = write_plan(tmp_path, ports="sim://0", extra=SIM, signing=signing)
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite", timeout=60)
+    assert code == 2, err
+    reason = f"cannot read signing key {key}: it is {NOT_REGULAR[kind]}, not a regular file"
+    assert reason in doc["error"] and reason in err
+    assert "Traceback" not in err
+    assert _sim_commands(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR))
+def test_verify_refuses_a_pubkey_or_manifest_that_is_not_a_regular_file(
+        tmp_path: Path, kind: str) -> None:
+    special = _special(tmp_path, kind)
+    keys = init_station_key(tmp_path / "keys")
+    manifest = tmp_path / "m.json"
+    manifest.write_text("{}")
+    result = fleet("verify", manifest, "--pubkey", special, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"fleet verify: --pubkey: cannot read public key {special}: "
+                                     f"it is {NOT_REGULAR[kind]}, not a regular file: name the "
+                                     "file itself")
+    result = fleet("verify", special, "--pubkey", keys.public_path, timeout=60)
+    assert result.returncode == 2
+    assert f"it is {NOT_REGULAR[kind]}, not a regular file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("field", ["cert", "key", "chain"])
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR))
+def test_ca_files_that_are_not_regular_files_are_plan_errors(
+        tmp_path: Path, kind: str, field: str) -> None:
+    cert, key, _, _ = make_ca(tmp_path / "ca")
+    paths = {"cert": cert, "key": key, "chain": cert}
+    paths[field] = _special(tmp_path, kind)
+    keys = KEYS.replace("    if_exists: keep\n", "    if_exists: keep\n    ca:\n" + "".join(
+        f"      {name}: {path}\n" for name, path in paths.items()))
+    plan = write_plan(tmp_path, ports="sim://0", keys=keys, extra=SIM)
+    result = fleet("plan", "check", plan, timeout=60)
+    assert result.returncode == 2
+    assert f"keys.tls.ca.{field}: " in result.stderr
+    assert f"{paths[field]}: cannot read (it is {NOT_REGULAR[kind]}, not a regular file" \
+        in result.stderr
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite", timeout=60)
+    assert code == 2 and f"keys.tls.ca.{field}: " in doc["error"], err
+    assert _sim_commands(tmp_path) == []
+
+
+def test_a_ca_issuer_that_is_not_a_regular_file_is_a_plan_error(tmp_path: Path) -> None:
+    cert, key, _, _ = make_ca(tmp_path / "ca")
+    fifo = _special(tmp_path, "fifo")
+    keys = KEYS.replace("    if_exists: keep\n", "    if_exists: keep\n    ca:\n"
+                        f"      command: {json.dumps(script_ca_command(cert, key))}\n"
+                        f"      issuer: {fifo}\n")
+    plan = write_plan(tmp_path, ports="sim://0", keys=keys, extra=SIM)
+    result = fleet("plan", "check", plan, timeout=60)
+    assert result.returncode == 2
+    assert f"keys.tls.ca.issuer: issuer certificate {fifo}: cannot read (it is a FIFO" \
+        in result.stderr
+
+
+@pytest.mark.parametrize("manifest", ["out", "out/", "out/{station}"])
+def test_a_manifest_path_naming_a_directory_is_a_plan_error(tmp_path: Path,
+                                                             manifest: str) -> None:
+    (tmp_path / "out" / "test-station").mkdir(parents=True)
+    plan = write_plan(tmp_path, ports="sim://0", extra=SIM)
+    plan.write_text(plan.read_text().replace("manifest: out/{station}-{run_id}.json",
+                                             f"manifest: {json.dumps(manifest)}"))
+    result = fleet("plan", "check", plan)
+    assert result.returncode == 2
+    assert f"{plan}:5: manifest: " in result.stderr
+    assert "name a file in it, like <directory>/{station}-{date}-{time}.json" in result.stderr
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 2 and "manifest: " in doc["error"], err
+    assert _sim_commands(tmp_path) == []
+
+
+def test_a_manifest_directory_that_cannot_be_made_stops_the_run_before_any_device(
+        tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("a file, where the manifest directory should be\n")
+    plan = write_plan(tmp_path, ports="sim://0-1", extra=SIM)
+    plan.write_text(plan.read_text().replace("manifest: out/{station}-{run_id}.json",
+                                             "manifest: afile/{date}/{run_id}.json"))
+    journal = tmp_path / "j.sqlite"
+    code, doc, err = run_json(plan, journal)
+    assert code == 2, err
+    assert doc["failed"] is True and doc["devices"] == [] and doc["manifest"] is None
+    assert (f"the manifest directory {tmp_path / 'afile'}/2" in doc["error"]
+            and f"{tmp_path / 'afile'} is not a directory" in doc["error"]), doc["error"]
+    assert "nothing was sent to any device" in err
+    assert _sim_commands(tmp_path) == []
+    assert not journal.exists()  # no run was started
+    # The text output says the same, and so does every later run until it is fixed.
+    result = fleet("run", plan, "--journal", journal)
+    assert result.returncode == 2 and "is not a directory" in result.stderr
+    assert result.stdout == ""
+    # Fixed: the run makes the directory (the {run_id} part only when the manifest is written).
+    (tmp_path / "afile").unlink()
+    code, doc, err = run_json(plan, journal)
+    assert code == 0, err
+    assert Path(doc["manifest"]).parent.parent == tmp_path / "afile"
+
+
+def test_a_plan_that_is_a_fifo_is_refused_by_run(tmp_path: Path) -> None:
+    fifo = _special(tmp_path, "fifo")
+    result = fleet("run", fifo, "--json", timeout=60)
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["error"] == (
+        f"{fifo}: cannot read the plan: it is a FIFO (named pipe), not a regular file: name the "
+        "file itself")
