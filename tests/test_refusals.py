@@ -1,13 +1,16 @@
 """Bad input is refused, saying why and what to do, before any device is touched: key and
 certificate files that are not regular files (a FIFO would hang the read, a device would be read
-until memory runs out), a manifest path that names a directory or cannot be written.
-Through the real command line and the in-process simulator."""
+until memory runs out), a manifest path that names a directory or cannot be written, a CA
+program that leaves a child behind. Through the real command line and the in-process
+simulator."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,6 +144,59 @@ def test_a_manifest_directory_that_cannot_be_made_stops_the_run_before_any_devic
     code, doc, err = run_json(plan, journal)
     assert code == 0, err
     assert Path(doc["manifest"]).parent.parent == tmp_path / "afile"
+
+
+def _run_with_ca(tmp_path: Path, mode: str, timeout_s: float
+                 ) -> tuple[int, dict[str, Any], float, int]:
+    """`fleet run --json` of one slot whose key's certificate comes from the script CA in
+    ``mode``: (exit status, document, seconds it took, pid of the child the CA left)."""
+    cert, key, _, _ = make_ca(tmp_path / "ca")
+    keys = KEYS.replace("    if_exists: keep\n", "    if_exists: keep\n    ca:\n"
+                        f"      command: {json.dumps(script_ca_command(cert, key, mode))}\n"
+                        f"      issuer: {cert}\n      timeout_s: {timeout_s}\n")
+    plan = write_plan(tmp_path, ports="sim://0", keys=keys, extra=SIM, slot_keys="[tls]")
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    result = fleet("run", plan, "--journal", tmp_path / "j.sqlite", "--json", timeout=60,
+                   env={"FLEET_TEST_CHILD_PID": str(pid_file)})
+    elapsed = time.monotonic() - started
+    assert "Traceback" not in result.stderr
+    return result.returncode, json.loads(result.stdout), elapsed, int(pid_file.read_text())
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    """Whether process ``pid`` is gone (or a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_ca_program_that_leaves_a_child_holding_its_output_never_hangs_the_run(
+        tmp_path: Path) -> None:
+    code, doc, elapsed, child = _run_with_ca(tmp_path, "leave-child-slow", timeout_s=2)
+    assert code == 1, doc
+    key = doc["devices"][0]["keys"][0]
+    assert "did not finish within 2 s (killed)" in json.dumps(key), key
+    # Attempts are retries + 1 = 3, each bounded by the CA's timeout (and a few seconds).
+    assert elapsed < 3 * 2 + 10, elapsed
+    assert _gone(child), "the CA program's child outlived the run"
+
+
+def test_a_ca_program_that_exits_leaving_a_child_behind_is_done_when_it_exits(
+        tmp_path: Path) -> None:
+    code, doc, elapsed, child = _run_with_ca(tmp_path, "leave-child", timeout_s=20)
+    assert code == 0, doc
+    assert doc["devices"][0]["keys"][0]["certificate"]["outcome"] == "issued"
+    assert elapsed < 15  # neither the CA's 20 s timeout nor the child's 60 s
+    assert _gone(child)
 
 
 def test_a_plan_that_is_a_fifo_is_refused_by_run(tmp_path: Path) -> None:

@@ -1,14 +1,20 @@
 """Run an external CA program: argv (never a shell), CSR PEM on stdin, certificate PEM on stdout.
 
 How this works: the program runs under anyio (no thread), in the plan's directory, with a
-timeout; on timeout or cancellation anyio kills it. A non-zero exit, a timeout, a program that
-cannot be started, output over :data:`MAX_OUTPUT` bytes or output that is not text are a
-:class:`CertificateError` carrying the tail of the program's stderr. What the output must contain
-(exactly one PEM certificate) is checked by the caller (:class:`fleet.certs.authority.CommandCa`).
+timeout, in a process group of its own (a new session). When it exits, times out or is
+cancelled, the whole group is killed: a child it left behind holding its stdout or stderr
+could otherwise keep fleet waiting for the end of that output. A non-zero exit, a timeout, a
+program that cannot be started, output over :data:`MAX_OUTPUT` bytes or output that is not text
+are a :class:`CertificateError` carrying the tail of the program's stderr. What the output must
+contain (exactly one PEM certificate) is checked by the caller
+(:class:`fleet.certs.authority.CommandCa`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +49,12 @@ async def _feed(stream: anyio.abc.ByteSendStream | None, data: bytes) -> None:
         pass  # the program did not read all of its input: its exit status tells
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of the program's process group (nothing, usually)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _tail(data: bytes | bytearray) -> str:
     text = data.decode("utf-8", errors="replace").strip()
     if len(text) > _STDERR_TAIL:
@@ -60,7 +72,7 @@ async def run_ca_command(argv: Sequence[str], csr_pem: str, *, timeout_s: float,
         try:
             process = await anyio.open_process(
                 list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=cwd)
+                stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
         except OSError as exc:
             raise CertificateError(f"CA command {name!r} cannot be started: "
                                    f"{exc.strerror or exc}") from exc
@@ -68,7 +80,10 @@ async def run_ca_command(argv: Sequence[str], csr_pem: str, *, timeout_s: float,
             tg.start_soon(_drain, process.stdout, out)
             tg.start_soon(_drain, process.stderr, err)
             tg.start_soon(_feed, process.stdin, csr_pem.encode("ascii"))
-            code = await process.wait()
+            try:
+                code = await process.wait()
+            finally:  # exited, timed out or cancelled: none of its children may hold the pipes
+                _kill_group(process.pid)
     if scope.cancelled_caught or code is None:
         raise CertificateError(f"CA command {name!r} did not finish within {timeout_s:g} s "
                                f"(killed); stderr: {_tail(err)}")

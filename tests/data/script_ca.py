@@ -5,10 +5,15 @@
 MODE (default ``good``): ``good`` signs the CSR; ``fail`` exits 3 with a message on stderr;
 ``garbage`` prints text that is no certificate; ``wrong-key`` signs another public key; ``two``
 prints two certificates; ``wrong-subject`` changes the subject; ``slow`` sleeps 30 s first;
-``ignore-stdin`` signs a fixed new key without reading stdin.
+``ignore-stdin`` signs a fixed new key without reading stdin; ``leave-child`` starts a
+``sleep 60`` that keeps stdout and stderr open (its pid written to the file named by
+``FLEET_TEST_CHILD_PID``), then signs and exits; ``leave-child-slow`` starts that child, then
+sleeps 30 s.
 """
 
 import datetime
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +46,11 @@ def main():
         sys.stdout.write(sign(ca_cert, ca_key, name, other))
         return 0
     csr = x509.load_pem_x509_csr(sys.stdin.buffer.read())
-    if mode == "slow":
+    if mode.startswith("leave-child"):
+        # inherits stdout and stderr, and would outlive this program
+        child = subprocess.Popen(["sleep", "60"])
+        Path(os.environ["FLEET_TEST_CHILD_PID"]).write_text(str(child.pid))
+    if mode in ("slow", "leave-child-slow"):
         time.sleep(30)
     if mode == "fail":
         print("script CA: the CA is down", file=sys.stderr)
