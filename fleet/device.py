@@ -60,7 +60,7 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from fleet.nrf91 import FUNCTION_MODES
+from fleet.nrf91 import FUNCTION_MODES, identity_text_problem
 from fleet.retry import REOPEN_RETRYABLE, RetryPolicy
 
 __all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "NoAnswer", "Response",
@@ -110,6 +110,15 @@ class Identity:
     imei: str
     model: str
     firmware: str
+
+
+def _identity_text(command: str, what: str, text: str) -> str:
+    problem = identity_text_problem(text)
+    if problem is not None:
+        raise RemoteProtocolError(f"{command} answered a {what} string with {problem} "
+                                  f"({text!r}); it is not recorded: a garbled line, or a modem "
+                                  "that is not an nRF91")
+    return text
 
 
 def luhn_ok(digits: str) -> bool:
@@ -268,11 +277,12 @@ class DeviceSession:
         firmware = answer.lines
         if not model:
             lines = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
-            model = lines[-1].strip() if lines else ""
+            model = _identity_text("AT+CGMM", "model", lines[-1].strip() if lines else "")
         self.identity = Identity(
             imei=imei,
             model=model,
-            firmware=firmware[-1].strip() if firmware else "",
+            firmware=_identity_text("AT+CGMR", "firmware",
+                                    firmware[-1].strip() if firmware else ""),
         )
         return self.identity
 

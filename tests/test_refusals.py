@@ -1,13 +1,14 @@
 """Bad input is refused, saying why and what to do, before any device is touched: key and
 certificate files that are not regular files (a FIFO would hang the read, a device would be read
 until memory runs out), a manifest path that names a directory or cannot be written, a CA
-program that leaves a child behind. Through the real command line and the in-process
-simulator."""
+program that leaves a child behind; and a modem whose model or firmware string is not text fails,
+with nothing of it recorded. Through the real command line and the in-process simulator."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,55 @@ def test_a_ca_program_that_exits_leaving_a_child_behind_is_done_when_it_exits(
     assert doc["devices"][0]["keys"][0]["certificate"]["outcome"] == "issued"
     assert elapsed < 15  # neither the CA's 20 s timeout nor the child's 60 s
     assert _gone(child)
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("firmware", "mfw_nrf9160_1.3.5\u0000", "AT+CGMR answered a firmware string with the "
+                                            "control character U+0000"),
+    ("firmware", "mfw_nrf9160_1.3.5\u001b[2J", "AT+CGMR answered a firmware string with the "
+                                               "control character U+001B"),
+    ("cgmm", "nRF9160-SICA\udcff", "AT+CGMM answered a model string with bytes that are not "
+                                   "UTF-8"),
+])
+def test_a_model_or_firmware_string_that_is_not_text_fails_that_device(
+        tmp_path: Path, field: str, value: str, reason: str) -> None:
+    plan = write_plan(tmp_path, ports="sim://0-1", extra=SIM,
+                      defaults="{timeout_s: 5, keygen_timeout_s: 10, retries: 0}")
+    code, _, err = run_json(plan, tmp_path / "first.sqlite", "--check")  # makes the state
+    assert code == 0, err
+    state = json.loads((tmp_path / "sim.json").read_text())
+    state["modems"][1][field] = value
+    (tmp_path / "sim.json").write_text(json.dumps(state))
+    (tmp_path / "sim.log").unlink()
+    journal = tmp_path / "j.sqlite"
+    code, doc, err = run_json(plan, journal)
+    assert code == 1, err
+    bad = doc["devices"][1]
+    assert doc["devices"][0]["outcome"] == "done"
+    assert bad["outcome"] == "failed" and reason in bad["error"], bad
+    assert bad["model"] is None and bad["firmware"] is None
+    assert all(k["outcome"] == "not-attempted" for k in bad["keys"])
+    with sqlite3.connect(journal) as conn:
+        recorded = conn.execute("SELECT model, firmware FROM devices").fetchall()
+    assert len(recorded) == 1 and value not in recorded[0]
+    writes = ("AT%KEYGEN", "AT+CFUN=", "AT%CMNG=")
+    assert [c for c in _sim_commands(tmp_path, 1) if c.upper().startswith(writes)] == []
+    assert len([c for c in _sim_commands(tmp_path, 0) if c.upper().startswith(writes)]) >= 2
+    signed = json.loads(Path(doc["manifest"]).read_text())["signed"]
+    assert value not in json.dumps(signed)
+
+
+def test_the_simulator_state_keeps_a_model_string_of_its_own(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0", extra=SIM)
+    assert run_json(plan, tmp_path / "j.sqlite", "--check")[0] == 0
+    state = json.loads((tmp_path / "sim.json").read_text())
+    assert "cgmm" not in state["modems"][0]  # the model's own string is not written
+    state["modems"][0]["cgmm"] = "nRF9160-SICB"
+    (tmp_path / "sim.json").write_text(json.dumps(state))
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 0, err
+    assert doc["devices"][0]["model"] == "nRF9160-SICB"
+    assert json.loads((tmp_path / "sim.json").read_text())["modems"][0]["cgmm"] == "nRF9160-SICB"
 
 
 def test_a_plan_that_is_a_fifo_is_refused_by_run(tmp_path: Path) -> None:

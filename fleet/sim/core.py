@@ -202,7 +202,8 @@ class SimCore:
         if dice.roll(FaultName.URC_STORM):
             self.log.fault(index, FaultName.URC_STORM.value, text)
             lines = urc_storm(lines, dice.rng)
-        data = "".join(f"{line}\r\n" for line in lines).encode("utf-8")
+        # surrogateescape: a state file's "\udcff" in a firmware string is the raw byte 0xff
+        data = "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
         if dice.roll(FaultName.GARBLE):
             self.log.fault(index, FaultName.GARBLE.value, text)
             data = garble(data, dice.rng)

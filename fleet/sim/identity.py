@@ -107,5 +107,5 @@ def derive_identity_key(seed: int, index: int) -> ec.EllipticCurvePrivateKey:
 
 def firmware_uuid(firmware: str) -> uuid.UUID:
     """The firmware build UUID ``%XMODEMUUID`` reports for ``firmware``."""
-    return uuid.UUID(bytes=hashlib.sha256(f"fleet-sim/fw/{firmware}".encode()).digest()[:16],
-                     version=4)
+    data = f"fleet-sim/fw/{firmware}".encode("utf-8", "surrogateescape")
+    return uuid.UUID(bytes=hashlib.sha256(data).digest()[:16], version=4)

@@ -70,6 +70,7 @@ class Modem:
         store: CredentialStore,
         function_mode: int = 0,
         firmware: str | None = None,
+        cgmm: str | None = None,
     ) -> None:
         if index < 0:
             raise ValueError(f"modem index must be >= 0, not {index}")
@@ -84,6 +85,7 @@ class Modem:
         self.device_uuid = device_uuid
         self.model = model
         self.firmware = firmware or model.firmware
+        self.cgmm = cgmm or model.cgmm  #: what AT+CGMM prints (the model's, unless the state says)
         self.firmware_uuid = firmware_uuid(self.firmware)
         self.identity_key = identity_key
         self.identity_public_key_pem = identity_key.public_key().public_bytes(
@@ -234,7 +236,7 @@ class Modem:
         return ok("Nordic Semiconductor ASA")
 
     def _cgmm(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
-        return ok(self.model.cgmm)
+        return ok(self.cgmm)
 
     def _cgmr(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
         return ok(self.firmware)

@@ -10,7 +10,10 @@ Shape (documented in the README)::
                                   "public_key_pem": "...", "private_key_pem": "...",
                                   "content": null}]}]}
 
-``content`` is the exact text written with ``%CMNG=0`` (``null`` for generated keys);
+A modem may also have ``cgmm``, what ``AT+CGMM`` prints when it is not its model's string.
+``firmware`` and ``cgmm`` may hold any text; a lone surrogate ``\\udcXX`` is sent as the raw byte
+``XX`` (a modem that prints bytes that are not UTF-8). ``content`` is the exact text written with
+``%CMNG=0`` (``null`` for generated keys);
 ``private_key_pem`` is set for keys made by ``%KEYGEN`` (it is a simulator). Each modem is one line
 of the file, so :class:`StateRenderer` re-serialises only the modems whose ``revision`` changed.
 """
@@ -53,6 +56,7 @@ def modem_to_dict(modem: Modem) -> dict[str, Any]:
         "imei": modem.imei,
         "device_uuid": str(modem.device_uuid),
         "model": modem.model.name,
+        **({"cgmm": modem.cgmm} if modem.cgmm != modem.model.cgmm else {}),
         "firmware": modem.firmware,
         "function_mode": modem.function_mode,
         "identity_public_key_pem": modem.identity_public_key_pem,
@@ -114,7 +118,8 @@ def modem_from_dict(obj: Any, *, capacity: int) -> Modem:
                  model=MODELS[model_name], identity_key=key,
                  store=CredentialStore(max(capacity, len(credentials)), credentials),
                  function_mode=_field(obj, "function_mode", int, where),
-                 firmware=_field(obj, "firmware", str, where))
+                 firmware=_field(obj, "firmware", str, where),
+                 cgmm=_field(obj, "cgmm", str, where) if "cgmm" in obj else None)
 
 
 def parse_state(data: bytes, *, capacity: int) -> dict[int, Modem]:
