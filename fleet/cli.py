@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from fleet import __version__, exitcodes, interrupts
 
@@ -32,6 +33,45 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(exitcodes.USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _Stdout:
+    """``sys.stdout`` for a reader that may go away (`fleet run --json | head -1`): from the
+    first write that finds the pipe closed on, output is dropped (the descriptor then points at
+    /dev/null, so no later flush fails either) and the command goes on to its own exit status.
+    Everything else is the real stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        self.reader_gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        except (OSError, ValueError):  # a stream without a descriptor: nothing to redirect
+            pass
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _import_structlog_without_rich() -> None:
@@ -77,13 +117,14 @@ def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
     args = parser.parse_args(argv)
     if gc_held:
         _collect_less()
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
-    except BrokenPipeError:  # `fleet ... | head`: the reader went away; that is not an error
-        sys.stderr.close()
-        return code if "code" in locals() else exitcodes.OK
+    finally:
+        sys.stdout = stdout
     # Everything is written and closed by now. Freezing the heap spares the interpreter's exit a
     # garbage-collection pass over every object a run made (about 0.2 s after a large run).
     gc.freeze()

@@ -311,6 +311,22 @@ def _key_words(key: dict[str, Any]) -> str:
     return words
 
 
+def _summary_line(document: Mapping[str, Any]) -> str:
+    """The last word on a run, e.g. ``ok: 8 devices: 8 done; devices were changed``."""
+    summary = dict(document["summary"])
+    total = summary.pop("devices", 0)
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in summary.items())
+    line = f"{total} device{'' if total == 1 else 's'}" + (f": {counts}" if counts else "")
+    if document["check"]:
+        line += "; a real run would " + ("change them" if document["changed"] else
+                                         "change nothing")
+    else:
+        line += "; devices were changed" if document["changed"] else "; nothing was changed"
+    if document["interrupted"]:
+        return f"interrupted: {line}; run again to resume"
+    return f"{'FAILED' if document['failed'] else 'ok'}: {line}"
+
+
 def summary_lines(document: Mapping[str, Any]) -> list[str]:
     """The end-of-run summary an operator reads, line by line, from the ``--json`` document
     (so the screen says what the document and the manifest say)."""
@@ -327,12 +343,11 @@ def summary_lines(document: Mapping[str, Any]) -> list[str]:
                 lines.append(f"{'':<10} {key['name']}: certificate serial {cert['serial']} "
                              f"from {cert['issuer']}, valid until {cert['not_after']}")
         for planned in device.get("planned", []):
-            lines.append(f"{'':<10} would {planned['action']} {planned['name']} "
-                         f"(sec_tag {planned['sec_tag']}): {planned['reason']}")
-    state = "interrupted" if document["interrupted"] else (
-        "FAILED" if document["failed"] else "ok")
-    lines.append(f"{state}: changed={str(document['changed']).lower()} "
-                 f"summary={document['summary']}")
+            action = ("nothing to do" if planned["action"] == "nothing"
+                      else f"would {planned['action']}")
+            lines.append(f"{'':<10} {planned['name']} (sec_tag {planned['sec_tag']}): "
+                         f"{action}: {planned['reason']}")
+    lines.append(_summary_line(document))
     if document["manifest"]:
         lines.append(f"manifest: {document['manifest']}")
     if document.get("manifest_error"):

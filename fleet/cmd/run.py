@@ -44,16 +44,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="print one JSON document on stdout (logs stay on stderr)")
     parser.add_argument("--concurrency", type=int, metavar="N",
                         help="slots worked on at once (default: all)")
-    parser.add_argument("--only", nargs="+", action="extend", metavar="SLOT", default=[],
-                        help="only these slots (by name or port; may be repeated)")
+    parser.add_argument("--only", action="append", metavar="SLOT", default=[],
+                        help="only this slot (by name or port); repeat for more: --only a "
+                             "--only b")
     parser.add_argument("--journal", type=Path, metavar="PATH",
                         help="journal file (default: the plan's journal: its journal: key, or "
                              ".fleet/<plan name>.journal.sqlite beside the plan)")
     parser.add_argument("--fresh", action="store_true",
                         help="start a new run instead of resuming an interrupted one "
                              "(what devices hold is still honoured)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="default: warning when the live table is shown (a terminal), "
+                             "info otherwise")
     parser.set_defaults(func=run)
 
 
@@ -118,7 +120,7 @@ def _journal_at_the_old_place(plan: Plan) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not args.json
-    configure_logging(level="warning" if tty and args.log_level == "info" else args.log_level)
+    configure_logging(level=args.log_level or ("warning" if tty else "info"))
     if args.concurrency is not None and args.concurrency < 1:
         return _refuse(args, ["fleet run: --concurrency must be at least 1"], "usage error")
     try:
