@@ -299,7 +299,7 @@ def test_module_real_run_then_rerun(tmp_path: Path) -> None:
     code, result = _module(tmp_path, args, cwd=elsewhere)  # plan and journal: under chdir
     assert code == 0, result
     assert result["cmd"][1:] == ["run", "plan.yaml", "--json", "--journal", "j.sqlite",
-                                 "--concurrency", "1", "--only", "slot0", "slot1"]
+                                 "--concurrency", "1", "--only=slot0", "--only=slot1"]
     assert (tmp_path / "j.sqlite").is_file() and not list(elsewhere.iterdir())
     assert result["changed"] is True and result["rc"] == 0 and "failed" not in result
     manifest = Path(result["manifest"])
@@ -361,6 +361,23 @@ def test_module_exit_2_fails_with_the_plan_errors(tmp_path: Path) -> None:
     code, result = _module(tmp_path, {"plan": str(plan), "fleet": "no-such-fleet-here"})
     assert code == 1 and result["failed"] is True
     assert "no-such-fleet-here" in result["msg"]
+
+
+def test_module_only_items_are_slot_names_never_options(tmp_path: Path) -> None:
+    plan = _module_plan(tmp_path)
+    journal = str(tmp_path / "j.sqlite")
+    code, result = _module(tmp_path, {"plan": str(plan), "journal": journal,
+                                      "only": ["slot0", "--check"]})
+    assert result["cmd"][-2:] == ["--only=slot0", "--only=--check"], result
+    # "--check" is no slot of the plan: a plan error, not a check run in a real run's place.
+    assert code == 1 and result["rc"] == 2 and result["check"] is False, result
+    assert "--only '--check' is neither the name nor the port of a slot" in result["msg"]
+    assert not (tmp_path / "sim.log").exists()
+    code, result = _module(tmp_path, {"plan": str(plan), "journal": journal, "only": ["slot1"]})
+    assert code == 0 and result["check"] is False, result
+    assert {d["slot"]: d["outcome"] for d in result["devices"]} == {"slot0": "not-started",
+                                                                    "slot1": "done"}
+    assert _sim_writes(tmp_path)  # a real run
 
 
 def _children(pid: int) -> list[int]:

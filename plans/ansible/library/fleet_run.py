@@ -65,7 +65,8 @@ options:
     type: int
   only:
     description:
-      - Only these slots, by slot name or port (C(--only)).
+      - Only these slots, by slot name or port (one C(--only=SLOT) each, so an item that looks
+        like an option is still a slot name).
     type: list
     elements: str
     default: []
@@ -222,8 +223,9 @@ def build_command(fleet, params, check):
         cmd += ["--concurrency", str(params["concurrency"])]
     if params.get("fresh"):
         cmd.append("--fresh")
-    if params.get("only"):
-        cmd += ["--only", *params["only"]]
+    # One --only=VALUE per item: a value is never taken for an option (an item "--check" would
+    # otherwise turn a real run into a check run), nor the plan for a slot.
+    cmd += [f"--only={slot}" for slot in params.get("only") or ()]
     return cmd
 
 
