@@ -111,7 +111,10 @@ def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if interrupts.catching() and (not argv or argv[0] != "run"):
-        interrupts.release()  # only `fleet run` reports a signal in its own way
+        try:
+            interrupts.release()  # only `fleet run` reports a signal in its own way
+        except KeyboardInterrupt:  # a Ctrl-C that came while fleet started
+            return exitcodes.INTERRUPTED
     _import_structlog_without_rich()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
