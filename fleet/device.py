@@ -15,7 +15,8 @@ answers: ``AT``, twice at most, each with its own short timeout (``probe_timeout
 diagnosis of the bytes that came instead (:mod:`fleet.diagnose`).
 
 A timeout or a lost connection leaves the line in an unknown state (a late answer could be taken
-for the next command's), so the session is marked dirty and the caller must ``recover()``: close,
+for the next command's), so the codec's connection is left in its ERROR state, which refuses
+every command until the caller has ``recover()``-ed: close,
 reopen (tries and backoff from the :class:`fleet.retry.RetryPolicy`), probe, ``AT+CMEE=1``, and
 read the IMEI again. A different IMEI means the board in the slot was swapped:
 :class:`DeviceSwapped`.
