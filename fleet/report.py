@@ -32,7 +32,13 @@ from typing import Any
 
 from fleet import __version__
 from fleet.certs.report import certificate_extra
-from fleet.credentials import CredentialType, KeygenAnswer, check_keygen, parse_keygen
+from fleet.credentials import (
+    CredentialType,
+    Expectation,
+    KeygenAnswer,
+    check_keygen,
+    parse_keygen,
+)
 from fleet.errors import CredentialError
 from fleet.journal import CertState, KeyRow, RunInfo, RunReport, SlotRow
 from fleet.manifest import ANSWER_OUTCOMES, RESPONSE_PAYLOAD_IDS, answer_fields
@@ -78,23 +84,17 @@ _UNSELECTED = "not worked on yet: the run so far was limited to other slots (--o
 
 def _answer_problem(answer: KeygenAnswer, row: KeyRow, response: str,
                     device_uuid: str | None) -> str | None:
-    """Why a journaled answer cannot be this key's (None: it can)."""
-    failed = [check.detail for check in check_keygen(answer) if not check.ok]
-    if failed:
-        return "; ".join(failed)
-    payload = answer.payload
-    if payload.sec_tag != row.sec_tag:
-        return f"it is for sec_tag {payload.sec_tag}, not {row.sec_tag}"
-    if payload.payload_id != RESPONSE_PAYLOAD_IDS[response]:
-        return f"its payload id {payload.payload_id} does not fit response {response}"
-    if device_uuid is None:
-        return None  # the caller says why: a journal from before device UUIDs were journaled
+    """Why a journaled answer cannot be this key's (None: it can): every rule of
+    :func:`fleet.credentials.check_keygen`, with the key's sec_tag and payload id and the
+    device's UUID as expected (no UUID: the caller says why)."""
     try:
-        if payload.device_uuid == uuid.UUID(device_uuid):
-            return None
+        device = None if device_uuid is None else uuid.UUID(device_uuid)
     except ValueError:
         return f"the device UUID the journal holds, {device_uuid!r}, is not a UUID"
-    return f"it is from device {payload.device_uuid}, not {device_uuid}"
+    expect = Expectation(sec_tag=row.sec_tag, payload_id=RESPONSE_PAYLOAD_IDS[response],
+                         device_uuid=device)
+    failed = [check.detail for check in check_keygen(answer, expect) if not check.ok]
+    return "; ".join(failed) or None
 
 
 def _failed_key(row: KeyRow, response: str, error: str) -> KeyRecord:
