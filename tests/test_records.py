@@ -29,6 +29,7 @@ from tests.runhelpers import KEYS, fleet, journal_rows, run_json, wait_for, writ
 from tests.simproc import command, open_port, run_sim
 
 TLS = 16842753
+CAPTURED = "action = 'keygen' AND outcome = 'ok'"  #: steps of a captured %KEYGEN answer
 REPLACE = f"""
 keys:
   tls:
@@ -53,6 +54,20 @@ def _stop(proc: subprocess.Popen[str], signum: int) -> tuple[int, str, str]:
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
+
+
+def _interrupt(plan: Path, journal: Path, until: Callable[[], bool], what: str, signum: int,
+               *args: str) -> tuple[int, str, str]:
+    """`fleet run PLAN ARGS` stopped by ``signum`` once ``until()`` holds: (exit, stdout,
+    stderr)."""
+    proc = _start(plan, journal, *args)
+    wait_for(until, what)
+    return _stop(proc, signum)
+
+
+def _steps(journal: Path, where: str, count: int = 1) -> Callable[[], bool]:
+    """Whether the journal has ``count`` steps (at least) that match ``where``."""
+    return lambda: len(journal_rows(journal, f"SELECT 1 FROM steps WHERE {where}")) >= count
 
 
 def _document(out: str, err: str) -> dict[str, Any]:
@@ -124,10 +139,8 @@ def test_sigterm_between_the_two_keys_of_a_device_gives_a_manifest_that_verifies
     with run_sim(tmp_path, 4, "--profile", "realistic"):
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
         journal = tmp_path / "j.sqlite"
-        proc = _start(plan, journal, "--json")
-        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
-                                               "AND outcome = 'ok'")), "a first captured key")
-        code, out, err = _stop(proc, signal.SIGTERM)
+        code, out, err = _interrupt(plan, journal, _steps(journal, CAPTURED),
+                                    "a first captured key", signal.SIGTERM, "--json")
         assert code == 3, err
         document = _document(out, err)
         assert document["interrupted"] is True and document["complete"] is False
@@ -155,10 +168,9 @@ def test_sigterm_during_a_keygen_reports_the_key_interrupted(tmp_path: Path) -> 
     with run_sim(tmp_path, 2, "--profile", "realistic"):
         plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
-        proc = _start(plan, journal, "--json")
-        wait_for(lambda: len(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
-                                              "AND outcome IS NULL")) == 2, "two %KEYGEN sent")
-        code, out, err = _stop(proc, signal.SIGTERM)
+        code, out, err = _interrupt(plan, journal,
+                                    _steps(journal, "action = 'keygen' AND outcome IS NULL", 2),
+                                    "two %KEYGEN sent", signal.SIGTERM, "--json")
         assert code == 3, err
         document = _document(out, err)
         signed = _manifest(document)
@@ -172,10 +184,9 @@ def test_slots_waiting_for_their_turn_are_reported_not_started(tmp_path: Path) -
     with run_sim(tmp_path, 4, "--profile", "realistic"):
         plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
-        proc = _start(plan, journal, "--json", "--concurrency", "1")
-        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen'")),
-                  "the first slot's %KEYGEN")
-        code, out, err = _stop(proc, signal.SIGINT)
+        code, out, err = _interrupt(plan, journal, _steps(journal, "action = 'keygen'"),
+                                    "the first slot's %KEYGEN", signal.SIGINT, "--json",
+                                    "--concurrency", "1")
         assert code == 3, err
         document = _document(out, err)
         signed = _manifest(document)
@@ -307,11 +318,8 @@ def test_the_summary_on_screen_says_what_the_manifest_says(tmp_path: Path) -> No
     with run_sim(tmp_path, 2, "--profile", "realistic"):
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
         journal = tmp_path / "j.sqlite"
-        proc = _start(plan, journal)
-        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
-                                               "AND outcome = 'ok'")), "a first captured key")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        _interrupt(plan, journal, _steps(journal, CAPTURED), "a first captured key",
+                   signal.SIGKILL)
         result = fleet("run", plan, "--journal", journal)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -349,10 +357,10 @@ def test_ctrl_c_during_the_certificate_step_keeps_the_key_generated(tmp_path: Pa
     with run_sim(tmp_path, 2, "--profile", "realistic"):
         plan = write_plan(tmp_path, ports=_ports(tmp_path), keys=keys, slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
-        proc = _start(plan, journal, "--json")
-        wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM certs WHERE state = 'issued'")),
-                  "a certificate issued")
-        code, out, err = _stop(proc, signal.SIGINT)
+        code, out, err = _interrupt(
+            plan, journal,
+            lambda: bool(journal_rows(journal, "SELECT 1 FROM certs WHERE state = 'issued'")),
+            "a certificate issued", signal.SIGINT, "--json")
         assert code == 3, err
         document = _document(out, err)
         signed = _manifest(document)
@@ -409,11 +417,8 @@ def test_a_board_swapped_after_a_sigkill_keeps_its_keys_in_the_record(tmp_path: 
     plan = write_plan(tmp_path, ports="sim://0-1",
                       extra="simulator: {state: sim.json, profile: realistic}\n")
     journal = tmp_path / "j.sqlite"
-    proc = _start(plan, journal, "--json")
-    wait_for(lambda: bool(journal_rows(journal, "SELECT 1 FROM steps WHERE action = 'keygen' "
-                                           "AND outcome = 'ok'")), "a first captured key")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    _interrupt(plan, journal, _steps(journal, CAPTURED), "a first captured key", signal.SIGKILL,
+               "--json")
     ((slot, imei),) = journal_rows(journal, "SELECT slot, imei FROM run_keys LIMIT 1")
     _swap_board(tmp_path / "sim.json", int(slot.removeprefix("slot")), _luhn("35999999000000"))
     code, document, err = run_json(plan, journal)
