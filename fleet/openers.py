@@ -11,8 +11,9 @@ holding the ``/dev/ptmx`` master whose ``tty-index`` is the pty's number, such a
 sim``): that is the device, not a rival. Processes fleet may not look into are skipped. Off
 Linux (no ``/proc``) every answer is empty.
 
-:class:`OpenersScan` shares one scan among every slot of a run (a scan of ``/proc`` per slot
-would cost more than hundreds of slots' work); a slot that failed scans again for its port.
+A run makes one scan for all its ports beside its slots, which never wait for it (a scan of
+``/proc`` per slot would cost more than hundreds of slots' work); a slot that failed scans
+again for its port (:func:`fresh`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["Opener", "OpenersScan", "describe", "fresh", "scan"]
+__all__ = ["Opener", "describe", "fresh", "scan"]
 
 _PTS = re.compile(r"/dev/pts/(\d+)\Z")
 
@@ -82,12 +83,12 @@ def scan(ports: Iterable[str], *, proc: str = "/proc") -> dict[str, tuple[Opener
     if not wanted or not os.path.isdir(proc):
         return found
     own = str(os.getpid())
-    holders: dict[str, set[str]] = {}
-    masters: dict[int, set[str]] = {}  # pty index -> pids holding its master
     try:
         pids = [name for name in os.listdir(proc) if name.isdigit() and name != own]
     except OSError:
         return found
+    holders: dict[str, set[str]] = {}
+    pty_masters: list[tuple[str, str]] = []  # (pid, fd) of every pty master seen
     for pid in pids:
         try:
             fds = os.listdir(f"{proc}/{pid}/fd")
@@ -101,9 +102,13 @@ def scan(ports: Iterable[str], *, proc: str = "/proc") -> dict[str, tuple[Opener
             if target in wanted:
                 holders.setdefault(target, set()).add(pid)
             elif target in ("/dev/ptmx", "/dev/pts/ptmx"):
-                index = _pty_index(pid, fd)
-                if index is not None:
-                    masters.setdefault(index, set()).add(pid)
+                pty_masters.append((pid, fd))
+    masters: dict[int, set[str]] = {}  # pty index -> pids holding its master
+    if any(_PTS.match(real) for real in holders):  # read only when a held port is a pty
+        for pid, fd in pty_masters:
+            index = _pty_index(pid, fd)
+            if index is not None:
+                masters.setdefault(index, set()).add(pid)
     commands: dict[str, str] = {}
     for real, pids_holding in holders.items():
         match = _PTS.match(real)
@@ -120,25 +125,6 @@ def scan(ports: Iterable[str], *, proc: str = "/proc") -> dict[str, tuple[Opener
 def describe(openers: tuple[Opener, ...]) -> str:
     """``other processes have this port open: pid 1 (picocom ...), ...``."""
     return "other processes have this port open: " + ", ".join(map(str, openers))
-
-
-class OpenersScan:
-    """One scan of ``/proc`` shared by every slot of a run, made when the first slot asks."""
-
-    def __init__(self, ports: Iterable[str]) -> None:
-        self._ports = tuple(dict.fromkeys(ports))
-        self._lock = anyio.Lock()
-        self._result: dict[str, tuple[Opener, ...]] | None = None
-
-    async def of(self, port: str) -> tuple[Opener, ...]:
-        """Other processes that held ``port`` open at the shared scan."""
-        async with self._lock:
-            if self._result is None:
-                ports = self._ports if port in self._ports else (*self._ports, port)
-                self._result = await anyio.to_thread.run_sync(scan, ports)
-        if port not in self._result:
-            return await fresh(port)
-        return self._result[port]
 
 
 async def fresh(port: str) -> tuple[Opener, ...]:

@@ -33,7 +33,7 @@ from fleet import __version__, exitcodes
 from fleet.errors import JournalError, ManifestError, PlanError
 from fleet.interrupts import Watch
 from fleet.journal import Journal, RunInfo, RunReport, utc_now
-from fleet.openers import OpenersScan
+from fleet.openers import describe, scan
 from fleet.plan import Plan, Slot
 from fleet.provision.base import ImeiClaims
 from fleet.provision.flow import SlotJob, SlotResult, SlotStatus, provision_slot
@@ -182,7 +182,6 @@ async def run_plan(
                          slots=len(plan.slots))
             limit = options.concurrency or plan.defaults.concurrency or max(1, len(plan.slots))
             limiter = anyio.CapacityLimiter(limit)
-            openers = OpenersScan(slot.port for slot in plan.slots)  # one /proc scan for all
 
             async def run_slot(slot: Slot) -> None:
                 async def opener() -> anyio.abc.ByteStream:
@@ -191,7 +190,7 @@ async def run_plan(
 
                 job = SlotJob(run_id=run.run_id, station=plan.station, slot=slot,
                               journal=journal, opener=opener, check=options.check,
-                              claims=claims, openers=openers, on_progress=on_progress,
+                              claims=claims, on_progress=on_progress,
                               on_result=lambda result: results.__setitem__(slot.name, result))
                 async with limiter:
                     try:
@@ -206,6 +205,7 @@ async def run_plan(
                     outer.start_soon(_watch_signals, slots_scope, stop)
                 with slots_scope:
                     async with anyio.create_task_group() as slots:
+                        slots.start_soon(_warn_other_openers, plan)
                         for slot in plan.slots:
                             slots.start_soon(run_slot, slot)
                 interrupted = stop["interrupted"] or len(results) < len(plan.slots) or any(
@@ -223,6 +223,17 @@ async def run_plan(
     finally:
         await journal.aclose()
     return outcome
+
+
+async def _warn_other_openers(plan: Plan) -> None:
+    """A warning for each port that other processes hold open (it works, for now, but they may
+    take its answers): one scan of ``/proc`` for the whole run, beside the slots, which do not
+    wait for it (a slot that fails scans again for its own port, to name them in its error)."""
+    found = await anyio.to_thread.run_sync(scan, [slot.port for slot in plan.slots])
+    for slot in plan.slots:
+        if found[slot.port]:
+            log.warning(describe(found[slot.port]) + ": they may take fleet's answers or send "
+                        "their own; close them", slot=slot.name, port=slot.port)
 
 
 async def _finish(plan: Plan, options: RunOptions, journal: Journal, run: RunInfo,

@@ -48,7 +48,7 @@ from fleet.errors import (
 )
 from fleet.journal import Journal
 from fleet.nrf91 import ACTIVE_MODES
-from fleet.openers import OpenersScan, describe, fresh
+from fleet.openers import describe, fresh
 from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
 from fleet.records import DeviceRecord, KeyRecord
@@ -158,9 +158,6 @@ class SlotJob:
     on_progress: Callable[[SlotStatus], None] = lambda status: None
     #: Called with the slot's result once it is known, also when the run is cancelled.
     on_result: Callable[[SlotResult], None] = lambda result: None
-    #: Other processes holding ports open: one scan shared by a run's slots (None: this
-    #: slot's own)
-    openers: OpenersScan | None = None
     sleep: Sleep = anyio.sleep  #: what the retry policy waits with
     clock: Clock = time.monotonic  #: what the retry policy's deadline is read from
 
@@ -200,7 +197,6 @@ class DeviceWork:
                                      probe_timeout=self.settings.probe_timeout_s,
                                      baudrate=self.settings.baudrate,
                                      rtscts=self.settings.rtscts, log=self.log)
-        self.openers = job.openers or OpenersScan((job.slot.port,))
         self.dev = DeviceState()
 
     def step(self, text: str) -> None:
@@ -270,13 +266,6 @@ class DeviceWork:
         """``reason``, and the other processes that hold the port open now, if any."""
         found = await fresh(self.slot.port)
         return f"{reason}; {describe(found)}" if found else reason
-
-    async def warn_openers(self) -> None:
-        """A warning when other processes hold the port open (the port works, for now)."""
-        found = await self.openers.of(self.slot.port)
-        if found:
-            self.log.warning(describe(found) + ": they may take fleet's answers or send "
-                             "their own; close them")
 
     def uuid_clash(self, device_uuid: str, owner: str) -> str:
         return (f"this modem's device UUID {device_uuid} belongs to IMEI {owner} in the "

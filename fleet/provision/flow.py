@@ -109,7 +109,6 @@ class _Flow(DeviceWork):
                         on_retry=lambda reason: self.step("probe: no answer, AT again"))
         except (NoAnswer, TransportError) as exc:  # PortBusy too: name who holds the port
             raise DeviceLost(await self.with_openers(str(exc))) from exc
-        await self.warn_openers()
         self.step("identify")
         async for attempt in self.policy.step(retry_on=_IDENTIFY_RETRYABLE):
             with attempt:
