@@ -1,6 +1,6 @@
 """Glue between `fleet run` and the manifest: load the signing key BEFORE anything is sent, and
-at the end sign the run's record (:mod:`fleet.report`, from the journal), check the signed
-manifest as `fleet verify` would, and write it.
+at the end check the run's record (:mod:`fleet.report`, from the journal) with the checks of
+`fleet verify`, sign it, and write it.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import anyio.to_thread
 import structlog
 
 from fleet.errors import ManifestError
-from fleet.manifest import build_signed, directory_problem, sign, verify, write_manifest
+from fleet.manifest import build_signed, directory_problem, sign, verify_contents, write_manifest
 from fleet.plan import Plan
 from fleet.records import RunRecord
 from fleet.station_key import (
-    PublicKey,
     SigningKey,
     ensure_throwaway_key,
     keyid,
@@ -55,7 +54,6 @@ def prepare_manifest(plan: Plan) -> ManifestWriter:
     that cannot be written stops the run before anything is sent) and return the coroutine
     function that signs and writes the manifest of a run's record."""
     key = load_plan_signing_key(plan)
-    public = key.public_key()
     directory = plan.manifest_directory(now=datetime.now(UTC))
     problem = directory_problem(directory, create=True)
     if problem is not None:
@@ -63,8 +61,9 @@ def prepare_manifest(plan: Plan) -> ManifestWriter:
                             "provisioned (fix the directory, or change manifest: in the plan)")
 
     async def write(record: RunRecord) -> Path:
-        document = sign(build_signed(record, station_public_key_pem=public_key_pem(key)), key)
-        check_own_manifest(document, public)
+        signed = build_signed(record, station_public_key_pem=public_key_pem(key))
+        check_own_manifest(signed)
+        document = sign(signed, key)
         now = datetime.now(UTC)
         path = plan.manifest_path(now=now, run_id=record.run_id)
         written: Path = await anyio.to_thread.run_sync(write_manifest, path, document)
@@ -75,10 +74,12 @@ def prepare_manifest(plan: Plan) -> ManifestWriter:
     return write
 
 
-def check_own_manifest(document: Mapping[str, Any], public: PublicKey) -> None:
-    """Run on a manifest about to be written the checks of `fleet verify` (trusting the key
-    that signed it): one that fails is a bug in fleet, so it is refused, never written."""
-    report = verify(document, trusted=[public])
+def check_own_manifest(signed: Mapping[str, Any]) -> None:
+    """Run on what a manifest is about to sign the checks of `fleet verify` that concern its
+    contents (shape, devices, answers, certificates, summary): one that fails is a bug in
+    fleet, so it is refused, never signed. (The signature is made by :func:`sign`, which
+    refuses a key other than the embedded station key.)"""
+    report = verify_contents(signed)
     if not report.ok:
         reasons = "; ".join(check.line() for check in report.failures[:5])
         more = len(report.failures) - 5

@@ -34,6 +34,7 @@ from fleet.manifest import (
     nesting_problem,
     sign,
     verify,
+    verify_contents,
     write_manifest,
 )
 from fleet.records import DeviceOutcome, KeyOutcome
@@ -584,3 +585,29 @@ def test_nesting_up_to_the_limit_is_read() -> None:
     text = '{"signed": {"x": ' + "[" * 62 + "]" * 62 + '}, "signatures": []}'
     assert nesting_problem(load_document(text)) is None
     assert "more than 63 levels" in (nesting_problem(load_document(text), limit=63) or "")
+
+
+# --- contents (what `fleet run` checks before it signs) ------------------------------------------
+
+
+def test_contents_of_a_good_record_pass_and_count_what_was_checked() -> None:
+    report = verify_contents(DOC["signed"])
+    assert report.ok, _reasons(report)
+    assert (report.devices, report.answers) == (2, 4)
+    assert not report.signers  # no signature is looked at
+
+
+def test_contents_fail_where_verify_fails_for_what_signed_says() -> None:
+    signed = copy.deepcopy(DOC["signed"])
+    signed["devices"][0]["keys"][0]["sec_tag"] += 1  # not the sec_tag of its answer
+    report = verify_contents(signed)
+    assert _failed(report) == {"sec_tag"}, _reasons(report)
+    resigned = verify(sign(signed, STATION), trusted=[STATION.public_key()])
+    assert {c.line() for c in resigned.failures} == {c.line() for c in report.failures}
+
+
+def test_contents_of_a_malformed_signed_fail_on_its_shape() -> None:
+    signed = copy.deepcopy(DOC["signed"])
+    del signed["devices"][0]["imei"]
+    report = verify_contents(signed)
+    assert not report.ok and "shape" in _failed(report), _reasons(report)

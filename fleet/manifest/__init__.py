@@ -30,7 +30,13 @@ from fleet.manifest.store import (
     read_manifest,
     write_manifest,
 )
-from fleet.manifest.verify import NOT_TRUSTED_WARNING, VerifyCheck, VerifyReport, verify
+from fleet.manifest.verify import (
+    NOT_TRUSTED_WARNING,
+    VerifyCheck,
+    VerifyReport,
+    verify,
+    verify_contents,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -53,5 +59,6 @@ __all__ = [
     "sign",
     "signature",
     "verify",
+    "verify_contents",
     "write_manifest",
 ]

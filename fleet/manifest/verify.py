@@ -34,7 +34,7 @@ from fleet.manifest.signing import ALGORITHMS, canonical_bytes, decode_sig, sign
 from fleet.manifest.store import load_document, nesting_problem
 from fleet.station_key import PublicKey, algorithm, keyid, public_key_from_pem
 
-__all__ = ["NOT_TRUSTED_WARNING", "VerifyCheck", "VerifyReport", "verify"]
+__all__ = ["NOT_TRUSTED_WARNING", "VerifyCheck", "VerifyReport", "verify", "verify_contents"]
 
 _KEYID = re.compile(r"[0-9a-f]{64}\Z")
 NOT_TRUSTED_WARNING = (
@@ -161,6 +161,20 @@ def verify(
             report.complete = run["complete"]
     _check_signatures(signed, signatures or [], data, trusted, report)
     if signed is not None and shape_ok:
+        _check_devices(signed, report)
+    return report.build()
+
+
+def verify_contents(signed: Mapping[str, Any]) -> VerifyReport:
+    """The checks of :func:`verify` that concern what ``signed`` says (its shape, every device,
+    answer and certificate, the summary), not its signatures: what a manifest about to be signed
+    must pass."""
+    report = _Report()
+    problem = nesting_problem(signed)
+    if problem is not None:
+        report.fail("json", problem)
+    elif check_signed(signed, report.fail):
+        report.add("shape", True, f"document shape is {FORMAT}")
         _check_devices(signed, report)
     return report.build()
 
