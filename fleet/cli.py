@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import os
 import sys
@@ -74,23 +73,6 @@ class _Stdout:
         return getattr(self._stream, name)
 
 
-def _import_structlog_without_rich() -> None:
-    """Import structlog with rich hidden from it.
-
-    structlog imports rich (and pygments) at import time when rich is installed, to offer rich
-    tracebacks in its development console renderer, which fleet does not use. That costs about
-    0.1 s at every start of a command that may be run hundreds of times a shift (a re-run with
-    nothing to do takes about a second). rich stays importable for fleet's own progress table.
-    """
-    if "structlog" in sys.modules or "rich" in sys.modules:
-        return
-    sys.modules["rich"] = None  # type: ignore[assignment]
-    try:
-        import structlog  # noqa: F401
-    finally:
-        del sys.modules["rich"]
-
-
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv`` naming a sub-command, only that sub-command is registered."""
     parser = _Parser(
@@ -105,9 +87,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
-    """Run one ``fleet`` command; ``gc_held``: the caller turned the cycle collector off for
-    the start-up (:func:`entry`), and it comes back, tuned, once the command's modules are in."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``fleet`` command; its exit status."""
     if argv is None:
         argv = sys.argv[1:]
     if interrupts.catching() and (not argv or argv[0] != "run"):
@@ -115,11 +96,8 @@ def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
             interrupts.release()  # only `fleet run` reports a signal in its own way
         except KeyboardInterrupt:  # a Ctrl-C that came while fleet started
             return exitcodes.INTERRUPTED
-    _import_structlog_without_rich()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    if gc_held:
-        _collect_less()
     stdout = sys.stdout
     sys.stdout = _Stdout(stdout)
     try:
@@ -128,51 +106,24 @@ def main(argv: Sequence[str] | None = None, *, gc_held: bool = False) -> int:
         return exitcodes.INTERRUPTED
     finally:
         sys.stdout = stdout
-    # Everything is written and closed by now. Freezing the heap spares the interpreter's exit a
-    # garbage-collection pass over every object a run made (about 0.2 s after a large run).
-    gc.freeze()
     return code
 
 
-def _collect_less() -> None:
-    """Start-up is over: move what it made out of the collector's sight and collect less often.
-
-    Measured at 256 slots (``scripts/bench.py``): with the default thresholds the collector ran
-    about 200 times during a run and took about 0.2 s of the loop's time, rescanning the same
-    long-lived objects (modules, classes, plan schemas, one session per slot); the garbage a
-    run makes is nearly all freed by reference counting anyway. After ``gc.freeze()`` those
-    objects are never scanned again, and a young generation of 10,000 objects (700 by default)
-    makes the collections rare. Reference cycles are still collected.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-    gc.enable()
-
-
 def entry() -> None:
-    """The ``fleet`` command (and ``python -m fleet``): :func:`main`, then a fast exit.
-
-    The cycle collector is off while the command's modules are imported (tens of thousands of
-    objects that live as long as the process, so collecting among them is wasted time) and
-    comes back, tuned, before the command runs (:func:`_collect_less`).
-
-    Every file fleet writes (journal, manifest, state) is closed by the time ``main`` returns;
-    what is left is the interpreter's teardown of every module and object, tens of
-    milliseconds that an operator or a playbook waits for at every invocation. So the output
-    streams are flushed and the process ends with ``os._exit``.
+    """The ``fleet`` command (and ``python -m fleet``): :func:`main`, and its status.
 
     SIGINT and SIGTERM are recorded from the first line on, so that `fleet run` reports one that
     lands while it starts (:mod:`fleet.interrupts`); the other commands get the default
     handlers back in :func:`main`."""
     interrupts.catch()
-    gc.disable()
-    code = main(gc_held=True)
+    code = main()
     try:
         sys.stdout.flush()
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):  # the reader went away, or the stream was closed
-        pass
-    os._exit(code)
+    except BrokenPipeError:  # the reader went away: the exit status still says what happened
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
