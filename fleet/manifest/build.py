@@ -66,34 +66,7 @@ def answer_fields(answer: KeygenAnswer) -> dict[str, Any]:
 def plain_json(value: Any, where: str) -> Any:
     """A deep copy of ``value`` as plain JSON data; ``ManifestError`` naming ``where`` for a
     float, a non-string key, an integer RFC 8785 cannot represent exactly, or any other type."""
-    try:
-        return _copy_plain(value)
-    except _NotPlain:  # something to convert, or an error to name with its path
-        return _plain(value, where, ())
-
-
-class _NotPlain(Exception):
-    pass
-
-
-def _copy_plain(value: Any) -> Any:
-    """The fast path of :func:`plain_json` for built-in types (a manifest is tens of thousands
-    of values): no path bookkeeping; anything else raises ``_NotPlain``."""
-    kind = type(value)
-    if kind is str or value is None or kind is bool:
-        return value
-    if kind is int and -_MAX_INT <= value <= _MAX_INT:
-        return value
-    if kind is dict:
-        out = {}
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _NotPlain
-            out[key] = _copy_plain(item)
-        return out
-    if kind is list or kind is tuple:
-        return [_copy_plain(item) for item in value]
-    raise _NotPlain
+    return _plain(value, where, ())
 
 
 def _where(where: str, path: tuple[str | int, ...]) -> str:
@@ -103,12 +76,11 @@ def _where(where: str, path: tuple[str | int, ...]) -> str:
 
 
 def _plain(value: Any, where: str, path: tuple[str | int, ...]) -> Any:
-    kind = type(value)
-    if kind is str or value is None or kind is bool:
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
         return str(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):
         if not -_MAX_INT <= value <= _MAX_INT:
             raise ManifestError(f"{_where(where, path)}: integer {value} is outside the exact "
                                 "JSON range")
