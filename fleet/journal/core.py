@@ -86,17 +86,6 @@ class Journal(CertJournal):
             "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", (status, now, run_id)))
         return now
 
-    async def run_row(self, run_id: str) -> dict[str, Any]:
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
-            cur = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-            names = [d[0] for d in cur.description]
-            row = cur.fetchone()
-            if row is None:
-                raise JournalError(f"no run {run_id} in the journal")
-            return dict(zip(names, row, strict=True))
-
-        return await self._execute(op)
-
     # --- devices and keys ----------------------------------------------------------------------
 
     async def device_seen(self, *, imei: str, model: str, firmware: str,
