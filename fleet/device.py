@@ -35,7 +35,6 @@ import anyio
 import anyio.abc
 import structlog
 
-from fleet.aio import both
 from fleet.at import (
     NEED_DATA,
     CmeErrorLine,
@@ -106,10 +105,9 @@ class Response:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Identity:
-    """What the device says it is."""
+    """Which device answers on the port, and the firmware it runs."""
 
     imei: str
-    model: str
     firmware: str
 
 
@@ -262,30 +260,22 @@ class DeviceSession:
             await self.command(Command.set("+CMEE", 1), timeout=timeout)
             self._cme_codes = True
 
-    async def identify(
-        self, *, timeout: float,
-        known_model: Callable[[str], Awaitable[str | None]] | None = None,
-    ) -> Identity:
-        """``AT+CGSN=1`` (twice), ``AT+CGMR``, ``AT+CGMM``. The model is fixed for an IMEI (it
-        is the modem's own number), so ``known_model(imei)`` can spare the ``AT+CGMM``; the
-        firmware is always read, since it can be updated between runs."""
+    async def identify(self, *, timeout: float) -> Identity:
+        """``AT+CGSN=1`` (twice) and ``AT+CGMR``: the IMEI, and the firmware (read every time,
+        since it can be updated between runs). The IMEI is what :meth:`recover` checks the
+        board against."""
         imei = await self.read_imei(timeout=timeout)
-        cgmr = self.command(Command.action("+CGMR"), timeout=timeout)
-        if known_model is not None:  # the journal is asked while the modem answers
-            model, answer = await both(known_model(imei), cgmr)
-        else:
-            model, answer = None, await cgmr
-        firmware = answer.lines
-        if not model:
-            lines = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
-            model = _identity_text("AT+CGMM", "model", lines[-1].strip() if lines else "")
+        lines = (await self.command(Command.action("+CGMR"), timeout=timeout)).lines
         self.identity = Identity(
             imei=imei,
-            model=model,
-            firmware=_identity_text("AT+CGMR", "firmware",
-                                    firmware[-1].strip() if firmware else ""),
+            firmware=_identity_text("AT+CGMR", "firmware", lines[-1].strip() if lines else ""),
         )
         return self.identity
+
+    async def read_model(self, *, timeout: float) -> str:
+        """The model from ``AT+CGMM``."""
+        lines = (await self.command(Command.action("+CGMM"), timeout=timeout)).lines
+        return _identity_text("AT+CGMM", "model", lines[-1].strip() if lines else "")
 
     async def read_imei(self, *, timeout: float) -> str:
         """The IMEI from ``AT+CGSN=1``, read twice: both reads must agree and pass the Luhn

@@ -52,7 +52,7 @@ def _session(opener: Callable[[], Awaitable[anyio.abc.ByteStream]],
                          probe_timeout=SHORT)
 
 
-async def test_identify_reads_the_imei_twice_the_model_and_the_firmware() -> None:
+async def test_identify_reads_the_imei_twice_and_the_firmware_and_the_model_on_request() -> None:
     async with _simulator() as sim:
         session = _session(lambda: sim.connect(0))
         await session.open()
@@ -61,7 +61,7 @@ async def test_identify_reads_the_imei_twice_the_model_and_the_firmware() -> Non
         modem = sim.modems[0]
         assert identity.imei == modem.imei
         assert identity.firmware == modem.firmware
-        assert identity.model  # the modem's AT+CGMM line
+        assert await session.read_model(timeout=5)  # the modem's AT+CGMM line
         await session.close()
 
 

@@ -114,9 +114,12 @@ class _Flow(DeviceWork):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     await self.recover()
-                identity = await self.session.identify(timeout=timeout,
-                                                       known_model=self.job.journal.model_of)
-        self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, identity.model,
+                identity = await self.session.identify(timeout=timeout)
+                # The model is fixed for an IMEI (it is the modem's own number): the journal's
+                # spares the AT+CGMM.
+                model = (await self.job.journal.model_of(identity.imei)
+                         or await self.session.read_model(timeout=timeout))
+        self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, model,
                                                             identity.firmware)
         self.status.imei = identity.imei
         self.log = self.log.bind(imei=identity.imei)
@@ -126,7 +129,7 @@ class _Flow(DeviceWork):
             seen = self.job.journal.device_info(identity.imei)
         else:
             seen = self.job.journal.device_seen(
-                imei=identity.imei, model=identity.model, firmware=identity.firmware,
+                imei=identity.imei, model=model, firmware=identity.firmware,
                 device_uuid=None, run_id=self.job.run_id, slot=self.slot.name,
                 port=self.slot.port)
         # The journal records the device while the modem lists its credentials.
