@@ -10,8 +10,8 @@ from fleet.certs.decide import (
     decide_chain,
     needs_device_certificate,
 )
-from fleet.journal import CertState
 from fleet.records import CertOutcome
+from fleet.state import CertState
 
 CSR, OLD_CSR = "c" * 64, "0" * 64
 MINE, OTHER, THEIRS = "A" * 64, "B" * 64, "F" * 64

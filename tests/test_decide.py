@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.journal import KeyState, PendingIntent
 from fleet.provision.decide import (
     Action,
     decide_client_key,
@@ -12,6 +11,7 @@ from fleet.provision.decide import (
     endorsement_outcome,
 )
 from fleet.records import KeyOutcome
+from fleet.state import KeyState, PendingIntent
 
 NONE = KeyState()
 CAPTURED = KeyState(state="captured", answer="body.cose")

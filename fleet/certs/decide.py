@@ -4,7 +4,7 @@ what the device lists), like :mod:`fleet.provision.decide` for keys.
 How this works
 --------------
 The flow lists the sec_tag (``AT%CMNG=1,<tag>``: the SHA of the certificate (type 1) and of the
-root CA (type 0) as stored), reads the journal's :class:`fleet.journal.CertState` for each, and
+root CA (type 0) as stored), reads the journal's :class:`fleet.state.CertState` for each, and
 asks these functions. The journal knows every certificate fleet issued for a sec_tag *before* it
 was written, and the SHA-256 of the CSR it was issued for, so the decision keys on the CSR: a
 re-generated key (new CSR) never keeps the old key's certificate.
@@ -42,8 +42,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from fleet.journal import CertState
 from fleet.records import CertOutcome
+from fleet.state import CertState
 
 __all__ = ["CertAction", "CertDecision", "CertOutcome", "decide_certificate", "decide_chain",
            "needs_device_certificate"]

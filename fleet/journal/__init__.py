@@ -29,19 +29,15 @@ a file that is not a fleet journal is refused untouched (:mod:`fleet.journal.fil
 
 from fleet.journal.core import Journal
 from fleet.journal.records import (
-    CertState,
-    CertStateKind,
     DeviceInfo,
     KeyResult,
     KeyRow,
-    KeyState,
-    KeyStateKind,
-    PendingIntent,
     RunInfo,
     RunReport,
     SlotRow,
     utc_now,
 )
+from fleet.state import CertState, CertStateKind, KeyState, KeyStateKind, PendingIntent
 
 __all__ = ["CertState", "CertStateKind", "DeviceInfo", "Journal", "KeyResult", "KeyRow",
            "KeyState", "KeyStateKind", "PendingIntent", "RunInfo", "RunReport", "SlotRow",

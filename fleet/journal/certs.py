@@ -6,8 +6,9 @@ from __future__ import annotations
 import sqlite3
 
 from fleet.journal.engine import JournalEngine
-from fleet.journal.records import CertState, utc_now
+from fleet.journal.records import utc_now
 from fleet.journal.schema import CERT_FIELDS, cert_state
+from fleet.state import CertState
 
 __all__ = ["CertJournal"]
 

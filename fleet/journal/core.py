@@ -14,7 +14,6 @@ from fleet.journal.records import (
     DeviceInfo,
     KeyResult,
     KeyRow,
-    KeyState,
     RunInfo,
     RunReport,
     SlotRow,
@@ -29,6 +28,7 @@ from fleet.journal.schema import (
     record_keygen_intent,
 )
 from fleet.records import DeviceOutcome, KeyOutcome
+from fleet.state import KeyState
 
 __all__ = ["WRITE_ACTIONS", "Journal"]
 

@@ -6,8 +6,8 @@ import json
 import sqlite3
 from typing import Any
 
-from fleet.journal.records import CertState, CertStateKind, KeyState, KeyStateKind, PendingIntent
 from fleet.records import CertOutcome
+from fleet.state import CertState, CertStateKind, KeyState, KeyStateKind, PendingIntent
 
 __all__ = ["CERT_FIELDS", "KEY_COLUMNS", "SCHEMA", "cert_state", "key_state", "key_states",
            "migrate", "record_keygen_intent"]

@@ -54,11 +54,11 @@ from fleet.errors import (
     CredentialError,
     FleetError,
 )
-from fleet.journal import CertState
 from fleet.plan import KeySpec
 from fleet.provision.base import DeviceWork, explain_error
 from fleet.records import CertOutcome, KeyOutcome, KeyRecord
 from fleet.retry import RETRYABLE
+from fleet.state import CertState
 
 __all__ = ["certify_key"]
 

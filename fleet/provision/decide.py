@@ -3,7 +3,7 @@
 How this works
 --------------
 The flow inspects the device (``AT%CMNG=1,<tag>,<type>``: is a key there?) and reads the
-journal's :class:`fleet.journal.KeyState` for (IMEI, sec_tag, type), then asks these functions
+journal's :class:`fleet.state.KeyState` for (IMEI, sec_tag, type), then asks these functions
 for a :class:`Decision`. Nothing here does I/O, so every rule of DESIGN.md "Idempotency and
 resume" has a table test.
 
@@ -31,8 +31,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from fleet.journal import KeyState
 from fleet.records import KeyOutcome
+from fleet.state import KeyState
 
 __all__ = ["Action", "Decision", "decide_client_key", "decide_endorsement_key",
            "endorsement_outcome"]

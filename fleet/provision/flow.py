@@ -54,7 +54,7 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from fleet.journal import KeyResult, KeyState
+from fleet.journal import KeyResult
 from fleet.plan import KeySpec, KeyType
 from fleet.provision.base import (
     DeviceLost,
@@ -76,6 +76,7 @@ from fleet.provision.decide import (
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord
 from fleet.report import not_attempted
 from fleet.retry import RETRY_CODES, RETRYABLE, Transient
+from fleet.state import KeyState
 
 __all__ = ["SlotJob", "SlotResult", "SlotStatus", "provision_slot"]
 
