@@ -20,7 +20,8 @@ from fleet.logs import set_console
 
 if TYPE_CHECKING:
     from rich.console import Group
-from fleet.provision.flow import SlotStatus
+
+    from fleet.run import SlotStatus
 
 __all__ = ["ProgressTable", "live_progress", "port_labels"]
 

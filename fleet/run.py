@@ -35,15 +35,29 @@ from fleet.interrupts import Watch
 from fleet.journal import Journal, RunInfo, RunReport, utc_now
 from fleet.openers import describe, scan
 from fleet.plan import Plan, Slot
-from fleet.provision.base import ImeiClaims
-from fleet.provision.flow import SlotJob, SlotResult, SlotStatus, provision_slot
+from fleet.provision.base import ImeiClaims, Progress, SlotJob, SlotResult
+from fleet.provision.flow import provision_slot
 from fleet.records import DeviceOutcome, DeviceRecord, RunRecord
 from fleet.report import build_run_record, check_record, not_attempted, run_document
 from fleet.transport import open_port, raise_fd_limit
 
-__all__ = ["RunOptions", "RunOutcome", "run_plan"]
+__all__ = ["RunOptions", "RunOutcome", "SlotStatus", "run_plan"]
 
 log = structlog.get_logger()
+
+
+@dataclass(slots=True)
+class SlotStatus:
+    """Live progress of one slot, handed to ``run_plan``'s ``on_progress`` (the progress table
+    shows it): the slot's latest step, and its outcome once it has one."""
+
+    slot: str
+    port: str
+    imei: str = ""
+    step: str = "waiting"
+    keys_done: int = 0
+    keys_total: int = 0
+    outcome: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,16 +202,27 @@ async def run_plan(
                     return await open_port(slot.port, baudrate=slot.settings.baudrate,
                                            rtscts=slot.settings.rtscts, sim=sim_connect)
 
+                status = SlotStatus(slot=slot.name, port=slot.port, keys_total=len(slot.keys))
+
+                def progressed(progress: Progress) -> None:
+                    status.step, status.imei = progress.step, progress.imei
+                    status.keys_done = progress.keys_done
+                    on_progress(status)
+
+                def finished(result: SlotResult) -> None:
+                    results[slot.name] = result
+                    status.outcome = result.record.outcome.value
+                    on_progress(status)
+
                 job = SlotJob(run_id=run.run_id, station=plan.station, slot=slot,
                               journal=journal, opener=opener, check=options.check,
-                              claims=claims, on_progress=on_progress,
-                              on_result=lambda result: results.__setitem__(slot.name, result))
+                              claims=claims, on_progress=progressed, on_result=finished)
                 async with limiter:
                     try:
                         await provision_slot(job)
                     except Exception as exc:  # a bug must not take the other slots down
                         log.exception("slot crashed", slot=slot.name)
-                        results[slot.name] = _crash_result(slot, exc)
+                        finished(_crash_result(slot, exc))
 
             slots_scope = anyio.CancelScope()
             async with anyio.create_task_group() as outer:

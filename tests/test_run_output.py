@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fleet.progress import ProgressTable
-from fleet.provision.flow import SlotStatus
+from fleet.run import SlotStatus
 from tests.runhelpers import REPO, fleet, run_json, write_plan
 
 SIM = "simulator: {log: sim.log, state: sim.json}\n"

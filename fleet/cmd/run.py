@@ -23,9 +23,8 @@ from fleet.journal import RunInfo, utc_now
 from fleet.journal.files import runs_of_plan
 from fleet.logs import configure_logging
 from fleet.plan import Plan, load_plan
-from fleet.provision.flow import SlotStatus
 from fleet.report import check_record, run_document, summary_lines
-from fleet.run import RunOptions, run_plan
+from fleet.run import RunOptions, SlotStatus, run_plan
 
 __all__ = ["register", "run"]
 

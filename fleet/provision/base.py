@@ -1,6 +1,6 @@
 """The device-side plumbing shared by the key step (:mod:`.flow`) and the certificate step
-(:mod:`.certs`): the slot's job and progress, journaled writes, the function mode, recovery,
-retries and error wording.
+(:mod:`.certs`): the slot's job, its progress and its result, journaled writes, the function
+mode, recovery, retries and error wording.
 
 How this works
 --------------
@@ -59,9 +59,9 @@ __all__ = [
     "DeviceState",
     "DeviceWork",
     "ImeiClaims",
+    "Progress",
     "SlotJob",
     "SlotResult",
-    "SlotStatus",
     "derived_fields",
     "explain_error",
 ]
@@ -124,17 +124,13 @@ class ImeiClaims:
                 "recorded under the other's")
 
 
-@dataclass(slots=True)
-class SlotStatus:
-    """Live progress of one slot (read by the progress table)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """Where one slot's work is, handed to ``SlotJob.on_progress`` at every step."""
 
-    slot: str
-    port: str
-    imei: str = ""
-    step: str = "waiting"
-    keys_done: int = 0
-    keys_total: int = 0
-    outcome: str = ""
+    step: str
+    imei: str  #: "" until the device is identified
+    keys_done: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,7 +151,7 @@ class SlotJob:
     opener: Opener
     check: bool = False
     claims: ImeiClaims = field(default_factory=ImeiClaims)
-    on_progress: Callable[[SlotStatus], None] = lambda status: None
+    on_progress: Callable[[Progress], None] = lambda progress: None
     #: Called with the slot's result once it is known, also when the run is cancelled.
     on_result: Callable[[SlotResult], None] = lambda result: None
     sleep: Sleep = anyio.sleep  #: what the retry policy waits with
@@ -188,8 +184,8 @@ class DeviceWork:
         self.job = job
         self.slot = job.slot
         self.settings = job.slot.settings
-        self.status = SlotStatus(slot=job.slot.name, port=job.slot.port,
-                                 keys_total=len(job.slot.keys))
+        self.current_step = "waiting"
+        self.keys_done = 0
         self.log = structlog.get_logger().bind(slot=job.slot.name, port=job.slot.port)
         self.policy = RetryPolicy.from_settings(self.settings, sleep=job.sleep, clock=job.clock)
         self.session = DeviceSession(job.opener, port=job.slot.port, readonly=job.check,
@@ -200,8 +196,12 @@ class DeviceWork:
         self.dev = DeviceState()
 
     def step(self, text: str) -> None:
-        self.status.step = text
-        self.job.on_progress(self.status)
+        self.current_step = text
+        self.report_progress()
+
+    def report_progress(self) -> None:
+        self.job.on_progress(Progress(step=self.current_step, imei=self.dev.imei,
+                                      keys_done=self.keys_done))
 
     def template_context(self) -> dict[str, str]:
         return {"imei": self.dev.imei, "slot": self.slot.name, "station": self.job.station,

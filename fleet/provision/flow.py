@@ -61,7 +61,6 @@ from fleet.provision.base import (
     DeviceWork,
     SlotJob,
     SlotResult,
-    SlotStatus,
     derived_fields,
     explain_error,
 )
@@ -78,7 +77,7 @@ from fleet.report import not_attempted
 from fleet.retry import RETRY_CODES, RETRYABLE, Transient
 from fleet.state import KeyState
 
-__all__ = ["SlotJob", "SlotResult", "SlotStatus", "provision_slot"]
+__all__ = ["provision_slot"]
 
 #: What identification retries (reopening the port first).
 _IDENTIFY_RETRYABLE = (DeviceTimeout, TransportError, RemoteProtocolError)
@@ -122,7 +121,6 @@ class _Flow(DeviceWork):
                          or await self.session.read_model(timeout=timeout))
         self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, model,
                                                             identity.firmware)
-        self.status.imei = identity.imei
         self.log = self.log.bind(imei=identity.imei)
         self.session.log = self.log
         self.job.claims.claim(identity.imei, self.slot.name)  # before the journal records it
@@ -432,7 +430,6 @@ class _Flow(DeviceWork):
             await self.job.journal.slot_result(
                 run_id=self.job.run_id, slot=self.slot.name, port=self.slot.port,
                 imei=self.dev.imei or None, outcome=outcome.value, error=error)
-        self.status.outcome = outcome.value
         self.step(outcome.value if error is None else f"{outcome.value}: {error}")
         return outcome, error
 
@@ -455,8 +452,8 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 record = await flow.provision_key(key)
                 record = await certify_key(flow, key, record)  # keys with `ca:`
                 await flow.save_key(key, record)
-                flow.status.keys_done += 1
-                flow.job.on_progress(flow.status)
+                flow.keys_done += 1
+                flow.report_progress()
             await flow.restore_mode()
         except (DeviceLost, DeviceSwapped, PortBusy) as exc:
             error = str(exc)
