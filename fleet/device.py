@@ -21,7 +21,10 @@ reopen (tries and backoff from the :class:`fleet.retry.RetryPolicy`), probe, ``A
 read the IMEI again. A different IMEI means the board in the slot was swapped:
 :class:`DeviceSwapped`.
 
-This is the only layer that reads a clock (``anyio.fail_after``).
+Time: the codec below never reads a clock. The session's command timeouts are anyio's
+(``anyio.fail_after``, on the event loop's clock); the waits between reopen attempts are the
+retry policy's, whose ``sleep`` and ``clock`` are injected, so a test of a port that never comes
+back does not wait for real.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """One exception tree for the whole of fleet.
 
-Callers catch ``FleetError`` (or one of its branches) and never a foreign exception:
-``serial.SerialException``, ``OSError``, ``cbor2.CBORDecodeError`` and friends are mapped at the
-boundary where they occur (see :func:`map_exceptions`).
+Callers catch ``FleetError`` (or one of its branches) rather than a foreign exception:
+``serial.SerialException``, ``OSError``, ``sqlite3.Error``, ``cbor2.CBORDecodeError`` and friends
+are mapped where they occur, each with a message that names what failed (the port, the command,
+the journal file): :mod:`fleet.transport` maps the port's, :mod:`fleet.device` the byte
+stream's, :mod:`fleet.journal` SQLite's, :mod:`fleet.credentials` the decoders'.
 
     FleetError
     ├── ProtocolError               the AT byte stream does not make sense
@@ -25,9 +27,8 @@ boundary where they occur (see :func:`map_exceptions`).
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 __all__ = [
     "AnswerTooLong",
@@ -49,7 +50,6 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "TransportError",
-    "map_exceptions",
 ]
 
 
@@ -189,20 +189,3 @@ class ExportError(FleetError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@contextlib.contextmanager
-def map_exceptions(mapping: Mapping[type[BaseException], type[FleetError]]) -> Iterator[None]:
-    """Re-raise foreign exceptions as fleet's own, keeping the original as ``__cause__``.
-
-    The first entry of ``mapping`` that matches (by ``isinstance``) wins.
-    """
-    try:
-        yield
-    except FleetError:
-        raise
-    except Exception as exc:
-        for from_exc, to_exc in mapping.items():
-            if isinstance(exc, from_exc):
-                raise to_exc(str(exc) or type(exc).__name__) from exc
-        raise

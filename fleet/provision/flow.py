@@ -155,7 +155,7 @@ class _Flow(DeviceWork):
             return
         try:
             await self._read_listing()
-        except (FleetError, OSError) as exc:
+        except FleetError as exc:
             self.log.info("credential listing failed; the first key retries it", error=str(exc))
 
     async def _read_listing(self) -> dict[tuple[int, int], str | None]:
@@ -457,7 +457,7 @@ async def provision_slot(job: SlotJob) -> SlotResult:
             await flow.restore_mode()
         except (DeviceLost, DeviceSwapped, PortBusy) as exc:
             error = str(exc)
-        except (FleetError, OSError) as exc:
+        except (FleetError, OSError) as exc:  # OSError: one that escaped its boundary
             error = explain_error(exc) if isinstance(exc, FleetError) else str(exc)
         if error is not None:
             outcome = DeviceOutcome.FAILED
