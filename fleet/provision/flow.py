@@ -33,7 +33,6 @@ from typing import Any
 
 import anyio
 
-from fleet.aio import both
 from fleet.at import Command
 from fleet.credentials import (
     CredentialType,
@@ -125,14 +124,13 @@ class _Flow(DeviceWork):
         self.session.log = self.log
         self.job.claims.claim(identity.imei, self.slot.name)  # before the journal records it
         if self.job.check:
-            seen = self.job.journal.device_info(identity.imei)
+            info = await self.job.journal.device_info(identity.imei)
         else:
-            seen = self.job.journal.device_seen(
+            info = await self.job.journal.device_seen(
                 imei=identity.imei, model=model, firmware=identity.firmware,
                 device_uuid=None, run_id=self.job.run_id, slot=self.slot.name,
                 port=self.slot.port)
-        # The journal records the device while the modem lists its credentials.
-        info, _ = await both(seen, self._prefetch_listing())
+        await self._prefetch_listing()
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
         self.key_states = dict(info.keys)
