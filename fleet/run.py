@@ -87,14 +87,6 @@ class RunOutcome:
     planned: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
 
     @property
-    def run_id(self) -> str:
-        return self.record.run_id
-
-    @property
-    def changed(self) -> bool:
-        return any(d.changed for d in self.record.devices)
-
-    @property
     def failed(self) -> bool:
         return any(d.outcome is DeviceOutcome.FAILED for d in self.record.devices)
 

@@ -56,8 +56,7 @@ def test_client_key_rules(present: bool, journal: KeyState, if_exists: str, acti
 def test_a_captured_key_is_never_deleted() -> None:
     for if_exists in ("keep", "replace", "fail"):
         decision = decide_client_key(present=True, journal=CAPTURED, if_exists=if_exists)
-        assert not decision.deletes
-        assert not decision.sends_keygen
+        assert decision.action is Action.NOTHING and not decision.deletes
 
 
 def test_fail_reason_says_what_to_do() -> None:

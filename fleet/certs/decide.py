@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from fleet.records import CertOutcome
 from fleet.state import CertState
 
-__all__ = ["CertAction", "CertDecision", "CertOutcome", "decide_certificate", "decide_chain",
+__all__ = ["CertAction", "CertDecision", "decide_certificate", "decide_chain",
            "needs_device_certificate"]
 
 _FLEETS = ("issued", "confirmed")

@@ -17,7 +17,6 @@ slot starts: its deadline counts from then).
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from fleet.openers import describe, fresh
 from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
 from fleet.records import DeviceRecord, KeyRecord
-from fleet.retry import Clock, RetryPolicy, Sleep, Transient
+from fleet.retry import RetryPolicy, Transient
 
 __all__ = [
     "DeviceLost",
@@ -154,8 +153,6 @@ class SlotJob:
     on_progress: Callable[[Progress], None] = lambda progress: None
     #: Called with the slot's result once it is known, also when the run is cancelled.
     on_result: Callable[[SlotResult], None] = lambda result: None
-    sleep: Sleep = anyio.sleep  #: what the retry policy waits with
-    clock: Clock = time.monotonic  #: what the retry policy's deadline is read from
 
 
 @dataclass(slots=True)
@@ -187,7 +184,7 @@ class DeviceWork:
         self.current_step = "waiting"
         self.keys_done = 0
         self.log = structlog.get_logger().bind(slot=job.slot.name, port=job.slot.port)
-        self.policy = RetryPolicy.from_settings(self.settings, sleep=job.sleep, clock=job.clock)
+        self.policy = RetryPolicy.from_settings(self.settings)
         self.session = DeviceSession(job.opener, port=job.slot.port, readonly=job.check,
                                      policy=self.policy,
                                      probe_timeout=self.settings.probe_timeout_s,

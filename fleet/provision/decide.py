@@ -63,10 +63,6 @@ class Decision:
         return self.action in (Action.RECOVER, Action.REPLACE)
 
     @property
-    def sends_keygen(self) -> bool:
-        return self.action in (Action.GENERATE, Action.RECOVER, Action.REPLACE, Action.CAPTURE)
-
-    @property
     def changes_device(self) -> bool:
         """Whether carrying it out changes what the device holds (Ansible's `changed`)."""
         return self.outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED)
