@@ -63,11 +63,10 @@ from fleet.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from fleet.nrf91 import FUNCTION_MODES, identity_text_problem
+from fleet.nrf91 import FUNCTION_MODES, identity_text_problem, luhn_valid
 from fleet.retry import REOPEN_RETRYABLE, RetryPolicy
 
-__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "NoAnswer", "Response",
-           "luhn_ok"]
+__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "NoAnswer", "Response"]
 
 #: How many times the first-contact probe sends ``AT``.
 PROBE_TRIES = 2
@@ -121,19 +120,6 @@ def _identity_text(command: str, what: str, text: str) -> str:
                                   f"({text!r}); it is not recorded: a garbled line, or a modem "
                                   "that is not an nRF91")
     return text
-
-
-def luhn_ok(digits: str) -> bool:
-    """True when ``digits`` ends in a valid Luhn check digit (IMEIs do)."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
 
 
 class DeviceSession:
@@ -294,7 +280,7 @@ class DeviceSession:
         found = [m.group(1) for m in (_IMEI.match(line.strip()) for line in answer.lines) if m]
         if not found:
             raise RemoteProtocolError(f"AT+CGSN=1: no IMEI in the answer {answer.lines}")
-        if not luhn_ok(found[0]):
+        if not luhn_valid(found[0]):
             raise RemoteProtocolError(f"AT+CGSN=1: IMEI {found[0]} fails its Luhn check "
                                       "(garbled line?)")
         return found[0]

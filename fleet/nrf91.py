@@ -1,10 +1,34 @@
-"""Facts about the nRF91 modem that several layers share (reference/nrf91-facts.md)."""
+"""Facts about the nRF91 modem that several layers share (reference/nrf91-facts.md).
+
+One home for each: the function modes, the ``%CMNG`` credential types, the sec_tag ranges, the
+IMEI check digit, the modem models fleet knows (and the simulator plays), and the timing profiles
+of the simulator (the documented assumptions about how long a modem takes). Pure data and pure
+functions, importable by the plan loader without pulling in the simulator.
+"""
 
 from __future__ import annotations
 
+import enum
 import unicodedata
+from dataclasses import dataclass
 
-__all__ = ["ACTIVE_MODES", "FUNCTION_MODES", "identity_text_problem"]
+__all__ = [
+    "ACTIVE_MODES",
+    "FUNCTION_MODES",
+    "MAX_MODEM_SEC_TAG",
+    "MAX_USER_SEC_TAG",
+    "MODELS",
+    "MODEL_NAMES",
+    "PROFILES",
+    "PROFILE_NAMES",
+    "CredentialType",
+    "ModelInfo",
+    "Timing",
+    "Work",
+    "identity_text_problem",
+    "luhn_digit",
+    "luhn_valid",
+]
 
 #: Function modes ``AT+CFUN`` documents: 0 off, 1 on, 2 RX only, 4 offline, 20/21 LTE off/on,
 #: 30/31 GNSS off/on, 40/41 UICC off/on, 44 offline with UICC.
@@ -12,6 +36,48 @@ FUNCTION_MODES = (0, 1, 2, 4, 20, 21, 30, 31, 40, 41, 44)
 
 #: Modes in which ``%CMNG`` writes and ``%KEYGEN`` are refused with ``+CME ERROR: 518``.
 ACTIVE_MODES = frozenset({1, 2, 21})
+
+
+class CredentialType(enum.IntEnum):
+    """``%CMNG`` credential types (also ``%KEYGEN``'s ``<key_type>``: 2 and 8)."""
+
+    ROOT_CA_CERT = 0
+    CLIENT_CERT = 1
+    CLIENT_PRIVATE_KEY = 2
+    PSK = 3
+    PSK_IDENTITY = 4
+    PUBLIC_KEY = 5
+    DEVICE_IDENTITY_PUBLIC_KEY = 6
+    RESERVED = 7
+    ENDORSEMENT_KEY = 8
+    OWNERSHIP_KEY = 9
+    NORDIC_IDENTITY_ROOT_CA = 10
+    NORDIC_PUBLIC_KEY = 11
+
+
+#: Largest user sec_tag (``%KEYGEN`` documents 1..2147483647); larger tags are the modem's own
+#: and writing them is ``+CME ERROR: 514``.
+MAX_USER_SEC_TAG = 2_147_483_647
+#: Largest sec_tag there is (the modem's reserved Nordic entries sit just below it).
+MAX_MODEM_SEC_TAG = 0xFFFF_FFFF
+
+
+def luhn_digit(digits: str) -> str:
+    """The Luhn check digit to append to ``digits`` (an IMEI's 15th digit)."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2 == 0:  # doubled: these sit at odd positions once the digit is appended
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return str((10 - total % 10) % 10)
+
+
+def luhn_valid(number: str) -> bool:
+    """True when ``number`` is all digits and its last digit is its Luhn check digit."""
+    return number.isdigit() and len(number) >= 2 and luhn_digit(number[:-1]) == number[-1]
 
 
 def identity_text_problem(text: str) -> str | None:
@@ -26,3 +92,88 @@ def identity_text_problem(text: str) -> str | None:
         if unicodedata.category(char).startswith("C"):
             return f"the control character U+{ord(char):04X}"
     return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInfo:
+    """What ``AT+CGMM`` / ``AT+CGMR`` print for one model, and the firmware's quirks."""
+
+    name: str
+    cgmm: str
+    firmware: str
+    #: the device type in the %ATTESTTOKEN body (a simulator value: the real codes are not
+    #: documented)
+    device_type: int
+    #: mfw 2.x refuses a credential with CR in it (``+CME ERROR: 527``); 1.3.x stores it.
+    rejects_crlf: bool
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.cgmm or not self.firmware:
+            raise ValueError("model name, CGMM and firmware strings must not be empty")
+
+
+#: The models fleet knows (``fleet sim --model``, a plan's ``simulator.model``). Both produce the
+#: NULL-parameter CSR seen on real firmware.
+MODELS: dict[str, ModelInfo] = {
+    "nrf9160": ModelInfo(name="nrf9160", cgmm="nRF9160-SICA", firmware="mfw_nrf9160_1.3.5",
+                         device_type=1, rejects_crlf=False),
+    "nrf9151": ModelInfo(name="nrf9151", cgmm="nRF9151-LACA", firmware="mfw_nrf91x1_2.0.2",
+                         device_type=2, rejects_crlf=True),
+}
+MODEL_NAMES = tuple(MODELS)
+
+
+class Work(enum.Enum):
+    """How much work a command took, for the timing profile."""
+
+    QUICK = "quick"  #: any ordinary command
+    CFUN_CHANGE = "cfun"  #: AT+CFUN=<m> that changed the function mode
+    KEYGEN = "keygen"  #: a %KEYGEN answer (new key, or the existing endorsement key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    """How long each kind of work takes, and the output pacing (``None``: no pacing).
+
+    Profiles (the realistic one follows nrf91-facts.md "Timing": assumptions until measured):
+
+    =============  ======  ==========================================================
+    work           fast    realistic
+    =============  ======  ==========================================================
+    %KEYGEN        0       1.5 s (a new key, and the existing endorsement key answer)
+    CFUN change    0       0.2 s (``AT+CFUN=<m>`` that changes the mode)
+    anything else  0       20-50 ms (uniform, seeded per modem)
+    output         at once 115200 baud (11520 bytes/s), paced line by line (short lines joined)
+    =============  ======  ==========================================================
+    """
+
+    keygen_s: float
+    cfun_s: float
+    quick_min_s: float
+    quick_max_s: float
+    bytes_per_s: float | None
+
+    def __post_init__(self) -> None:
+        if min(self.keygen_s, self.cfun_s, self.quick_min_s) < 0:
+            raise ValueError("delays must be >= 0")
+        if self.quick_max_s < self.quick_min_s:
+            raise ValueError("quick_max_s must be >= quick_min_s")
+        if self.bytes_per_s is not None and self.bytes_per_s <= 0:
+            raise ValueError("bytes_per_s must be > 0")
+
+    def delay(self, work: Work, jitter: float) -> float:
+        """Seconds the answer to ``work`` takes; ``jitter`` in [0, 1) picks within a range."""
+        if work is Work.KEYGEN:
+            return self.keygen_s
+        if work is Work.CFUN_CHANGE:
+            return self.cfun_s
+        return self.quick_min_s + (self.quick_max_s - self.quick_min_s) * jitter
+
+
+#: The timing profiles (``fleet sim --profile``, a plan's ``simulator.profile``).
+PROFILES: dict[str, Timing] = {
+    "fast": Timing(keygen_s=0.0, cfun_s=0.0, quick_min_s=0.0, quick_max_s=0.0, bytes_per_s=None),
+    "realistic": Timing(keygen_s=1.5, cfun_s=0.2, quick_min_s=0.02, quick_max_s=0.05,
+                        bytes_per_s=115200 / 10),
+}
+PROFILE_NAMES = tuple(PROFILES)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.credentials import build_csr, build_keygen_answer, parse_keygen, public_key_der
 from fleet.manifest import answer_fields
+from fleet.nrf91 import luhn_digit
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord, RunRecord
 
 IDENTITY = ec.generate_private_key(ec.SECP256R1())  # the modems' identity key (one for all)
@@ -22,11 +23,7 @@ ENDORSEMENT_TAG = 33
 def imei(n: int) -> str:
     """A 15-digit IMEI with a valid Luhn check digit."""
     body = f"35265610036{n:03d}"[:14]
-    total = 0
-    for i, char in enumerate(reversed(body)):
-        digit = int(char) * (2 if i % 2 == 0 else 1)
-        total += digit - 9 if digit > 9 else digit
-    return body + str((10 - total % 10) % 10)
+    return body + luhn_digit(body)
 
 
 def keygen_answer(device_uuid: uuid.UUID, sec_tag: int, *, csr: bool = True,

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.credentials import parse_keygen
 from fleet.manifest import verify
+from fleet.nrf91 import luhn_digit
 from tests.certhelpers import NOW, make_ca
 from tests.runhelpers import KEYS, fleet, journal_rows, run_json, wait_for, write_plan
 from tests.simproc import command, open_port, run_sim
@@ -101,11 +102,7 @@ def _edit_state(sim_dir: Path, edit: Callable[[list[dict[str, Any]]], None]) -> 
 
 
 def _luhn(digits: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        n = int(ch) * (2 if i % 2 == 0 else 1)
-        total += n - 9 if n > 9 else n
-    return digits + str((10 - total % 10) % 10)
+    return digits + luhn_digit(digits)
 
 
 def _make_key_behind_fleets_back(port: Path, sec_tag: int, *,

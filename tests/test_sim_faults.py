@@ -179,9 +179,3 @@ def test_reboot_resets_the_function_mode_and_keeps_the_keys(tmp_path: Path) -> N
         again = parse_keygen(command(port, "AT%KEYGEN=30,8")[0])
     assert again.public_key_pem == endorse.public_key_pem
 
-
-def test_the_plan_knows_every_fault_the_simulator_has() -> None:
-    from fleet.plan import FAULT_NAMES
-    from fleet.sim.faults import FaultName
-
-    assert sorted(FAULT_NAMES) == sorted(f.value for f in FaultName)

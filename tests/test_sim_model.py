@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from fleet.at import CmeErrorLine, Error, Ok
 from fleet.credentials import Expectation, check_keygen, default_subject, parse_keygen
+from fleet.nrf91 import PROFILES, luhn_digit, luhn_valid
 from fleet.sim import MODELS, Modem, Work, parse_fault_spec
-from fleet.sim.config import PROFILES
 from fleet.sim.faults import STORM_URCS, FaultDice, FaultName, garble, urc_storm
-from fleet.sim.identity import derive_identity_key, derive_imei, luhn_digit, luhn_valid
+from fleet.sim.identity import derive_identity_key, derive_imei
 from fleet.sim.state import StateRenderer, modem_to_dict, parse_state
 
 
@@ -225,9 +225,9 @@ def test_fault_specs() -> None:
     assert str(spec) == "disconnect:0.3@2,5"
     assert parse_fault_spec("urc-storm:1").targets is None
     for bad, message in [("nope:0.1", "unknown fault"), ("garble", "NAME:PROB"),
-                         ("garble:x", "not a number"), ("garble:2", "between 0 and 1"),
+                         ("garble:x", "not a number"), ("garble:2", "from 0 to 1"),
                          ("garble:0.5@", "targets"), ("garble:0.5@a,b", "targets"),
-                         ("garble:-0.1", "between 0 and 1")]:
+                         ("garble:-0.1", "from 0 to 1")]:
         with pytest.raises(ValueError, match=message):
             parse_fault_spec(bad)
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.credentials import check_keygen, parse_attest_token, parse_keygen
-from fleet.sim.identity import luhn_valid
+from fleet.nrf91 import luhn_valid
 from tests.simproc import SimProcess, command, open_port, read_until_final, run_sim
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,7 +237,7 @@ def test_sigint_stops_cleanly_and_removes_the_links(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--fault", "explode:0.5"], "unknown fault"),
-    (["--fault", "disconnect:1.5"], "between 0 and 1"),
+    (["--fault", "disconnect:1.5"], "from 0 to 1"),
     (["--fault", "disconnect:0.5@9"], "index 9 does not exist"),
     (["--listen", "nowhere"], "HOST:PORT"),
     (["--count", "0"], "count"),

@@ -15,9 +15,9 @@ from pathlib import Path
 import anyio
 
 from fleet import exitcodes
-from fleet.nrf91 import FUNCTION_MODES
-from fleet.plan import FAULT_NAMES
-from fleet.sim import DEFAULT_CAPACITY, MODELS, PROFILES, SimConfig, parse_fault_spec
+from fleet.faults import FAULT_NAMES, parse_fault_spec
+from fleet.nrf91 import FUNCTION_MODES, MODELS, PROFILES
+from fleet.sim import DEFAULT_CAPACITY, SimConfig
 from fleet.sim.server import Ready, run_server
 
 __all__ = ["parse_listen", "register", "run"]

@@ -7,32 +7,15 @@ exact stored bytes, upper-case hex on the modem; we normalise it to upper case.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleet.errors import CredentialError
+from fleet.nrf91 import MAX_MODEM_SEC_TAG, CredentialType
 
 __all__ = ["CmngEntry", "CredentialType", "parse_cmng_list", "parse_cmng_list_line",
            "parse_cmng_read"]
-
-
-class CredentialType(enum.IntEnum):
-    """``%CMNG`` credential types."""
-
-    ROOT_CA_CERT = 0
-    CLIENT_CERT = 1
-    CLIENT_PRIVATE_KEY = 2
-    PSK = 3
-    PSK_IDENTITY = 4
-    PUBLIC_KEY = 5
-    DEVICE_IDENTITY_PUBLIC_KEY = 6
-    RESERVED = 7
-    ENDORSEMENT_KEY = 8
-    OWNERSHIP_KEY = 9
-    NORDIC_IDENTITY_ROOT_CA = 10
-    NORDIC_PUBLIC_KEY = 11
 
 
 _LIST = re.compile(r'%CMNG:\s*([0-9]{1,10})\s*,\s*([0-9]{1,3})\s*(?:,\s*"([0-9A-Fa-f]*)")?\s*\Z')
@@ -47,7 +30,7 @@ class CmngEntry:
     sha256: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sec_tag <= 0xFFFFFFFF:
+        if not 0 <= self.sec_tag <= MAX_MODEM_SEC_TAG:
             raise CredentialError(f"%CMNG: sec_tag {self.sec_tag} out of range")
         if self.sha256 is not None and not re.fullmatch(r"[0-9A-F]{64}", self.sha256):
             raise CredentialError(f"%CMNG: SHA column {self.sha256!r} is not 64 hex digits")

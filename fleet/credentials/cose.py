@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from fleet.errors import CredentialError
+from fleet.nrf91 import MAX_MODEM_SEC_TAG
 
 __all__ = [
     "ES256",
@@ -69,7 +70,7 @@ def decode_cbor(data: bytes, what: str) -> Any:
 
 def encode_sec_tag(sec_tag: int) -> bytes:
     """The CBOR integer the modem puts in the payload for ``sec_tag`` (int32 semantics)."""
-    if not 0 <= sec_tag <= 0xFFFFFFFF:
+    if not 0 <= sec_tag <= MAX_MODEM_SEC_TAG:
         raise ValueError(f"sec_tag out of range: {sec_tag}")
     value = sec_tag - (1 << 32) if sec_tag >= (1 << 31) else sec_tag
     return cbor2.dumps(value)

@@ -28,6 +28,7 @@ from typing import Any
 from fleet.at import check_string
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
 from fleet.errors import PlanError
+from fleet.faults import fault_modems
 from fleet.plan.ca import build_ca
 from fleet.plan.context import Context, Report
 from fleet.plan.model import (
@@ -41,7 +42,6 @@ from fleet.plan.model import (
     Settings,
     SimulatorSettings,
     Slot,
-    fault_modems,
 )
 from fleet.plan.ports import port_identity
 from fleet.plan.schema import (

@@ -19,7 +19,11 @@ from pathlib import Path
 from fleet.at import Command, check_string
 from fleet.certs.authority import CommandCa, LocalCa
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
+from fleet.faults import FAULT_NAMES, fault_problem
 from fleet.nrf91 import FUNCTION_MODES
+from fleet.nrf91 import MAX_USER_SEC_TAG as MAX_SEC_TAG
+from fleet.nrf91 import MODEL_NAMES as MODELS
+from fleet.nrf91 import PROFILE_NAMES as PROFILES
 from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
 
 __all__ = [
@@ -36,24 +40,15 @@ __all__ = [
     "Slot",
 ]
 
-#: ``%KEYGEN`` documents sec_tags 1..2147483647.
-MAX_SEC_TAG = 2_147_483_647
 #: Baud rates the nRF91 UARTE supports, from 9600 up.
 BAUDRATES = (9600, 14400, 19200, 28800, 31250, 38400, 56000, 57600, 76800, 115200, 230400,
              250000, 460800, 921600, 1000000)
-#: Fault names the simulator knows (``simulator.faults``; the same as
-#: ``fleet.sim.faults.FaultName``, which a plan load does not import: a test keeps them equal).
-FAULT_NAMES = ("disconnect", "garble", "urc-storm", "keygen-fail", "lost-answer", "reboot",
-               "slow", "silent", "endless-answer")
-MODELS = ("nrf9160", "nrf9151")
-PROFILES = ("fast", "realistic")
 
 STATION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 KEY_NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 SLOT_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_FAULT_RE = re.compile(r"([a-z-]+):([0-9.eE+-]+)(?:@([0-9]+(?:,[0-9]+)*))?\Z")
 
 
 class KeyType(StrEnum):
@@ -105,31 +100,6 @@ def ca_key_usage_problem(value: str | None) -> str | None:
         return (f"key_usage {value!r} sets keyCertSign or cRLSign (the 6th and 7th digits), "
                 "which a client certificate must not have")
     return None
-
-
-def fault_problem(spec: str) -> str | None:
-    """Why ``spec`` is not a ``NAME:PROB[@I,J]`` fault, or None."""
-    match = _FAULT_RE.match(spec)
-    if not match:
-        return f"fault {spec!r} is not NAME:PROB or NAME:PROB@I,J (e.g. disconnect:0.05@0,3)"
-    name, prob = match.group(1), match.group(2)
-    if name not in FAULT_NAMES:
-        return f"unknown fault {name!r} (known: {', '.join(FAULT_NAMES)})"
-    try:
-        value = float(prob)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        return f"fault {spec!r}: probability must be a number from 0 to 1, not {prob!r}"
-    return None
-
-
-def fault_modems(spec: str) -> tuple[int, ...]:
-    """The modem indices a fault is limited to (empty: every modem)."""
-    match = _FAULT_RE.match(spec)
-    if not match or not match.group(3):
-        return ()
-    return tuple(int(i) for i in match.group(3).split(","))
 
 
 def _require(ok: bool, reason: str) -> None:

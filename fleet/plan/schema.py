@@ -27,6 +27,7 @@ from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES
+from fleet.faults import fault_problem
 from fleet.nrf91 import FUNCTION_MODES
 from fleet.plan.model import (
     BAUDRATES,
@@ -35,7 +36,6 @@ from fleet.plan.model import (
     MAX_SEC_TAG,
     SLOT_NAME_RE,
     STATION_RE,
-    fault_problem,
     key_usage_problem,
 )
 from fleet.plan.source import Path_, Source

@@ -28,6 +28,8 @@ import structlog
 from fleet.at import Command
 from fleet.credentials import (
     DEFAULT_KEY_USAGE,
+    PAYLOAD_ID_CSR,
+    PAYLOAD_ID_PUBLIC_KEY,
     Expectation,
     KeygenAnswer,
     attributes_subject,
@@ -366,9 +368,11 @@ class DeviceWork:
         known = self.dev.device_uuid or self.dev.attested_uuid
         device = uuid.UUID(known) if known else None
         if key.response is not KeyResponse.CSR:
-            return Expectation(sec_tag=key.sec_tag, payload_id=8, device_uuid=device)
+            return Expectation(sec_tag=key.sec_tag, payload_id=PAYLOAD_ID_PUBLIC_KEY,
+                               device_uuid=device)
         attributes = args[3] if len(args) > 3 else None
         subject = (attributes_subject(attributes) if attributes
                    else default_subject(answer.payload.device_uuid))
-        return Expectation(sec_tag=key.sec_tag, payload_id=9, device_uuid=device, subject=subject,
+        return Expectation(sec_tag=key.sec_tag, payload_id=PAYLOAD_ID_CSR, device_uuid=device,
+                           subject=subject,
                            key_usage=key.key_usage or DEFAULT_KEY_USAGE)

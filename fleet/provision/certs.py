@@ -54,6 +54,7 @@ from fleet.errors import (
     CredentialError,
     FleetError,
 )
+from fleet.nrf91 import CredentialType
 from fleet.plan import KeySpec
 from fleet.provision.base import DeviceWork, explain_error
 from fleet.records import CertOutcome, KeyOutcome, KeyRecord
@@ -64,7 +65,7 @@ __all__ = ["certify_key"]
 
 #: Key outcomes that leave a captured, verified CSR to certify.
 _WITH_CSR = frozenset({KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.RECOVERED})
-_CERT, _CHAIN = 1, 0
+_CERT, _CHAIN = CredentialType.CLIENT_CERT, CredentialType.ROOT_CA_CERT
 
 
 async def certify_key(flow: DeviceWork, key: KeySpec, record: KeyRecord) -> KeyRecord:

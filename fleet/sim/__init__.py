@@ -11,11 +11,11 @@ session loop), then the transports :mod:`~fleet.sim.ports` (pty, TCP) and
 
 from typing import TYPE_CHECKING, Any
 
-from fleet.sim.config import DEFAULT_CAPACITY, PROFILES, SimConfig, Timing
-from fleet.sim.faults import FaultName, FaultSpec, parse_fault_spec
-from fleet.sim.identity import MODELS, ModelInfo
+from fleet.faults import FaultName, FaultSpec, parse_fault_spec
+from fleet.nrf91 import MODELS, PROFILES, ModelInfo, Timing, Work
+from fleet.sim.config import DEFAULT_CAPACITY, SimConfig
 from fleet.sim.model import Modem
-from fleet.sim.reply import Reply, Work
+from fleet.sim.reply import Reply
 from fleet.sim.store import Credential, CredentialStore
 
 if TYPE_CHECKING:

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 
 from fleet.at import ParsedCommand
 from fleet.errors import CmeCode
+from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType
 from fleet.sim.reply import Reply, error, ok
-from fleet.sim.store import MAX_USER_SEC_TAG, Credential, StoreFull
+from fleet.sim.store import Credential, StoreFull
 
 if TYPE_CHECKING:
     from fleet.sim.model import Modem
@@ -31,17 +32,17 @@ if TYPE_CHECKING:
 __all__ = ["WRITABLE_TYPES", "handle_cmng"]
 
 #: Credential types ``%CMNG=0`` accepts.
-WRITABLE_TYPES = frozenset({0, 1, 2, 3, 4, 5})
+WRITABLE_TYPES = frozenset(t for t in CredentialType if t <= CredentialType.PUBLIC_KEY)
 #: Types that exist but belong to the modem: writing them is ``514``.
-_MODEM_TYPES = frozenset(range(6, 12))
-_READABLE_TYPES = frozenset({0, 1})
+_MODEM_TYPES = frozenset(CredentialType) - WRITABLE_TYPES
+_READABLE_TYPES = frozenset({CredentialType.ROOT_CA_CERT, CredentialType.CLIENT_CERT})
 
 
 def _tag_type(cmd: ParsedCommand) -> tuple[int, int] | None:
     tag, type_ = cmd.arg(1), cmd.arg(2)
     if not isinstance(tag, int) or not isinstance(type_, int):
         return None
-    if tag > 0xFFFFFFFF or type_ > 255:
+    if tag > MAX_MODEM_SEC_TAG or type_ > 255:
         return None
     return tag, type_
 
@@ -77,7 +78,7 @@ def _write(modem: Modem, cmd: ParsedCommand) -> Reply:
     data = content.encode("utf-8")
     if b"\r" in data and modem.model.rejects_crlf:
         return modem.cme(CmeCode.INVALID_CREDENTIAL)
-    if type_ == 1:
+    if type_ == CredentialType.CLIENT_CERT:
         refusal = modem.check_client_certificate(tag, data)
         if refusal is not None:
             return modem.cme(refusal)
@@ -93,7 +94,7 @@ def _list(modem: Modem, cmd: ParsedCommand) -> Reply:
     if len(cmd.args) > 3:
         return error()
     tag, type_ = cmd.arg(1), cmd.arg(2)
-    if tag is not None and (not isinstance(tag, int) or tag > 0xFFFFFFFF):
+    if tag is not None and (not isinstance(tag, int) or tag > MAX_MODEM_SEC_TAG):
         return error()
     if type_ is not None and (not isinstance(type_, int) or tag is None):
         return error()

@@ -1,17 +1,7 @@
-"""The simulator's configuration (:class:`SimConfig`) and its timing profiles (:class:`Timing`).
+"""The simulator's configuration (:class:`SimConfig`).
 
-Profiles (documented in the README):
-
-=============  ======  ==========================================================
-work           fast    realistic
-=============  ======  ==========================================================
-%KEYGEN        0       1.5 s (a new key, and the existing endorsement key answer)
-CFUN change    0       0.2 s (``AT+CFUN=<m>`` that changes the mode)
-anything else  0       20-50 ms (uniform, seeded per modem)
-output         at once 115200 baud (11520 bytes/s), paced line by line (short lines joined)
-=============  ======  ==========================================================
-
-The ``slow`` fault adds :data:`fleet.sim.faults.SLOW_EXTRA_S` in either profile.
+The timing profiles (``--profile``) are :data:`fleet.nrf91.PROFILES`; the ``slow`` fault adds
+:data:`fleet.sim.faults.SLOW_EXTRA_S` in either profile.
 """
 
 from __future__ import annotations
@@ -19,51 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.nrf91 import FUNCTION_MODES
-from fleet.sim.faults import FaultSpec, parse_fault_spec
-from fleet.sim.identity import MODELS
-from fleet.sim.reply import Work
+from fleet.faults import FaultSpec, parse_fault_spec
+from fleet.nrf91 import FUNCTION_MODES, MODELS, PROFILES, Timing
 
-__all__ = ["DEFAULT_CAPACITY", "MAX_MODEMS", "PROFILES", "SimConfig", "Timing"]
+__all__ = ["DEFAULT_CAPACITY", "MAX_MODEMS", "SimConfig"]
 
 #: Credentials one modem can hold unless ``--capacity`` says otherwise.
 DEFAULT_CAPACITY = 32
 #: Most modems one simulator serves.
 MAX_MODEMS = 1024
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timing:
-    """How long each kind of work takes, and the output pacing (``None``: no pacing)."""
-
-    keygen_s: float
-    cfun_s: float
-    quick_min_s: float
-    quick_max_s: float
-    bytes_per_s: float | None
-
-    def __post_init__(self) -> None:
-        if min(self.keygen_s, self.cfun_s, self.quick_min_s) < 0:
-            raise ValueError("delays must be >= 0")
-        if self.quick_max_s < self.quick_min_s:
-            raise ValueError("quick_max_s must be >= quick_min_s")
-        if self.bytes_per_s is not None and self.bytes_per_s <= 0:
-            raise ValueError("bytes_per_s must be > 0")
-
-    def delay(self, work: Work, jitter: float) -> float:
-        """Seconds the answer to ``work`` takes; ``jitter`` in [0, 1) picks within a range."""
-        if work is Work.KEYGEN:
-            return self.keygen_s
-        if work is Work.CFUN_CHANGE:
-            return self.cfun_s
-        return self.quick_min_s + (self.quick_max_s - self.quick_min_s) * jitter
-
-
-PROFILES: dict[str, Timing] = {
-    "fast": Timing(keygen_s=0.0, cfun_s=0.0, quick_min_s=0.0, quick_max_s=0.0, bytes_per_s=None),
-    "realistic": Timing(keygen_s=1.5, cfun_s=0.2, quick_min_s=0.02, quick_max_s=0.05,
-                        bytes_per_s=115200 / 10),
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

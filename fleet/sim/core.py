@@ -32,9 +32,9 @@ import anyio.lowlevel
 
 from fleet.at import MAX_COMMAND_BYTES, NEED_DATA, Error, ModemConnection, encode_final
 from fleet.errors import LineTooLong
+from fleet.nrf91 import MODELS
 from fleet.sim.config import SimConfig
 from fleet.sim.faults import SLOW_EXTRA_S, FaultDice, FaultName, garble, urc_storm
-from fleet.sim.identity import MODELS
 from fleet.sim.model import Modem
 from fleet.sim.persist import EventLog, StateWriter
 from fleet.sim.reply import SYSTEM_ENTROPY, Entropy

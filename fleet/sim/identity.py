@@ -1,4 +1,4 @@
-"""Who a simulated modem is: model strings, IMEI, device UUID and identity key, from a seed.
+"""Who a simulated modem is: IMEI, device UUID and identity key, from a seed.
 
 Everything here is a pure function of ``(seed, index)`` (or of the firmware string), so the same
 ``--seed`` gives the same fleet of modems on every run and on every machine:
@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleet.nrf91 import luhn_digit
+
 __all__ = [
-    "MODELS",
     "TAC",
-    "ModelInfo",
     "derive_device_uuid",
     "derive_identity_key",
     "derive_imei",
     "firmware_uuid",
-    "luhn_digit",
-    "luhn_valid",
 ]
 
 #: Type Allocation Code the simulated IMEIs start with (a Nordic nRF9160 TAC).
@@ -38,53 +35,8 @@ TAC = "35265610"
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelInfo:
-    """What ``AT+CGMM`` / ``AT+CGMR`` print for one model, and the firmware's quirks."""
-
-    name: str
-    cgmm: str
-    firmware: str
-    #: the device type in the %ATTESTTOKEN body (a simulator value: the real codes are not
-    #: documented)
-    device_type: int
-    #: mfw 2.x refuses a credential with CR in it (``+CME ERROR: 527``); 1.3.x stores it.
-    rejects_crlf: bool
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.cgmm or not self.firmware:
-            raise ValueError("model name, CGMM and firmware strings must not be empty")
-
-
-#: The models ``--model`` accepts. Both produce the NULL-parameter CSR seen on real firmware.
-MODELS: dict[str, ModelInfo] = {
-    "nrf9160": ModelInfo(name="nrf9160", cgmm="nRF9160-SICA", firmware="mfw_nrf9160_1.3.5",
-                         device_type=1, rejects_crlf=False),
-    "nrf9151": ModelInfo(name="nrf9151", cgmm="nRF9151-LACA", firmware="mfw_nrf91x1_2.0.2",
-                         device_type=2, rejects_crlf=True),
-}
-
-
 def _digest(seed: int, index: int, purpose: str) -> bytes:
     return hashlib.sha256(f"fleet-sim/{purpose}/{seed}/{index}".encode()).digest()
-
-
-def luhn_digit(digits: str) -> str:
-    """The Luhn check digit to append to ``digits``."""
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2 == 0:  # doubled: these sit at odd positions once the digit is appended
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return str((10 - total % 10) % 10)
-
-
-def luhn_valid(number: str) -> bool:
-    """True when the last digit of ``number`` is its Luhn check digit."""
-    return number.isdigit() and len(number) >= 2 and luhn_digit(number[:-1]) == number[-1]
 
 
 def derive_imei(seed: int, index: int) -> str:

@@ -39,16 +39,17 @@ from fleet.credentials import (
     validate_attribute_value,
 )
 from fleet.errors import CmeCode
-from fleet.sim.reply import Entropy, Reply, Work, error, ok
-from fleet.sim.store import MAX_USER_SEC_TAG, Credential
+from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType, Work
+from fleet.sim.reply import Entropy, Reply, error, ok
+from fleet.sim.store import Credential
 
 if TYPE_CHECKING:
     from fleet.sim.model import Modem
 
 __all__ = ["handle_keygen"]
 
-CLIENT_KEY = 2
-ENDORSEMENT_KEY = 8
+CLIENT_KEY = CredentialType.CLIENT_PRIVATE_KEY
+ENDORSEMENT_KEY = CredentialType.ENDORSEMENT_KEY
 
 
 def _attributes_ok(text: str) -> bool:
@@ -76,7 +77,7 @@ def handle_keygen(modem: Modem, cmd: ParsedCommand, entropy: Entropy,
     sec_tag, key_type, content, attributes, usage = (*args, None, None, None)[:5]
     if not isinstance(sec_tag, int) or not isinstance(key_type, int):
         return error()
-    if not 1 <= sec_tag <= 0xFFFFFFFF or key_type not in (CLIENT_KEY, ENDORSEMENT_KEY):
+    if not 1 <= sec_tag <= MAX_MODEM_SEC_TAG or key_type not in (CLIENT_KEY, ENDORSEMENT_KEY):
         return error()
     if content is not None and not isinstance(content, int):
         return error()

@@ -28,20 +28,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.at import Op, ParsedCommand, parse_command
 from fleet.credentials import b64url_encode, sign_cose_sign1
 from fleet.errors import CmeCode, RemoteProtocolError
-from fleet.nrf91 import ACTIVE_MODES, FUNCTION_MODES
+from fleet.nrf91 import ACTIVE_MODES, FUNCTION_MODES, CredentialType, ModelInfo, Work
 from fleet.sim.cmng import handle_cmng
 from fleet.sim.identity import (
-    ModelInfo,
     derive_device_uuid,
     derive_identity_key,
     derive_imei,
     firmware_uuid,
 )
 from fleet.sim.keygen import handle_keygen
-from fleet.sim.reply import NEVER, SYSTEM_ENTROPY, Entropy, Reply, Work, cme, error, ok
+from fleet.sim.reply import NEVER, SYSTEM_ENTROPY, Entropy, Reply, cme, error, ok
 from fleet.sim.store import CredentialStore, reserved_entries
 
-__all__ = ["ACTIVE_MODES", "FUNCTION_MODES", "Modem"]
+__all__ = ["Modem"]
 
 
 _SELF_DESCRIBE = 55799
@@ -139,7 +138,7 @@ class Modem:
         PEM certificate, the write is accepted (what a real modem does there is unconfirmed; it
         stores the bytes, and TLS would fail later).
         """
-        key = self.store.get(sec_tag, 2)
+        key = self.store.get(sec_tag, CredentialType.CLIENT_PRIVATE_KEY)
         expected = key.public_key() if key is not None else None
         if expected is None:
             return None

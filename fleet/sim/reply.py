@@ -12,7 +12,6 @@ tests can substitute a deterministic one.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleet.at import CmeErrorLine, Error, Final, ModemConnection, Ok
+from fleet.at import CmeErrorLine, Error, Final, Ok
+from fleet.nrf91 import Work
 
 __all__ = [
     "NEVER",
@@ -28,19 +28,10 @@ __all__ = [
     "Entropy",
     "Reply",
     "SystemEntropy",
-    "Work",
     "cme",
     "error",
     "ok",
 ]
-
-
-class Work(enum.Enum):
-    """How much work a command took, for the timing profile."""
-
-    QUICK = "quick"  #: any ordinary command
-    CFUN_CHANGE = "cfun"  #: AT+CFUN=<m> that changed the function mode
-    KEYGEN = "keygen"  #: a %KEYGEN answer (new key, or the existing endorsement key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,10 +51,6 @@ class Reply:
     def __post_init__(self) -> None:
         if self.key_made and not self.changed:
             raise ValueError("a reply that made a key must mark the state changed")
-
-    def encode(self) -> bytes:
-        """The bytes the modem sends: information lines, then the final line."""
-        return ModemConnection.response(self.lines, self.final)
 
 
 def ok(*lines: str, work: Work = Work.QUICK, changed: bool = False,

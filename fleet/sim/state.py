@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleet.sim.identity import MODELS
+from fleet.nrf91 import MODELS
 from fleet.sim.model import Modem
 from fleet.sim.store import Credential, CredentialStore
 

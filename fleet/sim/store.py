@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleet.nrf91 import MAX_MODEM_SEC_TAG, CredentialType
+
 __all__ = [
-    "MAX_USER_SEC_TAG",
     "RESERVED_TYPES",
     "Credential",
     "CredentialStore",
@@ -31,13 +32,11 @@ __all__ = [
     "reserved_entries",
 ]
 
-#: Largest sec_tag a user may write; larger ones are reserved for the modem (``+CME ERROR: 514``).
-MAX_USER_SEC_TAG = 2147483647
-
-#: The reserved entries a modem lists: ``(sec_tag, type)``. Types 10 (Nordic identity root CA),
-#: 11 (Nordic public key) and 6 (device identity public key).
-RESERVED_TYPES: tuple[tuple[int, int], ...] = ((4294967292, 10), (4294967293, 11),
-                                              (4294967294, 6))
+#: The reserved entries a modem lists: ``(sec_tag, type)``.
+RESERVED_TYPES: tuple[tuple[int, CredentialType], ...] = (
+    (MAX_MODEM_SEC_TAG - 3, CredentialType.NORDIC_IDENTITY_ROOT_CA),
+    (MAX_MODEM_SEC_TAG - 2, CredentialType.NORDIC_PUBLIC_KEY),
+    (MAX_MODEM_SEC_TAG - 1, CredentialType.DEVICE_IDENTITY_PUBLIC_KEY))
 
 
 class StoreFull(Exception):
@@ -67,7 +66,7 @@ class Credential:
     public_key_pem: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sec_tag <= 0xFFFFFFFF:
+        if not 0 <= self.sec_tag <= MAX_MODEM_SEC_TAG:
             raise ValueError(f"sec_tag {self.sec_tag} out of range")
         if not 0 <= self.type <= 255:
             raise ValueError(f"credential type {self.type} out of range")
@@ -106,12 +105,12 @@ class Credential:
 def _public_key_of(type_: int, content: bytes) -> str | None:
     """Best effort: the public key PEM of a written certificate, private key or public key."""
     try:
-        if type_ in (0, 1):
+        if type_ in (CredentialType.ROOT_CA_CERT, CredentialType.CLIENT_CERT):
             return _pem_public_any(x509.load_pem_x509_certificate(content).public_key())
-        if type_ == 2:
+        if type_ == CredentialType.CLIENT_PRIVATE_KEY:
             private = serialization.load_pem_private_key(content, password=None)
             return _pem_public_any(private.public_key())
-        if type_ == 5:
+        if type_ == CredentialType.PUBLIC_KEY:
             return _pem_public_any(serialization.load_pem_public_key(content))
     except (ValueError, TypeError):
         return None
@@ -175,5 +174,5 @@ class CredentialStore:
 def reserved_entries(device_seed: bytes) -> list[tuple[int, int, str]]:
     """The reserved Nordic entries of one modem as ``(sec_tag, type, SHA)``; the SHA is a
     stable stand-in derived from ``device_seed`` (the real content is not known)."""
-    return [(tag, type_, hashlib.sha256(device_seed + f"/{tag}/{type_}".encode())
+    return [(tag, int(type_), hashlib.sha256(device_seed + f"/{tag}/{int(type_)}".encode())
              .hexdigest().upper()) for tag, type_ in RESERVED_TYPES]
