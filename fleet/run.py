@@ -31,6 +31,7 @@ import structlog
 
 from fleet import __version__, exitcodes
 from fleet.errors import JournalError, ManifestError, PlanError
+from fleet.fdio import raise_fd_limit
 from fleet.interrupts import Watch
 from fleet.journal import Journal, RunInfo, RunReport, utc_now
 from fleet.openers import describe, scan
@@ -39,7 +40,7 @@ from fleet.provision.base import ImeiClaims, Progress, SlotJob, SlotResult
 from fleet.provision.flow import provision_slot
 from fleet.records import DeviceOutcome, DeviceRecord, RunRecord
 from fleet.report import build_run_record, check_record, not_attempted, run_document
-from fleet.transport import open_port, raise_fd_limit
+from fleet.transport import open_port
 
 __all__ = ["RunOptions", "RunOutcome", "SlotStatus", "run_plan"]
 

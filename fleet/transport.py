@@ -10,9 +10,10 @@ Port forms:
 
 Why not pyserial's default POSIX class: its ``read()`` calls ``select()``, which fails for file
 descriptors >= 1024 - about 200 ports in one process, since pyserial also opens two pipes per
-port. :class:`PollSerial` reads with a single non-blocking ``os.read`` when the event loop (epoll)
-says the port is readable, so there is no descriptor limit. :func:`raise_fd_limit` lifts the
-process's soft RLIMIT_NOFILE so hundreds of ports fit.
+port. :class:`PollSerial` reads with one non-blocking read (:func:`fleet.fdio.read_ready`, the
+reader the simulator's ptys use too) when the event loop (epoll) says the port is readable, so
+there is no descriptor limit; :func:`fleet.fdio.raise_fd_limit` lifts the process's soft
+RLIMIT_NOFILE so hundreds of ports fit.
 
 Foreign exceptions (``serial.SerialException``, ``OSError``) are mapped to
 :class:`fleet.errors.TransportError` / :class:`fleet.errors.PortBusy` here, at the boundary.
@@ -25,7 +26,6 @@ import contextlib
 import errno
 import os
 import re
-import resource
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,25 +36,12 @@ import serial.serialposix
 import serial_asyncio
 
 from fleet.errors import PortBusy, TransportError
+from fleet.fdio import FdClosed, read_ready
 
-__all__ = ["PollSerial", "SerialStream", "open_port", "raise_fd_limit"]
+__all__ = ["PollSerial", "SerialStream", "open_port"]
 
 _SOCKET = re.compile(r"socket://(?P<host>[^:/]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})/?\Z")
 _READ_HIGH_WATER = 256 * 1024
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 65536)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class PollSerial(serial.serialposix.PosixPollSerial):
@@ -70,14 +57,9 @@ class PollSerial(serial.serialposix.PosixPollSerial):
         if not self.is_open or self.fd is None:
             raise serial.PortNotOpenError()
         try:
-            data = os.read(self.fd, size)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            raise serial.SerialException(f"read failed: {exc.strerror or exc}") from exc
-        if not data:
-            raise serial.SerialException("device disconnected (end of file)")
-        return data
+            return read_ready(self.fd, size)
+        except FdClosed as exc:
+            raise serial.SerialException(f"device disconnected ({exc})") from exc
 
 
 class _Bridge(asyncio.Protocol):

@@ -18,9 +18,10 @@ import pytest
 
 from fleet.at import Command
 from fleet.device import DeviceSession
+from fleet.fdio import raise_fd_limit
 from fleet.plan import load_plan
 from fleet.run import RunOptions, run_plan
-from fleet.transport import open_port, raise_fd_limit
+from fleet.transport import open_port
 from tests.runhelpers import write_plan
 from tests.simproc import run_sim
 

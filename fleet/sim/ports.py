@@ -28,6 +28,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from fleet.fdio import FdClosed, read_ready
 from fleet.sim.core import Ending, LinkClosed, SimCore
 
 __all__ = ["PtyPort", "StreamLink", "relink", "serve_tcp"]
@@ -87,20 +88,16 @@ class _PtyLink:
 
     def _on_readable(self) -> None:
         try:
-            data = os.read(self._pty.master, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
+            data = read_ready(self._pty.master, _READ_SIZE)
+        except FdClosed as exc:
             self._closed = LinkClosed(str(exc))
-            data = b""
+            self._stop_reading()
         else:
             if not data:
-                self._closed = LinkClosed("pty closed")
-        if self._closed is not None:
-            self._stop_reading()
-        self._buffer += data
-        if len(self._buffer) >= _READ_SIZE:  # a host that floods: stop reading until drained
-            self._stop_reading()
+                return
+            self._buffer += data
+            if len(self._buffer) >= _READ_SIZE:  # a host that floods: stop reading until drained
+                self._stop_reading()
         self._ready.set()
 
     async def receive(self) -> bytes:

@@ -12,19 +12,18 @@ removed.
 
 from __future__ import annotations
 
-import contextlib
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.abc
 
+from fleet.fdio import raise_fd_limit
 from fleet.sim.config import SimConfig
 from fleet.sim.core import SimCore
 from fleet.sim.ports import PtyPort, serve_tcp
 
-__all__ = ["Ready", "raise_fd_limit", "run_server"]
+__all__ = ["Ready", "run_server"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,18 +43,6 @@ class Ready:
             host, low, high = self.tcp
             text += f"; tcp {host}:{low}" + (f"..{high}" if high != low else "")
         return text
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 65536)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
 
 
 def _prepare(config: SimConfig, directory: Path) -> tuple[SimCore, list[PtyPort]]:
