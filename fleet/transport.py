@@ -13,7 +13,7 @@ descriptors >= 1024 - about 200 ports in one process, since pyserial also opens 
 port. :class:`PollSerial` reads with one non-blocking read (:func:`fleet.fdio.read_ready`, the
 reader the simulator's ptys use too) when the event loop (epoll) says the port is readable, so
 there is no descriptor limit; :func:`fleet.fdio.raise_fd_limit` lifts the process's soft
-RLIMIT_NOFILE so hundreds of ports fit.
+RLIMIT_NOFILE so hundreds of ports fit. Port URLs are parsed by :func:`fleet.porturl.parse_port`.
 
 Foreign exceptions (``serial.SerialException``, ``OSError``) are mapped to
 :class:`fleet.errors.TransportError` / :class:`fleet.errors.PortBusy` here, at the boundary.
@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,10 +36,10 @@ import serial_asyncio
 
 from fleet.errors import PortBusy, TransportError
 from fleet.fdio import FdClosed, read_ready
+from fleet.porturl import DevicePath, SimPorts, SocketPort, parse_port
 
 __all__ = ["PollSerial", "SerialStream", "open_port"]
 
-_SOCKET = re.compile(r"socket://(?P<host>[^:/]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})/?\Z")
 _READ_HIGH_WATER = 256 * 1024
 
 
@@ -193,19 +192,16 @@ async def open_serial(path: str, *, baudrate: int = 115200, rtscts: bool = True)
     return SerialStream(path, transport, bridge)
 
 
-async def open_socket(url: str, *, connect_timeout: float = 10.0) -> anyio.abc.ByteStream:
+async def open_socket(address: SocketPort, *,
+                      connect_timeout: float = 10.0) -> anyio.abc.ByteStream:
     """Connect to ``socket://host:port`` (ser2net or ``fleet sim --listen``)."""
-    match = _SOCKET.match(url)
-    if not match:
-        raise TransportError(f"invalid socket URL {url!r} (expected socket://host:port)")
-    host, port = match.group("host").strip("[]"), int(match.group("port"))
     try:
         with anyio.fail_after(connect_timeout):
-            stream = await anyio.connect_tcp(host, port)
+            stream = await anyio.connect_tcp(address.host, address.port)
     except TimeoutError as exc:
-        raise TransportError(f"{url}: no connection within {connect_timeout:g} s") from exc
+        raise TransportError(f"{address}: no connection within {connect_timeout:g} s") from exc
     except OSError as exc:
-        raise TransportError(f"{url}: {exc.strerror or exc}") from exc
+        raise TransportError(f"{address}: {exc.strerror or exc}") from exc
     return stream
 
 
@@ -220,13 +216,17 @@ async def open_port(
     sim: SimConnector | None = None,
 ) -> anyio.abc.ByteStream:
     """Open ``url`` (device path, ``socket://host:port`` or ``sim://N``)."""
-    if url.startswith("sim://"):
+    try:
+        target = parse_port(url)
+    except ValueError as exc:
+        raise TransportError(str(exc)) from None
+    if isinstance(target, SimPorts):
+        if target.first != target.last:
+            raise TransportError(f"invalid simulator port {url!r} (expected sim://N)")
         if sim is None:
             raise TransportError(f"{url}: no in-process simulator is running")
-        index = url[len("sim://"):]
-        if not index.isdigit():
-            raise TransportError(f"invalid simulator port {url!r} (expected sim://N)")
-        return await sim(int(index))
-    if url.startswith("socket://"):
-        return await open_socket(url)
-    return await open_serial(url, baudrate=baudrate, rtscts=rtscts)
+        return await sim(target.first)
+    if isinstance(target, SocketPort):
+        return await open_socket(target)
+    assert isinstance(target, DevicePath)
+    return await open_serial(target.path, baudrate=baudrate, rtscts=rtscts)
