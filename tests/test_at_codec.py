@@ -313,6 +313,9 @@ def test_modem_encode() -> None:
     assert ModemConnection.response([], CmeErrorLine(code=519)) == b"+CME ERROR: 519\r\n"
     assert ModemConnection.response([], Error()) == b"ERROR\r\n"
     assert ModemConnection.urc("%XSIM: 1") == b"%XSIM: 1\r\n"
+    assert ModemConnection.frame([]) == b""
+    # a lone surrogate is the raw byte a modem printed that is not UTF-8
+    assert ModemConnection.frame(["mfw_\udcff", "OK"]) == b"mfw_\xff\r\nOK\r\n"
 
 
 PARSE_TABLE = [

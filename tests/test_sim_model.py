@@ -242,7 +242,7 @@ def test_fault_dice_are_seeded_targeted_and_independent() -> None:
     assert draws
     assert not FaultDice(specs, 0, seed=9).roll(FaultName.SLOW)
     assert FaultDice(specs, 1, seed=9).roll(FaultName.SLOW)
-    assert not FaultDice([], 0, seed=9)
+    assert not FaultDice([], 0, seed=9).roll(FaultName.GARBLE)
 
 
 def test_garble_and_storm_shapes() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
+from collections.abc import Sequence
 
 from fleet.at.commands import MAX_COMMAND_BYTES, Command
 from fleet.at.events import (
@@ -361,18 +362,21 @@ class ModemConnection:
             raise LineTooLong(f"command longer than {self._splitter._max} bytes discarded")
         return item
 
-    def reset(self) -> None:
-        """Forget everything buffered (the line was dropped and reconnected)."""
-        self._splitter.reset()
-        self._events.clear()
+    @staticmethod
+    def frame(lines: Sequence[str]) -> bytes:
+        """Bytes for ``lines`` as the modem sends them, each ending in CR LF. Text goes out as
+        UTF-8, and a lone surrogate ``\\udcXX`` as the raw byte ``XX`` (a modem that prints bytes
+        that are not UTF-8)."""
+        if not lines:
+            return b""
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
     @staticmethod
-    def response(lines: tuple[str, ...] | list[str], final: Final) -> bytes:
+    def response(lines: Sequence[str], final: Final) -> bytes:
         """Bytes for a complete response: information lines, then the final line."""
-        out = "".join(f"{line}\r\n" for line in lines) + encode_final(final) + "\r\n"
-        return out.encode("utf-8")
+        return ModemConnection.frame([*lines, encode_final(final)])
 
     @staticmethod
     def urc(text: str) -> bytes:
         """Bytes for one unsolicited result code."""
-        return f"{text}\r\n".encode()
+        return ModemConnection.frame((text,))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 import random
-from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -113,10 +112,6 @@ class SimCore:
         if config.state_path is not None:
             self.writer.mark_dirty()  # the first write creates (or completes) the file
 
-    @property
-    def state_path(self) -> Path | None:
-        return self.config.state_path
-
     # -- one live connection per modem (TCP, in-process) --------------------------------------
 
     def claim(self, index: int) -> object | None:
@@ -198,12 +193,12 @@ class SimCore:
         if dice.roll(FaultName.ENDLESS_ANSWER):
             self.log.fault(index, FaultName.ENDLESS_ANSWER.value, text)
             return await self._endless(link, reply.lines)
-        lines = [*reply.lines, encode_final(reply.final)]
         if dice.roll(FaultName.URC_STORM):
             self.log.fault(index, FaultName.URC_STORM.value, text)
-            lines = urc_storm(lines, dice.rng)
-        # surrogateescape: a state file's "\udcff" in a firmware string is the raw byte 0xff
-        data = "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
+            data = ModemConnection.frame(
+                urc_storm([*reply.lines, encode_final(reply.final)], dice.rng))
+        else:
+            data = ModemConnection.response(reply.lines, reply.final)
         if dice.roll(FaultName.GARBLE):
             self.log.fault(index, FaultName.GARBLE.value, text)
             data = garble(data, dice.rng)
@@ -214,7 +209,7 @@ class SimCore:
     async def _endless(self, link: Link, lines: tuple[str, ...] | list[str]) -> Ending:
         """The ``endless-answer`` fault: well-formed lines and never a final one, until the
         host goes away (a link's buffer makes the pace when the host stops reading)."""
-        block = "".join(f"{line}\r\n" for line in (lines or [_ENDLESS_LINE])).encode() * 64
+        block = ModemConnection.frame(lines or [_ENDLESS_LINE]) * 64
         while await self._send(link, block):
             await anyio.lowlevel.checkpoint()  # the other modems go on meanwhile
         return Ending.CLOSED

@@ -37,9 +37,6 @@ class FaultDice:
                 self._specs.setdefault(spec.name, []).append(spec.probability)
         self._rng = random.Random(f"fleet-sim/faults/{seed}/{index}")
 
-    def __bool__(self) -> bool:
-        return bool(self._specs)
-
     def roll(self, name: FaultName) -> bool:
         """Draw ``name`` for this chance; False without drawing when it is not configured."""
         if not self._specs:  # the usual case: no faults at all (and no enum hashing)

@@ -137,13 +137,6 @@ class PtyPort:
         self.index = index
         self.link = link
         self._pty: _Pty | None = None
-        self.reopened = 0
-
-    @property
-    def device(self) -> str:
-        """The current ``/dev/pts/N`` of this modem."""
-        assert self._pty is not None
-        return self._pty.name
 
     def open(self) -> None:
         """Create the pty and the link (call before :meth:`run`). A stale link from an earlier
@@ -157,7 +150,6 @@ class PtyPort:
         old = self._pty
         self._pty = _Pty()
         relink(self._pty.name, self.link)
-        self.reopened += 1
         if old is not None:
             old.close()
 
