@@ -18,16 +18,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fleet.at import ParsedCommand
 from fleet.errors import CmeCode
 from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType
-from fleet.sim.reply import Reply, error, ok
+from fleet.sim.reply import ModemView, Reply, error, ok
 from fleet.sim.store import Credential, StoreFull
-
-if TYPE_CHECKING:
-    from fleet.sim.model import Modem
 
 __all__ = ["WRITABLE_TYPES", "handle_cmng"]
 
@@ -47,7 +42,7 @@ def _tag_type(cmd: ParsedCommand) -> tuple[int, int] | None:
     return tag, type_
 
 
-def handle_cmng(modem: Modem, cmd: ParsedCommand) -> Reply:
+def handle_cmng(modem: ModemView, cmd: ParsedCommand) -> Reply:
     """Answer one ``AT%CMNG=...`` command."""
     opcode = cmd.arg(0)
     if opcode == 0:
@@ -61,7 +56,7 @@ def handle_cmng(modem: Modem, cmd: ParsedCommand) -> Reply:
     return error()
 
 
-def _write(modem: Modem, cmd: ParsedCommand) -> Reply:
+def _write(modem: ModemView, cmd: ParsedCommand) -> Reply:
     pair = _tag_type(cmd)
     content = cmd.arg(3)
     if pair is None or not 4 <= len(cmd.args) <= 5 or not isinstance(content, str) or not content:
@@ -90,7 +85,7 @@ def _write(modem: Modem, cmd: ParsedCommand) -> Reply:
     return ok(changed=True)
 
 
-def _list(modem: Modem, cmd: ParsedCommand) -> Reply:
+def _list(modem: ModemView, cmd: ParsedCommand) -> Reply:
     if len(cmd.args) > 3:
         return error()
     tag, type_ = cmd.arg(1), cmd.arg(2)
@@ -104,7 +99,7 @@ def _list(modem: Modem, cmd: ParsedCommand) -> Reply:
     return ok(*(f'%CMNG: {t},{k},"{sha}"' for t, k, sha in sorted(rows)))
 
 
-def _read(modem: Modem, cmd: ParsedCommand) -> Reply:
+def _read(modem: ModemView, cmd: ParsedCommand) -> Reply:
     pair = _tag_type(cmd)
     if pair is None or len(cmd.args) != 3:
         return error()
@@ -118,7 +113,7 @@ def _read(modem: Modem, cmd: ParsedCommand) -> Reply:
     return ok(f'%CMNG: {tag},{type_},"{credential.sha256}","{text}"')
 
 
-def _delete(modem: Modem, cmd: ParsedCommand) -> Reply:
+def _delete(modem: ModemView, cmd: ParsedCommand) -> Reply:
     pair = _tag_type(cmd)
     if pair is None or len(cmd.args) != 3:
         return error()

@@ -23,7 +23,6 @@ The keygen-fail fault is applied between 4/5/6 and 7: ``523``, nothing stored.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,11 +39,8 @@ from fleet.credentials import (
 )
 from fleet.errors import CmeCode
 from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType, Work
-from fleet.sim.reply import Entropy, Reply, error, ok
+from fleet.sim.reply import Entropy, ModemView, Reply, error, ok
 from fleet.sim.store import Credential
-
-if TYPE_CHECKING:
-    from fleet.sim.model import Modem
 
 __all__ = ["handle_keygen"]
 
@@ -68,7 +64,7 @@ def _usage_ok(bits: str) -> bool:
     return True
 
 
-def handle_keygen(modem: Modem, cmd: ParsedCommand, entropy: Entropy,
+def handle_keygen(modem: ModemView, cmd: ParsedCommand, entropy: Entropy,
                   keygen_fails: Callable[[], bool]) -> Reply:
     """Answer one ``AT%KEYGEN=...`` command (see the module docstring for the rules)."""
     args = cmd.args
@@ -131,12 +127,12 @@ def handle_keygen(modem: Modem, cmd: ParsedCommand, entropy: Entropy,
     return _answer(modem, body, payload_id, sec_tag, entropy, made=True)
 
 
-def _store(modem: Modem, sec_tag: int, key_type: int, key: ec.EllipticCurvePrivateKey) -> None:
+def _store(modem: ModemView, sec_tag: int, key_type: int, key: ec.EllipticCurvePrivateKey) -> None:
     modem.store.put(Credential.generated_key(sec_tag, key_type, key))
     modem.touch()
 
 
-def _answer(modem: Modem, body: bytes, payload_id: int, sec_tag: int, entropy: Entropy,
+def _answer(modem: ModemView, body: bytes, payload_id: int, sec_tag: int, entropy: Entropy,
             *, made: bool) -> Reply:
     value = build_keygen_answer(body, payload_id=payload_id, device_uuid=modem.device_uuid,
                                 sec_tag=sec_tag, identity_key=modem.identity_key,

@@ -7,12 +7,15 @@ keep its promises: ``changed`` (persist the state BEFORE sending the answer) and
 ``%KEYGEN`` stored a new key: the lost-answer fault applies).
 
 Randomness that must not be seeded (nonces, credential keys) comes from an :class:`Entropy`, so
-tests can substitute a deterministic one.
+tests can substitute a deterministic one. The command handlers of :mod:`fleet.sim.cmng` and
+:mod:`fleet.sim.keygen` see the modem as a :class:`ModemView` (what they read and change of it),
+so they need not import the model that dispatches to them.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,12 +23,15 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.at import CmeErrorLine, Error, Final, Ok
-from fleet.nrf91 import Work
+from fleet.errors import CmeCode
+from fleet.nrf91 import ModelInfo, Work
+from fleet.sim.store import CredentialStore
 
 __all__ = [
     "NEVER",
     "SYSTEM_ENTROPY",
     "Entropy",
+    "ModemView",
     "Reply",
     "SystemEntropy",
     "cme",
@@ -69,6 +75,36 @@ def cme(code: int, *, cmee: int, keygen_failed: bool = False) -> Reply:
     """``+CME ERROR: <code>`` with ``AT+CMEE=1``, a bare ``ERROR`` with CMEE 0."""
     final: Final = CmeErrorLine(code=code) if cmee else Error()
     return Reply(final=final, keygen_failed=keygen_failed)
+
+
+class ModemView(Protocol):
+    """What a command handler uses of a modem (:class:`fleet.sim.model.Modem` is one)."""
+
+    model: ModelInfo
+    device_uuid: uuid.UUID
+    identity_key: ec.EllipticCurvePrivateKey
+    store: CredentialStore
+
+    @property
+    def active(self) -> bool:
+        """True in the function modes where credential work is refused (518)."""
+        ...
+
+    def touch(self) -> None:
+        """Record that the persistent state changed."""
+        ...
+
+    def cme(self, code: CmeCode, *, keygen_failed: bool = False) -> Reply:
+        """``+CME ERROR: <code>``, or ``ERROR`` while CMEE is 0."""
+        ...
+
+    def reserved_entries(self) -> list[tuple[int, int, str]]:
+        """The modem's own credentials ``(sec_tag, type, SHA)`` that %CMNG lists."""
+        ...
+
+    def check_client_certificate(self, sec_tag: int, content: bytes) -> CmeCode | None:
+        """The error that refuses writing client certificate ``content``, or None."""
+        ...
 
 
 class Entropy(Protocol):
