@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -258,28 +257,20 @@ def test_certificates_fleet_did_not_write(tmp_path: Path) -> None:
 
 
 def test_firmware_without_sha_column_fails_the_certificate_step_saying_why(
-        tmp_path: Path, monkeypatch: Any) -> None:
-    """Older firmware lists credentials without the SHA column: the key step still works (it
-    needs only presence), but a written certificate cannot be confirmed, and the device fails
-    with a reason that says so rather than "lists nothing"."""
+        tmp_path: Path) -> None:
+    """Older firmware lists credentials without the SHA column (the simulator's list-no-sha
+    fault): the key step still works (it needs only presence), but a written certificate cannot
+    be confirmed, and the device fails with a reason that says so rather than "lists
+    nothing"."""
     import anyio
 
     from fleet.plan import load_plan
     from fleet.run import RunOptions, run_plan
-    from fleet.sim import cmng as sim_cmng
 
-    real = sim_cmng._list
-
-    def without_sha(modem: Any, cmd: Any) -> Any:
-        reply = real(modem, cmd)
-        return dataclasses.replace(reply, lines=tuple(
-            line.rsplit(',"', 1)[0] if line.startswith("%CMNG:") else line
-            for line in reply.lines))
-
-    monkeypatch.setattr(sim_cmng, "_list", without_sha)
     make_ca(tmp_path / "ca")
     plan_path = write_plan(tmp_path, ports="sim://0", keys=CA_KEYS, slot_keys="[tls]",
-                           extra="simulator: {state: sim.json}\n")
+                           extra="simulator: {state: sim.json, log: sim.log, "
+                           "faults: ['list-no-sha:1']}\n")
     outcome = anyio.run(lambda: run_plan(load_plan(plan_path), RunOptions(
         journal=tmp_path / "j.sqlite", handle_signals=False)), backend="asyncio")
     assert outcome.exit_code == 1
@@ -288,6 +279,8 @@ def test_firmware_without_sha_column_fails_the_certificate_step_saying_why(
     tls = next(k for k in record.keys if k.name == "tls")
     assert tls.outcome.value == "failed" and (tls.error or "").startswith("certificate: ")
     assert tls.keygen_answer  # the key itself was made, verified and captured
+    log = [json.loads(line) for line in (tmp_path / "sim.log").read_text().splitlines()]
+    assert any(entry.get("fault") == "list-no-sha" for entry in log)
 
 
 def test_export_refuses_a_plan_whose_devices_share_one_common_name(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 from fleet.credentials import parse_keygen
 from fleet.plan import load_plan
@@ -194,27 +193,21 @@ def test_a_new_devices_uuid_is_attested_once_and_journaled_with_its_first_captur
         assert [c.upper() for c in sim.commands(0)].count("AT%ATTESTTOKEN") == 1
 
 
-def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A changed bit in the device UUID of the COSE payload passes every local check, but not
-    the comparison with what %ATTESTTOKEN said: the answer is never captured, and the key it
-    made is recovered (deleted and made again) within the same run."""
-    import fleet.sim.keygen as sim_keygen
+def _faults_fired(log: Path) -> list[tuple[str, str]]:
+    """``(fault, command)`` for every fault the simulator's ``--log`` recorded."""
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    return [(e["fault"], e["command"]) for e in entries if "fault" in e]
 
-    real = sim_keygen.build_keygen_answer
-    corrupted: list[int] = []
 
-    def corrupt_first_tls(body: bytes, **kwargs: Any) -> str:
-        if kwargs["sec_tag"] == TLS and not corrupted:
-            corrupted.append(1)
-            kwargs["device_uuid"] = uuid.UUID(int=kwargs["device_uuid"].int ^ 1)
-        return real(body, **kwargs)
-
-    monkeypatch.setattr(sim_keygen, "build_keygen_answer", corrupt_first_tls)
+def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(tmp_path: Path) -> None:
+    """A changed bit in the device UUID of the COSE payload (the simulator's keygen-bad-uuid
+    fault, on the first answer only) passes every local check, but not the comparison with what
+    %ATTESTTOKEN said: the answer is never captured, and the key it made is recovered (deleted
+    and made again) within the same run."""
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(write_plan(tmp_path, ports="sim://0").read_text().replace(
-        "defaults:", "simulator: {state: sim.json}\ndefaults:"))
+        "defaults:", "simulator: {state: sim.json, log: sim.log, "
+        "faults: ['keygen-bad-uuid:1:1']}\ndefaults:"))
     journal = tmp_path / "j.sqlite"
 
     def run() -> Any:
@@ -224,7 +217,9 @@ def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(
                          backend="asyncio")
 
     first = run()
-    assert corrupted and first.exit_code == 0
+    assert first.exit_code == 0
+    assert [(fault, command.split(",")[0]) for fault, command in
+            _faults_fired(tmp_path / "sim.log")] == [("keygen-bad-uuid", f"AT%KEYGEN={TLS}")]
     record = first.record.devices[0]
     keys = {k.name: k for k in record.keys}
     assert keys["tls"].outcome.value == "recovered"
@@ -239,31 +234,20 @@ def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(
 
 
 def test_a_failed_listing_prefetch_is_recovered_before_the_attestation_read(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """The one AT%CMNG=1 listing is read while the journal records the device; when it fails
-    (the session then needs recovering), reading %ATTESTTOKEN for a {device_uuid} template must
-    recover and retry, not fail the device."""
-    from fleet.device import DeviceTimeout
-    from fleet.provision import flow as flow_module
-
-    real = flow_module._Flow._read_listing
-    failed: list[int] = []
-
-    async def fail_once(self: Any) -> Any:
-        if not failed:
-            failed.append(1)
-            self.session._give_up_line()  # what a timed-out command leaves behind
-            raise DeviceTimeout("AT%CMNG=1: no answer within 5 s")
-        return await real(self)
-
-    monkeypatch.setattr(flow_module._Flow, "_read_listing", fail_once)
+    (the simulator's list-drop fault, once: the port drops, so the session needs recovering),
+    reading %ATTESTTOKEN for a {device_uuid} template must recover and retry, not fail the
+    device."""
     keys = write_plan(tmp_path, ports="sim://0").read_text().replace(
         'attributes: {CN: "{imei}"', 'attributes: {CN: "{device_uuid}"')
     plan_path = tmp_path / "plan.yaml"
-    plan_path.write_text(keys.replace("defaults:", "simulator: {state: sim.json}\ndefaults:"))
+    plan_path.write_text(keys.replace("defaults:", "simulator: {state: sim.json, log: sim.log, "
+                                      "faults: ['list-drop:1:1']}\ndefaults:"))
     outcome = anyio.run(lambda: run_plan(load_plan(plan_path), RunOptions(
         journal=tmp_path / "j.sqlite", handle_signals=False)), backend="asyncio")
-    assert failed, "the prefetch did not run"
+    assert _faults_fired(tmp_path / "sim.log") == [("list-drop", "AT%CMNG=1")], \
+        "the prefetch did not run"
     record = outcome.record.devices[0]
     assert outcome.exit_code == 0, record.error
     assert {k.name: k.outcome.value for k in record.keys} == {"tls": "generated",

@@ -115,18 +115,19 @@ def test_keygen_expectations_met() -> None:
 def test_keygen_fails_is_asked_only_when_generation_is_reached() -> None:
     asked: list[int] = []
 
-    def fails() -> bool:
+    def fails(name: FaultName) -> bool:
         asked.append(1)
-        return True
+        return name is FaultName.KEYGEN_FAIL
 
     modem = make(mode=1)
     modem.handle("AT+CMEE=1")
-    assert modem.handle("AT%KEYGEN=5,2,0", keygen_fails=fails).final == CmeErrorLine(code=518)
-    assert modem.handle("AT%KEYGEN=0,2,0", keygen_fails=fails).final == Error()
+    assert modem.handle("AT%KEYGEN=5,2,0", faults=fails).final == CmeErrorLine(code=518)
+    assert modem.handle("AT%KEYGEN=0,2,0", faults=fails).final == Error()
     assert asked == []
     modem.handle("AT+CFUN=4")
-    reply = modem.handle("AT%KEYGEN=5,2,0", keygen_fails=fails)
-    assert reply.final == CmeErrorLine(code=523) and reply.keygen_failed and not reply.changed
+    reply = modem.handle("AT%KEYGEN=5,2,0", faults=fails)
+    assert reply.final == CmeErrorLine(code=523) and reply.fault is FaultName.KEYGEN_FAIL \
+        and not reply.changed
     assert asked == [1] and len(modem.store) == 0
 
 
@@ -243,6 +244,30 @@ def test_fault_dice_are_seeded_targeted_and_independent() -> None:
     assert not FaultDice(specs, 0, seed=9).roll(FaultName.SLOW)
     assert FaultDice(specs, 1, seed=9).roll(FaultName.SLOW)
     assert not FaultDice([], 0, seed=9).roll(FaultName.GARBLE)
+
+
+def test_a_fault_with_a_most_times_fires_that_often_per_modem() -> None:
+    spec = parse_fault_spec("list-drop:1:2@0")
+    assert (spec.limit, spec.targets, str(spec)) == (2, frozenset({0}), "list-drop:1:2@0")
+    dice = FaultDice([spec], 0, seed=3)
+    assert [dice.roll(FaultName.LIST_DROP) for _ in range(4)] == [True, True, False, False]
+    for bad in ("list-drop:1:0", "list-drop:1:x", "list-drop:1:"):
+        with pytest.raises(ValueError, match="MAX"):
+            parse_fault_spec(bad)
+
+
+def test_the_command_faults_shape_the_answer_they_name() -> None:
+    modem = make(mode=4)
+    always = {FaultName.LIST_NO_SHA}.__contains__
+    listing = modem.handle("AT%CMNG=1", faults=always)
+    assert listing.fault is FaultName.LIST_NO_SHA and listing.lines
+    assert all(line.count(",") == 1 for line in listing.lines)
+    dropped = modem.handle("AT%CMNG=1", faults={FaultName.LIST_DROP}.__contains__)
+    assert dropped.drop and dropped.fault is FaultName.LIST_DROP and not dropped.lines
+    reply = modem.handle("AT%KEYGEN=7,2,0", faults={FaultName.KEYGEN_BAD_UUID}.__contains__)
+    assert reply.fault is FaultName.KEYGEN_BAD_UUID and reply.key_made
+    answer = parse_keygen(reply.lines[0])
+    assert answer.payload.device_uuid.int == modem.device_uuid.int ^ 1
 
 
 def test_garble_and_storm_shapes() -> None:

@@ -57,9 +57,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fast",
                         help="timing: fast (no delays, default) or realistic")
     parser.add_argument("--fault", type=_fault, action="append", default=[],
-                        metavar="NAME:PROB[@I,J]",
-                        help=f"inject a fault (repeatable): {', '.join(FAULT_NAMES)}; @I,J "
-                        "limits it to those modem indexes")
+                        metavar="NAME:PROB[:MAX][@I,J]",
+                        help=f"inject a fault (repeatable): {', '.join(FAULT_NAMES)}; PROB per "
+                        "chance, :MAX at most that many times per modem, @I,J only those modem "
+                        "indexes (README: Simulator)")
     parser.add_argument("--log", type=Path, metavar="FILE",
                         help="append one JSON line per received command (and per fault)")
     parser.add_argument("--listen", metavar="HOST:PORT",

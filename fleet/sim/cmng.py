@@ -9,7 +9,8 @@
   CR in the content on mfw 2.x ``527``, client certificate hook (:meth:`Modem.check_client_
   certificate`), store full ``515``.
 - ``%CMNG=1[,<tag>[,<type>]]`` lists ``%CMNG: <tag>,<type>,"<SHA-256 upper hex>"`` sorted by
-  (tag, type), with the modem's reserved entries when they match the filter. Any mode.
+  (tag, type), with the modem's reserved entries when they match the filter. Any mode. The
+  list-no-sha fault leaves the SHA column out; list-drop answers nothing (the port drops).
 - ``%CMNG=2,<tag>,<type>`` reads a certificate (types 0 and 1 only, else ``514``; reserved tag
   ``514``; missing ``513``): ``%CMNG: <tag>,<type>,"<sha>","<content>"``, the content spanning
   lines. Any mode.
@@ -18,10 +19,11 @@
 
 from __future__ import annotations
 
-from fleet.at import ParsedCommand
+from fleet.at import Ok, ParsedCommand
 from fleet.errors import CmeCode
+from fleet.faults import FaultName
 from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType
-from fleet.sim.reply import ModemView, Reply, error, ok
+from fleet.sim.reply import Faults, ModemView, Reply, error, ok
 from fleet.sim.store import Credential, StoreFull
 
 __all__ = ["WRITABLE_TYPES", "handle_cmng"]
@@ -42,13 +44,13 @@ def _tag_type(cmd: ParsedCommand) -> tuple[int, int] | None:
     return tag, type_
 
 
-def handle_cmng(modem: ModemView, cmd: ParsedCommand) -> Reply:
+def handle_cmng(modem: ModemView, cmd: ParsedCommand, faults: Faults) -> Reply:
     """Answer one ``AT%CMNG=...`` command."""
     opcode = cmd.arg(0)
     if opcode == 0:
         return _write(modem, cmd)
     if opcode == 1:
-        return _list(modem, cmd)
+        return _list(modem, cmd, faults)
     if opcode == 2:
         return _read(modem, cmd)
     if opcode == 3:
@@ -85,7 +87,7 @@ def _write(modem: ModemView, cmd: ParsedCommand) -> Reply:
     return ok(changed=True)
 
 
-def _list(modem: ModemView, cmd: ParsedCommand) -> Reply:
+def _list(modem: ModemView, cmd: ParsedCommand, faults: Faults) -> Reply:
     if len(cmd.args) > 3:
         return error()
     tag, type_ = cmd.arg(1), cmd.arg(2)
@@ -96,6 +98,10 @@ def _list(modem: ModemView, cmd: ParsedCommand) -> Reply:
     rows = [(c.sec_tag, c.type, c.sha256) for c in modem.store.entries(tag, type_)]
     rows += [row for row in modem.reserved_entries()
              if (tag is None or row[0] == tag) and (type_ is None or row[1] == type_)]
+    if faults(FaultName.LIST_DROP):
+        return Reply(final=Ok(), drop=True, fault=FaultName.LIST_DROP)
+    if faults(FaultName.LIST_NO_SHA):
+        return ok(*(f"%CMNG: {t},{k}" for t, k, _ in sorted(rows)), fault=FaultName.LIST_NO_SHA)
     return ok(*(f'%CMNG: {t},{k},"{sha}"' for t, k, sha in sorted(rows)))
 
 

@@ -9,11 +9,12 @@ in-process memory stream) wraps a connection in a :class:`Link` and awaits :meth
 which reads bytes, feeds a :class:`fleet.at.ModemConnection` and, per command line:
 
 1. logs it; rolls silent / disconnect / reboot (each ends the command);
-2. asks the model for the reply (keygen-fail is rolled inside, when it can apply);
+2. asks the model for the reply (the faults that depend on the command - keygen-fail,
+   keygen-bad-uuid, list-no-sha, list-drop - are rolled inside, when they can apply);
 3. sleeps what is left of the profile's delay for the work done (+ the slow fault), counted
    from the moment the command arrived;
 4. if the state changed, waits until the state file holding the change is written
-   (lost-answer drops the port here, after the key is safely stored);
+   (lost-answer drops the port here, after the key is safely stored; so does list-drop);
 5. applies urc-storm and garble to the bytes and sends them, paced in the realistic profile.
 
 :meth:`serve` returns :attr:`Ending.DROPPED` when a fault drops the port (the transport then closes
@@ -173,10 +174,9 @@ class SimCore:
         # their keys at the same time, so the time this one process spends computing for the
         # others must not be added on top.
         received = anyio.current_time()
-        reply = modem.handle(text, entropy=self.entropy,
-                             keygen_fails=lambda: dice.roll(FaultName.KEYGEN_FAIL))
-        if reply.keygen_failed:
-            self.log.fault(index, FaultName.KEYGEN_FAIL.value, text)
+        reply = modem.handle(text, entropy=self.entropy, faults=dice.roll)
+        if reply.fault is not None:
+            self.log.fault(index, reply.fault.value, text)
         version = self.writer.mark_dirty() if reply.changed else 0
         delay = self.timing.delay(reply.work, self._jitter[index].random())
         if dice.roll(FaultName.SLOW):
@@ -186,6 +186,8 @@ class SimCore:
         if delay > 0:
             await anyio.sleep(delay)
         await self.writer.wait_written(version)
+        if reply.drop:
+            return Ending.DROPPED
         if reply.key_made and dice.roll(FaultName.LOST_ANSWER):
             self.log.fault(index, FaultName.LOST_ANSWER.value, text)
             return Ending.DROPPED

@@ -27,23 +27,39 @@ __all__ = [
 SLOW_EXTRA_S = 5.0
 
 
+class _Chance:
+    """One spec's probability, and how many more times it may fire (None: no limit)."""
+
+    __slots__ = ("left", "probability")
+
+    def __init__(self, spec: FaultSpec) -> None:
+        self.probability = spec.probability
+        self.left = spec.limit
+
+
 class FaultDice:
     """The fault draws of one modem (seeded, independent of every other modem)."""
 
     def __init__(self, specs: Iterable[FaultSpec], index: int, seed: int) -> None:
-        self._specs: dict[FaultName, list[float]] = {}
+        self._specs: dict[FaultName, list[_Chance]] = {}
         for spec in specs:
             if spec.applies_to(index):
-                self._specs.setdefault(spec.name, []).append(spec.probability)
+                self._specs.setdefault(spec.name, []).append(_Chance(spec))
         self._rng = random.Random(f"fleet-sim/faults/{seed}/{index}")
 
     def roll(self, name: FaultName) -> bool:
-        """Draw ``name`` for this chance; False without drawing when it is not configured."""
+        """Draw ``name`` for this chance; False without drawing when it is not configured (or
+        has fired its most times)."""
         if not self._specs:  # the usual case: no faults at all (and no enum hashing)
             return False
         fired = False
-        for probability in self._specs.get(name, ()):
-            fired = (self._rng.random() < probability) or fired
+        for chance in self._specs.get(name, ()):
+            if chance.left == 0:
+                continue
+            if self._rng.random() < chance.probability:
+                fired = True
+                if chance.left is not None:
+                    chance.left -= 1
         return fired
 
     @property

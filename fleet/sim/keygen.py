@@ -17,12 +17,14 @@ Checks, in the order the simulator applies them (the first that fails answers):
    NULL-parameter quirk, payload id 9) or public key DER (payload id 8), COSE_Sign1 with the
    device identity key.
 
-The keygen-fail fault is applied between 4/5/6 and 7: ``523``, nothing stored.
+The keygen-fail fault is applied between 4/5/6 and 7: ``523``, nothing stored. The keygen-bad-uuid
+fault changes the answer of 5 or 7: the COSE payload names the device UUID with its lowest bit
+flipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,8 +40,9 @@ from fleet.credentials import (
     validate_attribute_value,
 )
 from fleet.errors import CmeCode
+from fleet.faults import FaultName
 from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType, Work
-from fleet.sim.reply import Entropy, ModemView, Reply, error, ok
+from fleet.sim.reply import Entropy, Faults, ModemView, Reply, error, ok
 from fleet.sim.store import Credential
 
 __all__ = ["handle_keygen"]
@@ -65,7 +68,7 @@ def _usage_ok(bits: str) -> bool:
 
 
 def handle_keygen(modem: ModemView, cmd: ParsedCommand, entropy: Entropy,
-                  keygen_fails: Callable[[], bool]) -> Reply:
+                  faults: Faults) -> Reply:
     """Answer one ``AT%KEYGEN=...`` command (see the module docstring for the rules)."""
     args = cmd.args
     if not 2 <= len(args) <= 5:
@@ -102,15 +105,16 @@ def handle_keygen(modem: ModemView, cmd: ParsedCommand, entropy: Entropy,
         public = existing.public_key()
         if public is None:  # a state file edited by hand: treat it like a failed generation
             return modem.cme(CmeCode.KEYGEN_FAILED)
-        if keygen_fails():
-            return modem.cme(CmeCode.KEYGEN_FAILED, keygen_failed=True)
+        if faults(FaultName.KEYGEN_FAIL):
+            return modem.cme(CmeCode.KEYGEN_FAILED, fault=FaultName.KEYGEN_FAIL)
         body = public.public_bytes(serialization.Encoding.DER,
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
-        return _answer(modem, body, PAYLOAD_ID_PUBLIC_KEY, sec_tag, entropy, made=False)
+        return _answer(modem, body, PAYLOAD_ID_PUBLIC_KEY, sec_tag, entropy, faults,
+                       made=False)
     if modem.store.full:
         return modem.cme(CmeCode.MEMORY_FULL)
-    if keygen_fails():
-        return modem.cme(CmeCode.KEYGEN_FAILED, keygen_failed=True)
+    if faults(FaultName.KEYGEN_FAIL):
+        return modem.cme(CmeCode.KEYGEN_FAILED, fault=FaultName.KEYGEN_FAIL)
 
     key = entropy.new_key()
     if make_csr:
@@ -124,7 +128,7 @@ def handle_keygen(modem: ModemView, cmd: ParsedCommand, entropy: Entropy,
         body = public_key_der(key)
         payload_id = PAYLOAD_ID_PUBLIC_KEY
     _store(modem, sec_tag, key_type, key)
-    return _answer(modem, body, payload_id, sec_tag, entropy, made=True)
+    return _answer(modem, body, payload_id, sec_tag, entropy, faults, made=True)
 
 
 def _store(modem: ModemView, sec_tag: int, key_type: int, key: ec.EllipticCurvePrivateKey) -> None:
@@ -133,8 +137,12 @@ def _store(modem: ModemView, sec_tag: int, key_type: int, key: ec.EllipticCurveP
 
 
 def _answer(modem: ModemView, body: bytes, payload_id: int, sec_tag: int, entropy: Entropy,
-            *, made: bool) -> Reply:
-    value = build_keygen_answer(body, payload_id=payload_id, device_uuid=modem.device_uuid,
+            faults: Faults, *, made: bool) -> Reply:
+    device_uuid = modem.device_uuid
+    fault = FaultName.KEYGEN_BAD_UUID if faults(FaultName.KEYGEN_BAD_UUID) else None
+    if fault is not None:
+        device_uuid = uuid.UUID(int=device_uuid.int ^ 1)
+    value = build_keygen_answer(body, payload_id=payload_id, device_uuid=device_uuid,
                                 sec_tag=sec_tag, identity_key=modem.identity_key,
                                 nonce=entropy.nonce())
-    return ok(f'%KEYGEN: "{value}"', work=Work.KEYGEN, key_made=made)
+    return ok(f'%KEYGEN: "{value}"', work=Work.KEYGEN, key_made=made, fault=fault)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.at import Op, ParsedCommand, parse_command
 from fleet.credentials import b64url_encode, sign_cose_sign1
 from fleet.errors import CmeCode, RemoteProtocolError
+from fleet.faults import FaultName
 from fleet.nrf91 import ACTIVE_MODES, FUNCTION_MODES, CredentialType, ModelInfo, Work
 from fleet.sim.cmng import handle_cmng
 from fleet.sim.identity import (
@@ -37,7 +38,7 @@ from fleet.sim.identity import (
     firmware_uuid,
 )
 from fleet.sim.keygen import handle_keygen
-from fleet.sim.reply import NEVER, SYSTEM_ENTROPY, Entropy, Reply, cme, error, ok
+from fleet.sim.reply import NO_FAULTS, SYSTEM_ENTROPY, Entropy, Faults, Reply, cme, error, ok
 from fleet.sim.store import CredentialStore, reserved_entries
 
 __all__ = ["Modem"]
@@ -52,7 +53,7 @@ class _Context:
     """What a command handler may use besides the modem and the command."""
 
     entropy: Entropy
-    keygen_fails: Callable[[], bool]
+    faults: Faults
 
 
 class Modem:
@@ -120,9 +121,9 @@ class Modem:
         """Record that the persistent state changed."""
         self.revision += 1
 
-    def cme(self, code: CmeCode, *, keygen_failed: bool = False) -> Reply:
+    def cme(self, code: CmeCode, *, fault: FaultName | None = None) -> Reply:
         """``+CME ERROR: <code>``, or ``ERROR`` while CMEE is 0."""
-        return cme(int(code), cmee=self.cmee, keygen_failed=keygen_failed)
+        return cme(int(code), cmee=self.cmee, fault=fault)
 
     def reserved_entries(self) -> list[tuple[int, int, str]]:
         """The modem's own credentials ``(sec_tag, type, SHA)`` that %CMNG lists."""
@@ -163,11 +164,12 @@ class Modem:
     # -- the command interpreter -------------------------------------------------------------
 
     def handle(self, line: str, *, entropy: Entropy = SYSTEM_ENTROPY,
-               keygen_fails: Callable[[], bool] = NEVER) -> Reply:
+               faults: Faults = NO_FAULTS) -> Reply:
         """Answer one command line (terminator removed).
 
-        ``keygen_fails`` is asked once when a %KEYGEN reaches key generation (the keygen-fail
-        fault); it returning True makes the answer ``523`` with nothing stored.
+        ``faults`` is asked at the moment a fault that depends on the command could apply
+        (keygen-fail, keygen-bad-uuid, list-no-sha, list-drop; see :mod:`fleet.faults`); the
+        reply names the one that took effect.
         """
         try:
             cmd = parse_command(line)
@@ -176,7 +178,7 @@ class Modem:
         handler = _COMMANDS.get((cmd.name, cmd.op))
         if handler is None:
             return error()
-        return handler(self, cmd, _Context(entropy=entropy, keygen_fails=keygen_fails))
+        return handler(self, cmd, _Context(entropy=entropy, faults=faults))
 
     def _at(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
         return ok()
@@ -261,10 +263,10 @@ class Modem:
                                                                          self.identity_key))
 
     def _cmng(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
-        return handle_cmng(self, cmd)
+        return handle_cmng(self, cmd, ctx.faults)
 
     def _keygen(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
-        return handle_keygen(self, cmd, ctx.entropy, ctx.keygen_fails)
+        return handle_keygen(self, cmd, ctx.entropy, ctx.faults)
 
 
 _Handler = Callable[[Modem, ParsedCommand, _Context], Reply]

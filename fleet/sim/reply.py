@@ -24,13 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.at import CmeErrorLine, Error, Final, Ok
 from fleet.errors import CmeCode
+from fleet.faults import FaultName
 from fleet.nrf91 import ModelInfo, Work
 from fleet.sim.store import CredentialStore
 
 __all__ = [
-    "NEVER",
+    "NO_FAULTS",
     "SYSTEM_ENTROPY",
     "Entropy",
+    "Faults",
     "ModemView",
     "Reply",
     "SystemEntropy",
@@ -51,8 +53,11 @@ class Reply:
     changed: bool = False
     #: a %KEYGEN stored a new key (lost-answer may drop its answer)
     key_made: bool = False
-    #: the keygen-fail fault took effect (the answer is +CME ERROR: 523, nothing stored)
-    keygen_failed: bool = False
+    #: the fault the model applied to this answer (keygen-fail, keygen-bad-uuid, list-no-sha,
+    #: list-drop), for the log
+    fault: FaultName | None = None
+    #: no answer: the port drops instead (list-drop)
+    drop: bool = False
 
     def __post_init__(self) -> None:
         if self.key_made and not self.changed:
@@ -60,10 +65,10 @@ class Reply:
 
 
 def ok(*lines: str, work: Work = Work.QUICK, changed: bool = False,
-       key_made: bool = False) -> Reply:
+       key_made: bool = False, fault: FaultName | None = None) -> Reply:
     """An ``OK`` answer with ``lines`` before it."""
     return Reply(final=Ok(), lines=lines, work=work, changed=changed or key_made,
-                 key_made=key_made)
+                 key_made=key_made, fault=fault)
 
 
 def error() -> Reply:
@@ -71,10 +76,10 @@ def error() -> Reply:
     return Reply(final=Error())
 
 
-def cme(code: int, *, cmee: int, keygen_failed: bool = False) -> Reply:
+def cme(code: int, *, cmee: int, fault: FaultName | None = None) -> Reply:
     """``+CME ERROR: <code>`` with ``AT+CMEE=1``, a bare ``ERROR`` with CMEE 0."""
     final: Final = CmeErrorLine(code=code) if cmee else Error()
-    return Reply(final=final, keygen_failed=keygen_failed)
+    return Reply(final=final, fault=fault)
 
 
 class ModemView(Protocol):
@@ -94,7 +99,7 @@ class ModemView(Protocol):
         """Record that the persistent state changed."""
         ...
 
-    def cme(self, code: CmeCode, *, keygen_failed: bool = False) -> Reply:
+    def cme(self, code: CmeCode, *, fault: FaultName | None = None) -> Reply:
         """``+CME ERROR: <code>``, or ``ERROR`` while CMEE is 0."""
         ...
 
@@ -132,9 +137,13 @@ class SystemEntropy:
 SYSTEM_ENTROPY = SystemEntropy()
 
 
-def _never() -> bool:
+#: Asked whether a fault fires at this chance (:meth:`fleet.sim.faults.FaultDice.roll`).
+Faults = Callable[[FaultName], bool]
+
+
+def _no_faults(name: FaultName) -> bool:
     return False
 
 
-#: The default ``keygen_fails`` decision: key generation always succeeds.
-NEVER: Callable[[], bool] = _never
+#: The default: no fault ever fires.
+NO_FAULTS: Faults = _no_faults
