@@ -2,8 +2,9 @@
 
 Port forms:
 - a device path (``/dev/ttyACM0``, ``/dev/serial/by-id/...``, a simulator link ``DIR/modem3``):
-  pyserial-asyncio's transport over :class:`PollSerial`, opened EXCLUSIVELY (``flock``), so two
-  runs never drive one port;
+  pyserial-asyncio-fast's transport over :class:`PollSerial`, opened EXCLUSIVELY (``flock``), so
+  two runs never drive one port (a port another process holds is told by the lock's errno,
+  EWOULDBLOCK, or the open's EBUSY);
 - ``socket://host:port``: a TCP serial server such as ser2net (one client per port is the
   server's rule);
 - ``sim://N``: modem N of the in-process simulator (see :mod:`fleet.sim`).
@@ -13,7 +14,10 @@ descriptors >= 1024 - about 200 ports in one process, since pyserial also opens 
 port. :class:`PollSerial` reads with one non-blocking read (:func:`fleet.fdio.read_ready`, the
 reader the simulator's ptys use too) when the event loop (epoll) says the port is readable, so
 there is no descriptor limit; :func:`fleet.fdio.raise_fd_limit` lifts the process's soft
-RLIMIT_NOFILE so hundreds of ports fit. Port URLs are parsed by :func:`fleet.porturl.parse_port`.
+RLIMIT_NOFILE so hundreds of ports fit. Writes go through the transport, which (in the -fast fork
+of pyserial-asyncio) writes at once when nothing is queued and registers a writer with the event
+loop only for what the port did not take. Port URLs are parsed by
+:func:`fleet.porturl.parse_port`.
 
 Foreign exceptions (``serial.SerialException``, ``OSError``) are mapped to
 :class:`fleet.errors.TransportError` / :class:`fleet.errors.PortBusy` here, at the boundary.
@@ -32,7 +36,7 @@ import anyio
 import anyio.abc
 import serial
 import serial.serialposix
-import serial_asyncio
+import serial_asyncio_fast
 
 from fleet.errors import PortBusy, TransportError
 from fleet.fdio import FdClosed, read_ready
@@ -41,6 +45,9 @@ from fleet.porturl import DevicePath, SimPorts, SocketPort, parse_port
 __all__ = ["PollSerial", "SerialStream", "open_port"]
 
 _READ_HIGH_WATER = 256 * 1024
+#: What the exclusive open meets on a port another process holds: the ``flock`` (EWOULDBLOCK,
+#: which is EAGAIN on Linux) or a tty another program opened with TIOCEXCL (EBUSY).
+_BUSY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
 
 
 class PollSerial(serial.serialposix.PosixPollSerial):
@@ -60,6 +67,34 @@ class PollSerial(serial.serialposix.PosixPollSerial):
         except FdClosed as exc:
             raise serial.SerialException(f"device disconnected ({exc})") from exc
 
+    def write(self, b: Any, /) -> int:
+        """One non-blocking write; returns how much the port took. A full port raises
+        BlockingIOError, which the transport answers by queueing the rest and waiting for the
+        port to be writable (pyserial's own ``write`` with ``write_timeout=0`` retries a full
+        port in a loop, spinning the event loop until it drains)."""
+        if not self.is_open or self.fd is None:
+            raise serial.PortNotOpenError()
+        try:
+            return os.write(self.fd, b)
+        except (BlockingIOError, InterruptedError):
+            raise
+        except OSError as exc:
+            raise serial.SerialException(f"write failed: {exc.strerror or exc}") from exc
+
+
+class _SerialTransport(serial_asyncio_fast.SerialTransport):
+    """pyserial-asyncio-fast's transport, with its writer removed once queued output drained.
+
+    The library (0.16) writes at once and queues what the port did not take, but once the queue
+    has drained it leaves its writer registered: the next writable event finds the queue empty
+    and fails an assertion, on every loop iteration. Removing the writer then is the fix
+    proposed upstream."""
+
+    def _write_ready(self) -> None:
+        super()._write_ready()
+        if not self._write_buffer:
+            self._remove_writer()
+
 
 class _Bridge(asyncio.Protocol):
     """Collects what the serial transport delivers, for :class:`SerialStream` to hand out."""
@@ -71,10 +106,11 @@ class _Bridge(asyncio.Protocol):
         self.writable.set()
         self.closed = asyncio.Event()
         self.error: BaseException | None = None
-        self.transport: serial_asyncio.SerialTransport | None = None
+        self.transport: serial_asyncio_fast.SerialTransport | None = None
         self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, serial_asyncio_fast.SerialTransport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -98,9 +134,10 @@ class _Bridge(asyncio.Protocol):
 
 
 class SerialStream(anyio.abc.ByteStream):
-    """An anyio byte stream over a pyserial-asyncio transport (asyncio backend)."""
+    """An anyio byte stream over a pyserial-asyncio-fast transport (asyncio backend)."""
 
-    def __init__(self, port: str, transport: Any, bridge: _Bridge) -> None:
+    def __init__(self, port: str, transport: serial_asyncio_fast.SerialTransport,
+                 bridge: _Bridge) -> None:
         self.port = port
         self._transport = transport
         self._bridge = bridge
@@ -127,20 +164,7 @@ class SerialStream(anyio.abc.ByteStream):
         if bridge.closed.is_set() or self._transport.is_closing():
             raise anyio.BrokenResourceError(f"{self.port}: port closed")
         await bridge.writable.wait()
-        transport = self._transport
-        if transport.get_write_buffer_size() == 0 and transport.serial is not None:
-            # Write at once, as asyncio's own transports do: the transport would first register
-            # a writer with epoll and write on the next loop iteration (two epoll changes and a
-            # callback per command, for hundreds of ports). What the port does not take now
-            # (or an error) goes to the transport, which sends it or reports the loss.
-            try:
-                written = os.write(transport.serial.fd, item)
-            except OSError:  # full (BlockingIOError), or an error the transport meets again
-                written = 0
-            item = item[written:]
-            if not item:
-                return
-        transport.write(item)
+        self._transport.write(item)
 
     async def send_eof(self) -> None:
         raise NotImplementedError("serial ports have no end-of-file")
@@ -149,8 +173,8 @@ class SerialStream(anyio.abc.ByteStream):
         if not self._transport.is_closing():
             serial_port = self._transport.serial
             if serial_port is not None:
-                # Drop unsent output first: the transport's close() drains with tcdrain(), which
-                # would block the whole event loop on a hung device with flow control.
+                # Drop unsent output first: closing a tty waits for queued output to drain (up
+                # to 30 s on Linux), which a hung device with flow control never does.
                 with contextlib.suppress(serial.SerialException, OSError):
                     serial_port.reset_output_buffer()
             self._transport.abort()
@@ -165,13 +189,11 @@ def _open_serial_sync(path: str, baudrate: int, rtscts: bool) -> PollSerial:
         port.port = path
         port.open()
     except serial.SerialException as exc:
-        text = str(exc)
-        if "exclusively lock" in text or getattr(exc, "errno", None) in (errno.EAGAIN,
-                                                                           errno.EWOULDBLOCK):
+        if exc.errno in _BUSY:
             raise PortBusy(
                 f"{path} is in use by another process (another fleet run or a terminal program)"
             ) from exc
-        raise TransportError(f"cannot open {path}: {text}") from exc
+        raise TransportError(f"cannot open {path}: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise TransportError(f"cannot open {path}: {exc}") from exc
     try:
@@ -188,7 +210,8 @@ async def open_serial(path: str, *, baudrate: int = 115200, rtscts: bool = True)
         raise TransportError(f"{path} does not exist (unplugged? wrong path?)")
     port = _open_serial_sync(path, baudrate, rtscts)
     loop = asyncio.get_running_loop()
-    transport, bridge = await serial_asyncio.connection_for_serial(loop, _Bridge, port)
+    bridge = _Bridge()
+    transport = _SerialTransport(loop, bridge, port)
     return SerialStream(path, transport, bridge)
 
 

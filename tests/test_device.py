@@ -7,6 +7,8 @@ of a second."""
 from __future__ import annotations
 
 import math
+import os
+import tty
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -209,3 +211,26 @@ async def test_open_port_over_a_pty_is_exclusive_and_talks_to_the_modem(tmp_path
 
 async def _never(index: int) -> anyio.abc.ByteStream:  # pragma: no cover - never called
     raise AssertionError(index)
+
+
+async def test_a_port_that_does_not_take_a_write_at_once_gets_it_later() -> None:
+    """More than a pty buffers, to a peer that reads only later: the transport queues what the
+    port did not take and sends it when the port is writable, without holding up the event
+    loop meanwhile (the peer's reads run in it too)."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        stream = await open_port(os.ttyname(slave))
+        payload = bytes(range(256)) * 4096  # 1 MiB, far more than a pty holds
+        received = bytearray()
+        with anyio.fail_after(20):
+            await stream.send(payload)
+            while len(received) < len(payload):
+                await anyio.wait_readable(master)
+                received += os.read(master, 65536)
+        assert bytes(received) == payload
+        await stream.aclose()
+    finally:
+        os.close(master)
+        os.close(slave)
