@@ -3,6 +3,7 @@
 
     python scripts/bench.py                 # N = 1, 8, 64, 256
     python scripts/bench.py --sizes 1 8 64  # fewer
+    python scripts/bench.py --markdown      # also the table and the targets as GitHub Markdown
 
 For each N it starts `fleet sim` with N modems (its own process: its CPU is not counted), runs
 `fleet run --json` with a two-key plan (client key with CSR, endorsement key) and a fresh
@@ -13,7 +14,8 @@ sequential baseline that one-device-per-process tools correspond to) and a re-ru
 completed N=64 plan (nothing to do), whose simulator log must show no %KEYGEN and no function
 mode change. Each row is the median of ``--repeat`` repetitions (default 3; event-loop errors,
 %KEYGEN and CFUN counts summed over them). All figures come from this one invocation, printed as
-one table, with the speed and memory targets checked at the end (exit 1 if one is missed).
+one table, with the speed and memory targets checked at the end (exit 1 if one is missed);
+``--markdown`` prints both again as GitHub Markdown (a table and a list) for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="repetitions per row; the median is reported (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the table and the targets as GitHub Markdown")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -202,19 +206,47 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     base = next((r.wall for r in results if r.label == "N=1"), None)
+    rows = [_row(r, base) for r in results]
     print()
-    print(f"{'run':<22}{'wall s':>8}{'x N=1':>8}{'CPU s':>8}{'CPU ms/dev':>12}"
-          f"{'CPU ms/key':>12}{'RSS MB':>8}{'loop err':>9}{'KEYGEN':>8}{'CFUN=':>7}{'exit':>6}"
-          f"{'sim CPU s':>11}")
-    for r in results:
-        ratio = f"{r.wall / base:.2f}" if base else "-"
-        print(f"{r.label:<22}{r.wall:>8.2f}{ratio:>8}{r.cpu:>8.2f}{1000 * r.cpu / r.n:>12.1f}"
-              f"{1000 * r.cpu / r.keys:>12.1f}{r.rss_mb:>8.1f}{r.loop_errors:>9}{r.keygens:>8}"
-              f"{r.cfun_sets:>7}{r.exit_code:>6}{r.sim_cpu:>11.2f}")
-    return _targets(results, base)
+    print("".join(f"{name:{'<' if i == 0 else '>'}{width}}"
+                  for i, (name, width, _) in enumerate(COLUMNS)))
+    for row in rows:
+        print("".join(f"{cell:{'<' if i == 0 else '>'}{width}}"
+                      for i, (cell, (_, width, _)) in enumerate(zip(row, COLUMNS, strict=True))))
+    checks = _targets(results, base)
+    print()
+    for text, ok in checks:
+        print(f"[{'ok' if ok else 'MISSED'}] {text}")
+    if args.markdown:
+        print()
+        print("| " + " | ".join(markdown for _, _, markdown in COLUMNS) + " |")
+        print("| --- |" + " ---: |" * (len(COLUMNS) - 1))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print()
+        for text, ok in checks:
+            print(f"- {'ok' if ok else 'MISSED'}: {text}")
+    return 0 if all(ok for _, ok in checks) else 1
 
 
-def _targets(results: list[Result], base: float | None) -> int:
+#: (plain heading, plain width, Markdown heading) of each column of the results table.
+COLUMNS = (("run", 22, "run"), ("wall s", 8, "wall s"), ("x N=1", 8, "x N=1"),
+           ("CPU s", 8, "CPU s"), ("CPU ms/dev", 12, "CPU ms/device"),
+           ("CPU ms/key", 12, "CPU ms/key"), ("RSS MB", 8, "peak RSS MB"),
+           ("loop err", 9, "loop errors"), ("KEYGEN", 8, "`%KEYGEN` sent"),
+           ("CFUN=", 7, "`+CFUN=` sent"), ("exit", 6, "exit"), ("sim CPU s", 11, "sim CPU s"))
+
+
+def _row(r: Result, base: float | None) -> list[str]:
+    """The cells of one result, in :data:`COLUMNS` order."""
+    return [r.label, f"{r.wall:.2f}", f"{r.wall / base:.2f}" if base else "-", f"{r.cpu:.2f}",
+            f"{1000 * r.cpu / r.n:.1f}", f"{1000 * r.cpu / r.keys:.1f}", f"{r.rss_mb:.1f}",
+            str(r.loop_errors), str(r.keygens), str(r.cfun_sets), str(r.exit_code),
+            f"{r.sim_cpu:.2f}"]
+
+
+def _targets(results: list[Result], base: float | None) -> list[tuple[str, bool]]:
+    """Each target as (what was measured against what limit, whether it holds)."""
     by = {r.label: r for r in results}
     checks: list[tuple[str, bool]] = []
     if base:
@@ -235,10 +267,7 @@ def _targets(results: list[Result], base: float | None) -> int:
                        f"({again.cfun_sets})", again.keygens == 0 and again.cfun_sets == 0))
         ratio = again.wall / first.wall
         checks.append((f"N=64 re-run wall {ratio:.2f} x first run <= 0.25", ratio <= 0.25))
-    print()
-    for text, ok in checks:
-        print(f"[{'ok' if ok else 'MISSED'}] {text}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return checks
 
 
 if __name__ == "__main__":
