@@ -1,5 +1,5 @@
-"""The README's "Verifying a manifest without fleet" snippet verifies a real manifest, and fails a
-tampered one, using only cryptography, rfc8785 and the standard library."""
+"""The "Verifying a manifest without fleet" snippet of docs/manifest.md verifies a real manifest,
+and fails a tampered one, using only cryptography, rfc8785 and the standard library."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from fleet.station_key import (
 )
 from tests.manifest_fixtures import device_record, run_record
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-HEADING = "### Verifying a manifest without fleet"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "manifest.md"
+HEADING = "## Verifying a manifest without fleet"
 
 
 def snippet() -> str:
-    text = README.read_text()
+    text = PAGE.read_text()
     assert HEADING in text
     match = re.search(r"```python\n(.*?)```", text[text.index(HEADING):], re.S)
     assert match, f"no ```python block after {HEADING!r}"
