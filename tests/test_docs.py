@@ -238,3 +238,23 @@ def test_console_blocks_show_commands() -> None:
         for block in blocks(page):
             if block.lang == "console":
                 assert console_commands(block), f"{page}:{block.line}: no $ command"
+
+
+def test_relative_links_lead_to_files_and_headings() -> None:
+    for page in PAGES:
+        text = (ROOT / page).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            path, _, anchor = target.partition("#")
+            file = (ROOT / page).parent / path if path else ROOT / page
+            assert file.exists(), f"{page}: link to {target}: no such file"
+            if anchor and file.suffix == ".md":
+                assert anchor in {_anchor(h) for h in re.findall(r"^#+ (.*)$", file.read_text(),
+                                                                  re.M)}, (
+                    f"{page}: link to {target}: no such heading")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
