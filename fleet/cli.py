@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -117,6 +118,11 @@ def entry() -> None:
     handlers back in :func:`main`."""
     interrupts.catch()
     code = main()
+    # The command is over and `code` says how it went. The interpreter's exit puts the default
+    # action back for signals handled in Python, so a SIGTERM landing now would end the
+    # process as killed instead; an ignored signal stays ignored through the exit.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away: the exit status still says what happened

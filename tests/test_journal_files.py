@@ -159,8 +159,9 @@ def _running(journal: Path) -> bool:
 
 
 def test_a_link_to_a_live_runs_journal_is_refused(tmp_path: Path) -> None:
-    # One slot at a time, about 1.5 s per %KEYGEN: the run lasts long enough.
-    plan = _plan(tmp_path, sim=SIM.replace("fast", "realistic"), ports="sim://0-5",
+    # One slot at a time, about 3.5 s each: the run lasts about 35 s, long enough for the four
+    # refused runs below also on a loaded machine (each starts a fleet process).
+    plan = _plan(tmp_path, sim=SIM.replace("fast", "realistic"), ports="sim://0-9",
                  defaults="{timeout_s: 5, keygen_timeout_s: 10, retries: 2, concurrency: 1}")
     journal = tmp_path / "j.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
