@@ -3,9 +3,9 @@
 ``load_plan(path)`` reads and validates a plan and returns a :class:`Plan`; every problem in the
 file is reported at once as ``file:line: reason`` in one :class:`~fleet.errors.PlanError`. See
 the README section "Plans" for the format. Modules: ``model`` (the records), ``loader``
-(``load_plan``), ``schema`` (strict section shapes, validated by pydantic-core), ``source``
-(YAML with line numbers), ``ports`` (port forms and expansion), ``templates`` (``{placeholder}``
-strings).
+(``load_plan``), ``fields`` (the value types and their rules), ``schema`` (sections constructed
+from the file, errors with lines), ``source`` (YAML with line numbers), ``ports`` (port forms and
+expansion), ``templates`` (``{placeholder}`` strings).
 """
 
 from fleet.plan.loader import load_plan

@@ -1,13 +1,15 @@
 """``keys.<name>.ca``: check the section and load what it names into a certificate authority.
 
-How this works: the section is validated against the strict :class:`~fleet.plan.schema.CaDoc`
-shape, then the rules between its fields (a local CA has ``cert`` and ``key``, a command CA has
+How this works: the section is constructed as the strict :class:`CaSection` shape, then the
+rules between its fields (a local CA has ``cert`` and ``key``, a command CA has
 ``command``; ``validity_days`` and ``key_passphrase_env`` only for the first, ``timeout_s`` and
 ``issuer`` only for the second), then every file is read and checked now (the CA certificate is a
 CA and the key is its key, the chain parses and fits one ``%CMNG`` write, the program exists), so
 that a run never discovers a broken CA after it has made keys. Each problem is reported at the
-line of the field it concerns. Paths are relative to the plan's directory; a command is an argv
-list or a string split with :func:`shlex.split` (never a shell), and runs in the plan's directory.
+line of the field it concerns (which keys may have a CA, and with which key usage, is the key
+spec's rule: :class:`~fleet.plan.model.KeySpec`). Paths are relative to the plan's directory; a
+command is an argv list or a string split with :func:`shlex.split` (never a shell), and runs in
+the plan's directory.
 """
 
 from __future__ import annotations
@@ -16,41 +18,50 @@ import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from fleet.at import Command, Multiline
 from fleet.certs.authority import Chain, CommandCa, LocalCa
 from fleet.certs.load import load_ca_certificate, load_ca_key, load_certificate, load_chain
 from fleet.errors import ArgumentError, CertificateError
 from fleet.plan.context import Context
-from fleet.plan.model import MAX_SEC_TAG, ca_key_usage_problem
-from fleet.plan.schema import CaDoc, check
+from fleet.plan.fields import MAX_SEC_TAG, EnvName, PathText, Seconds
+from fleet.plan.model import STRICT
+from fleet.plan.schema import check
 from fleet.plan.source import Path_
 
-__all__ = ["build_ca"]
+__all__ = ["CaSection", "build_ca"]
 
 _LOCAL_ONLY = ("cert", "key", "validity_days", "key_passphrase_env")
 _COMMAND_ONLY = ("command", "timeout_s", "issuer")
 
 
-def build_ca(ctx: Context, path: Path_, raw: Any, *, client_csr: bool,
-             key_usage: str | None) -> LocalCa | CommandCa | None:
-    """The CA of the key spec at ``path`` (``("keys", name)``) from its raw ``ca`` mapping, or
-    None after reporting every problem."""
-    where: Path_ = (*path, "ca")
-    if not client_csr:
-        ctx.at(where, "ca is only valid for a client_key with response: csr (a certificate is "
-                      "issued for the key's CSR)", key=True)
-        return None
-    doc = check(CaDoc, raw, where, ctx.src, ctx.report)
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class CaSection:
+    """``keys.<name>.ca``: a local CA (``cert``, ``key``) or an external ``command``; which
+    fields go with which form is checked by :func:`build_ca` (from the fields written)."""
+
+    cert: PathText | None = None
+    key: PathText | None = None
+    validity_days: Annotated[int, Field(ge=1, le=36500)] = 365
+    key_passphrase_env: EnvName | None = None
+    command: Any = None  #: a list of strings or one string: checked by build_ca
+    timeout_s: Seconds = 30.0
+    issuer: PathText | None = None
+    chain: PathText | None = None
+
+
+def build_ca(ctx: Context, where: Path_, raw: Any) -> LocalCa | CommandCa | None:
+    """The CA from the raw ``ca`` mapping at ``where`` (``("keys", name, "ca")``), or None
+    after reporting every problem."""
+    doc = check(CaSection, raw, where, ctx.src, ctx.report)
     if doc is None:
         return None
     ok = True
-    problem = ca_key_usage_problem(key_usage)
-    if problem:
-        ctx.at((*path, "key_usage"), problem)
-        ok = False
-    given = doc.fields_set
+    given = set(raw)
     local = "cert" in given or "key" in given
     if local and "command" in given:
         ctx.at(where, "give either a local CA (cert and key) or a command, not both", key=True)
@@ -100,7 +111,7 @@ def _chain(ctx: Context, where: Path_, path: Path) -> Chain | None:
     return chain
 
 
-def _local(ctx: Context, where: Path_, doc: CaDoc, chain: Chain | None) -> LocalCa | None:
+def _local(ctx: Context, where: Path_, doc: CaSection, chain: Chain | None) -> LocalCa | None:
     for name in ("cert", "key"):
         if getattr(doc, name) is None:
             ctx.at(where, f"a local CA needs {name} (a PEM file)", key=True)
@@ -122,7 +133,7 @@ def _local(ctx: Context, where: Path_, doc: CaDoc, chain: Chain | None) -> Local
                    key_passphrase_env=doc.key_passphrase_env, chain=chain)
 
 
-def _command(ctx: Context, where: Path_, doc: CaDoc) -> tuple[str, ...] | None:
+def _command(ctx: Context, where: Path_, doc: CaSection) -> tuple[str, ...] | None:
     field: Path_ = (*where, "command")
     raw = doc.command
     if isinstance(raw, str):

@@ -49,6 +49,6 @@ class Context:
         """The raw top-level value ``name`` (None when absent)."""
         return self.data.get(name)
 
-    def path(self, text: str) -> Path:
+    def path(self, text: str | Path) -> Path:
         """A path from the plan, made absolute against the plan's directory."""
         return Path(os.path.normpath(self.base / Path(text).expanduser()))

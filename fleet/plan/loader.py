@@ -5,24 +5,24 @@ How this works, in order:
 1. read the exact bytes (their SHA-256 is the plan digest), decode UTF-8;
 2. ``source.read_source`` composes the YAML and records a line for every key and value
    (duplicate keys, merge keys and bad tags are reported here);
-3. ``schema.check`` validates each section on its own against a strict schema;
-4. this module applies the rules that span fields and sections (response/type combinations,
-   the simulator, ``--only``), ``slots.build_slots`` expands ports and names the slots
-   (unknown key names, duplicate ports, names and (sec_tag, type) pairs), ``ca.build_ca`` loads
-   and checks each key's CA (files, keys, the program), and every attribute
-   template is rendered with sample values to prove that no device can ever be sent a broken or
-   injected ``%KEYGEN``;
+3. ``schema.check`` constructs each section on its own (the records of ``model`` check their
+   own fields and the rules between them);
+4. this module applies the rules that span sections (the simulator, ``--only``),
+   ``slots.build_slots`` expands ports and names the slots (unknown key names, duplicate ports,
+   names and (sec_tag, type) pairs), ``ca.build_ca`` loads and checks each key's CA (files,
+   keys, the program), and every attribute template is rendered with sample values to prove
+   that no device can ever be sent a broken or injected ``%KEYGEN``;
 5. every problem found is collected as ``file:line: reason``; if there is any, one
    :class:`~fleet.errors.PlanError` carries them all, sorted by line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from fleet.at import check_string
@@ -31,29 +31,11 @@ from fleet.errors import PlanError
 from fleet.faults import fault_modems
 from fleet.plan.ca import build_ca
 from fleet.plan.context import Context, Report
-from fleet.plan.model import (
-    KEY_NAME_RE,
-    STATION_RE,
-    IfExists,
-    KeySpec,
-    KeyType,
-    Plan,
-    Response,
-    Settings,
-    SimulatorSettings,
-    Slot,
-)
+from fleet.plan.model import KeySpec, Plan, Settings, SimulatorSettings, Slot
 from fleet.plan.ports import port_identity
-from fleet.plan.schema import (
-    KeyDoc,
-    SettingsDoc,
-    SimulatorDoc,
-    TopDoc,
-    check,
-    fields_of,
-)
+from fleet.plan.schema import PlanFile, check
 from fleet.plan.slots import build_slots
-from fleet.plan.source import Path_, read_source
+from fleet.plan.source import read_source
 from fleet.plan.templates import (
     ATTRIBUTE_PLACEHOLDERS,
     MANIFEST_PLACEHOLDERS,
@@ -108,18 +90,12 @@ def load_plan(path: Path | str, *, only: Sequence[str] = (), expand_globs: bool 
 
 
 def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> Plan | None:
-    top = check(TopDoc, ctx.data, (), ctx.src, ctx.report)
-    version = ctx.data.get("version")
-    if isinstance(version, int) and not isinstance(version, bool) and version != 1:
-        ctx.at(("version",), f"unsupported plan version {version} (this fleet reads version 1)")
-    station = ctx.data.get("station")
-    if not isinstance(station, str) or not STATION_RE.match(station):
-        station = "station"  # already reported; a stand-in for the sample rendering
+    top = check(PlanFile, ctx.data, (), ctx.src, ctx.report)
+    station = top.station if top is not None else "station"  # a stand-in for the samples
     defaults = Settings()
     if isinstance(ctx.section("defaults"), dict):
-        doc = check(SettingsDoc, ctx.section("defaults"), ("defaults",), ctx.src, ctx.report)
-        if doc is not None:
-            defaults = Settings(**fields_of(doc))
+        defaults = check(Settings, ctx.section("defaults"), ("defaults",), ctx.src,
+                         ctx.report) or defaults
     specs = _key_specs(ctx)
     slots = build_slots(ctx, specs, defaults)
     _render_samples(ctx, specs, station)
@@ -139,7 +115,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         manifest=top.manifest,
         journal=ctx.path(top.journal) if top.journal else None,
         defaults=defaults,
-        keys=MappingProxyType(specs),
+        keys=specs,
         slots=kept,
         unselected=tuple(s for s in slots if s.name not in {k.name for k in kept}),
         simulator=simulator,
@@ -148,10 +124,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
 
 def _check_manifest(ctx: Context, text: str, station: str) -> None:
     """A manifest template that names a directory is refused now, not after the devices."""
-    try:
-        template = Template.parse(text, MANIFEST_PLACEHOLDERS)
-    except ValueError:
-        return  # reported by the schema
+    template = Template.parse(text, MANIFEST_PLACEHOLDERS)
     hint = "name a file in it, like <directory>/{station}-{date}-{time}.json"
     if text.endswith(("/", os.sep)):
         ctx.at(("manifest",), f"{text!r} names a directory (it ends with /): {hint}")
@@ -165,65 +138,18 @@ def _key_specs(ctx: Context) -> dict[str, KeySpec]:
     specs: dict[str, KeySpec] = {}
     section = ctx.section("keys")
     for name, raw in section.items() if isinstance(section, dict) else ():
-        if KEY_NAME_RE.match(name):  # else reported by TopDoc
-            doc = check(KeyDoc, raw, ("keys", name), ctx.src, ctx.report)
-            spec = _key_spec(ctx, name, doc) if doc is not None else None
-            if spec is not None:
-                specs[name] = spec
+        path = ("keys", name)
+        if not isinstance(raw, dict) or raw.get("ca") is None:
+            spec = check(KeySpec, raw, path, ctx.src, ctx.report,
+                         supplied={"name": name, "line": ctx.src.line(path, key=True)})
+        else:
+            ca = build_ca(ctx, (*path, "ca"), raw["ca"])
+            spec = check(KeySpec, {**raw, "ca": ca}, path, ctx.src, ctx.report,
+                         supplied={"name": name, "line": ctx.src.line(path, key=True)})
+            spec = spec if ca is not None else None
+        if spec is not None:
+            specs[name] = spec
     return specs
-
-
-def _key_spec(ctx: Context, name: str, doc: KeyDoc) -> KeySpec | None:
-    """The rules between the fields of one key spec (the modem's supported combinations)."""
-    path: Path_ = ("keys", name)
-    ok = True
-    if doc.type == "client_key":
-        key_type = KeyType.CLIENT_KEY
-        if doc.response is None:
-            ctx.at(path, "response is required for a client_key: csr (a certificate signing "
-                         "request) or public_key", key=True)
-            return None
-        response = Response(doc.response)
-    else:
-        key_type = KeyType.ENDORSEMENT_KEY
-        response = Response.PUBLIC_KEY
-        if doc.response == "csr":
-            ctx.at((*path, "response"), "an endorsement_key returns only its public key: "
-                                        "response must be public_key or left out")
-            ok = False
-        if doc.if_exists is not None:
-            ctx.at((*path, "if_exists"), "if_exists does not apply to an endorsement_key (its "
-                   "%KEYGEN returns the key already in the sec_tag, so it is always safe to "
-                   "send)", key=True)
-            ok = False
-    if response is not Response.CSR:
-        why = (f"with response: {response}" if key_type is KeyType.CLIENT_KEY
-               else "for an endorsement_key")
-        for field in ("attributes", "key_usage"):
-            if getattr(doc, field) is not None:
-                ctx.at((*path, field), f"{field} is only valid with response: csr, not {why} "
-                                       "(the modem would silently ignore it)", key=True)
-                ok = False
-    if doc.attributes is not None and not doc.attributes:
-        ctx.at((*path, "attributes"), "attributes is empty: leave it out for the modem's "
-                                      "default subject CN=<device UUID>", key=True)
-        ok = False
-    ca = None
-    if doc.ca is not None:
-        ca = build_ca(ctx, path, doc.ca, key_usage=doc.key_usage,
-                      client_csr=key_type is KeyType.CLIENT_KEY and response is Response.CSR)
-        ok = ok and ca is not None
-    if not ok:
-        return None
-    try:
-        return KeySpec(
-            name=name, sec_tag=doc.sec_tag, type=key_type, response=response,
-            attributes=tuple((doc.attributes or {}).items()), key_usage=doc.key_usage,
-            if_exists=IfExists(doc.if_exists or "keep"), ca=ca,
-            line=ctx.src.line(path, key=True))
-    except ValueError as exc:  # pragma: no cover - the checks above come first
-        ctx.at(path, str(exc), key=True)
-        return None
 
 
 def _render_samples(ctx: Context, specs: dict[str, KeySpec], station: str) -> None:
@@ -277,9 +203,11 @@ def _render_sample(ctx: Context, name: str, attributes: dict[str, Any],
 def _simulator(ctx: Context, slots: list[Slot]) -> SimulatorSettings | None:
     indices = [s.sim_index for s in slots if s.sim_index is not None]
     raw = ctx.section("simulator")
+    count = max(indices) + 1 if indices else 0
     doc = None
     if isinstance(raw, dict):
-        doc = check(SimulatorDoc, raw, ("simulator",), ctx.src, ctx.report)
+        doc = check(SimulatorSettings, raw, ("simulator",), ctx.src, ctx.report,
+                    supplied={"count": count})
         if not indices and not any(isinstance(p, str) and p.startswith("sim://")
                                    for p in _raw_ports(ctx)):
             ctx.at(("simulator",), "no slot uses a sim:// port, so this section would do "
@@ -287,7 +215,6 @@ def _simulator(ctx: Context, slots: list[Slot]) -> SimulatorSettings | None:
             return None
     if not indices:
         return None
-    count = max(indices) + 1
     faults = raw.get("faults") if isinstance(raw, dict) else None
     for j, spec in enumerate(faults if isinstance(faults, list) else []):
         bad = [i for i in fault_modems(spec) if i >= count] if isinstance(spec, str) else []
@@ -298,12 +225,8 @@ def _simulator(ctx: Context, slots: list[Slot]) -> SimulatorSettings | None:
         return SimulatorSettings(count=count)
     if doc is None:
         return None
-    return SimulatorSettings(
-        seed=doc.seed, model=doc.model, profile=doc.profile,
-        state=ctx.path(doc.state) if doc.state else None,
-        log=ctx.path(doc.log) if doc.log else None,
-        faults=tuple(doc.faults), function_mode=doc.function_mode,
-        capacity=doc.capacity, count=count)
+    return dataclasses.replace(doc, state=ctx.path(doc.state) if doc.state else None,
+                               log=ctx.path(doc.log) if doc.log else None)
 
 
 def _raw_ports(ctx: Context) -> list[Any]:

@@ -1,29 +1,63 @@
 """The typed plan: what ``load_plan`` returns and the run code consumes.
 
-Every record is a frozen, slotted, keyword-only dataclass that validates itself on construction
-(raising ``ValueError``), so a ``Plan`` built by hand in a test is held to the same rules as one
-read from YAML. The loader reports the same problems earlier, with file and line, through the
-``*_problem`` helpers below; the checks here are the safety net.
+Every record is a frozen, slotted, keyword-only pydantic dataclass: it validates itself on
+construction (a ``ValidationError``, which is a ``ValueError``), strictly, refusing unknown
+fields, so a ``Plan`` built by hand in a test is held to the same rules as one read from YAML.
+The loader builds ``Settings``, ``KeySpec`` and ``SimulatorSettings`` straight from their
+sections of the file and turns each validation error into ``file:line: reason``
+(``fleet.plan.schema``): every rule is written once, here or in ``fleet.plan.fields``. The rules
+between fields are validators on the later field (they see the earlier ones in ``info.data``),
+so each problem is reported at the line of the field it concerns.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    Strict,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.dataclasses import dataclass
 
 from fleet.at import Command, check_string
 from fleet.certs.authority import CommandCa, LocalCa
-from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
-from fleet.faults import FAULT_NAMES, fault_problem
-from fleet.nrf91 import FUNCTION_MODES
-from fleet.nrf91 import MAX_USER_SEC_TAG as MAX_SEC_TAG
-from fleet.nrf91 import MODEL_NAMES as MODELS
-from fleet.nrf91 import PROFILE_NAMES as PROFILES
+from fleet.credentials.attributes import validate_attribute_value
+from fleet.faults import FAULT_NAMES, fault_modems, fault_problem
+from fleet.nrf91 import CredentialType
+from fleet.plan.fields import (
+    BAUDRATES,
+    MAX_SEC_TAG,
+    Attributes,
+    Baudrate,
+    FunctionMode,
+    KeyName,
+    KeyUsage,
+    ManifestText,
+    PlanPath,
+    PlanVersion,
+    Positive,
+    Seconds,
+    SecTag,
+    SlotName,
+    Station,
+    ca_key_usage_problem,
+    misplaced,
+    rule,
+)
 from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
 
 __all__ = [
@@ -38,17 +72,14 @@ __all__ = [
     "Settings",
     "SimulatorSettings",
     "Slot",
+    "fault_modems",
+    "key_clash",
 ]
 
-#: Baud rates the nRF91 UARTE supports, from 9600 up.
-BAUDRATES = (9600, 14400, 19200, 28800, 31250, 38400, 56000, 57600, 76800, 115200, 230400,
-             250000, 460800, 921600, 1000000)
-
-STATION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-KEY_NAME_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
-SLOT_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+#: strict (no "5" for 5, no true for 1), unknown fields refused
+STRICT = ConfigDict(strict=True, extra="forbid")
 
 
 class KeyType(StrEnum):
@@ -60,7 +91,8 @@ class KeyType(StrEnum):
     @property
     def code(self) -> int:
         """The ``<key_type>`` number (also the ``%CMNG`` ``<type>``)."""
-        return 2 if self is KeyType.CLIENT_KEY else 8
+        return int(CredentialType.CLIENT_PRIVATE_KEY if self is KeyType.CLIENT_KEY
+                   else CredentialType.ENDORSEMENT_KEY)
 
 
 class Response(StrEnum):
@@ -83,124 +115,107 @@ class IfExists(StrEnum):
     FAIL = "fail"
 
 
-def key_usage_problem(value: str) -> str | None:
-    """Why ``value`` is not a ``<key_usage>`` the modem accepts, or None."""
-    if len(value) != 9 or set(value) - {"0", "1"}:
-        return f"key_usage must be exactly 9 binary digits (0/1), not {value!r}"
-    if value[8] == "1":
-        return (f"key_usage {value!r} sets decipherOnly (the 9th digit), which the modem does "
-                "not support")
-    return None
+#: An enum field that the plan writes as its value (``client_key``): strict mode would take
+#: only the enum itself.
+_ByValue = Strict(False)
 
 
-def ca_key_usage_problem(value: str | None) -> str | None:
-    """Why a key with ``ca:`` cannot request ``value`` as its key usage, or None: a client
-    certificate must not have keyCertSign or cRLSign (digits 6 and 7)."""
-    if value is not None and "1" in value[5:7]:
-        return (f"key_usage {value!r} sets keyCertSign or cRLSign (the 6th and 7th digits), "
-                "which a client certificate must not have")
-    return None
-
-
-def _require(ok: bool, reason: str) -> None:
-    if not ok:
-        raise ValueError(reason)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class Settings:
     """Per-slot port and retry settings (``defaults:``, overridden by ``slots[].settings:``)."""
 
-    baudrate: int = 115200
-    timeout_s: float = 20.0
-    keygen_timeout_s: float = 30.0
-    retries: int = 3
-    reopen_attempts: int = 2  #: reopens of the port in one recovery
-    device_deadline_s: float = 120.0  #: no retry or reopen starts later than this into a device
-    probe_timeout_s: float = 3.0  #: wait for each of the two first-contact ``AT`` probes
+    baudrate: Baudrate = 115200
+    timeout_s: Seconds = 20.0
+    keygen_timeout_s: Seconds = 30.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    reopen_attempts: Annotated[int, Field(ge=1, le=10)] = 2  #: reopens of the port in one recovery
+    device_deadline_s: Seconds = 120.0  #: no retry or reopen starts later than this into a device
+    probe_timeout_s: Seconds = 3.0  #: wait for each of the two first-contact ``AT`` probes
     restore_function_mode: bool = True
     rtscts: bool = True
-    concurrency: int | None = None  #: plan-wide: at most this many slots at once (None: all)
-
-    def __post_init__(self) -> None:
-        _require(_is_int(self.baudrate) and self.baudrate in BAUDRATES,
-                 f"baudrate must be one of {BAUDRATES}, not {self.baudrate!r}")
-        for name in ("timeout_s", "keygen_timeout_s", "device_deadline_s", "probe_timeout_s"):
-            value = getattr(self, name)
-            _require(isinstance(value, int | float) and not isinstance(value, bool)
-                     and 0 < value < float("inf"), f"{name} must be > 0, not {value!r}")
-        _require(_is_int(self.retries) and 0 <= self.retries <= 10,
-                 f"retries must be 0..10, not {self.retries!r}")
-        _require(_is_int(self.reopen_attempts) and 1 <= self.reopen_attempts <= 10,
-                 f"reopen_attempts must be 1..10, not {self.reopen_attempts!r}")
-        for name in ("restore_function_mode", "rtscts"):
-            _require(isinstance(getattr(self, name), bool), f"{name} must be a boolean")
-        _require(self.concurrency is None or (_is_int(self.concurrency) and self.concurrency >= 1),
-                 f"concurrency must be >= 1 or None, not {self.concurrency!r}")
+    concurrency: Positive | None = None  #: plan-wide: at most this many slots at once (None: all)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class KeySpec:
     """One named key spec (``keys.<name>``): what to send as ``%KEYGEN`` for it.
 
-    ``attributes`` holds ``(attribute ID, template)`` pairs in the order written; templates may
-    use ``{imei}``, ``{slot}``, ``{station}``, ``{device_uuid}``. For an endorsement key
-    ``response`` is always PUBLIC_KEY and ``if_exists`` is KEEP (its ``%KEYGEN`` returns the key
-    that is already there)."""
+    ``attributes`` holds ``(attribute ID, template)`` pairs in the order written (the plan
+    writes a mapping); templates may use ``{imei}``, ``{slot}``, ``{station}``,
+    ``{device_uuid}``. A client key needs its ``response``; an endorsement key's is always
+    PUBLIC_KEY (the default) and its ``if_exists`` is KEEP (its ``%KEYGEN`` returns the key that
+    is already there). ``name`` and ``line`` come from where the spec is written."""
 
-    name: str
-    sec_tag: int
-    type: KeyType
-    response: Response
-    attributes: tuple[tuple[str, str], ...] = ()
-    key_usage: str | None = None
-    if_exists: IfExists = IfExists.KEEP
-    ca: LocalCa | CommandCa | None = None
+    name: KeyName
+    sec_tag: SecTag
+    type: Annotated[KeyType, _ByValue]
+    #: left out: None until __post_init__ puts in the key type's (a default is not validated)
+    response: Annotated[Response, _ByValue] = None  # type: ignore[assignment]
+    attributes: Attributes = ()
+    ca: InstanceOf[LocalCa] | InstanceOf[CommandCa] | None = None  #: loaded by the plan check
+    key_usage: KeyUsage | None = None
+    if_exists: Annotated[IfExists, _ByValue] = IfExists.KEEP
     line: int = 0
-    _templates: tuple[Template, ...] = field(init=False, repr=False, compare=False)
+
+    @field_validator("response")
+    @classmethod
+    def _response(cls, value: Response, info: ValidationInfo) -> Response:
+        if info.data.get("type") is KeyType.ENDORSEMENT_KEY and value is not Response.PUBLIC_KEY:
+            raise ValueError("an endorsement_key returns only its public key: response must be "
+                             "public_key or left out")
+        return value
+
+    @field_validator("attributes", "key_usage")
+    @classmethod
+    def _only_with_csr(cls, value: Any, info: ValidationInfo) -> Any:
+        response = info.data.get("response") or Response.CSR  # else reported on its own
+        if info.data.get("type") is KeyType.ENDORSEMENT_KEY:
+            why = "for an endorsement_key"
+        elif response is not Response.CSR:
+            why = f"with response: {response}"
+        else:
+            if info.field_name == "attributes" and not value:
+                raise misplaced("attributes is empty: leave it out for the modem's default "
+                                "subject CN=<device UUID>")
+            if info.field_name == "key_usage" and info.data.get("ca") is not None:
+                problem = ca_key_usage_problem(value)
+                if problem:
+                    raise ValueError(problem)
+            return value
+        raise misplaced(f"{info.field_name} is only valid with response: csr, not {why} (the "
+                        "modem would silently ignore it)")
+
+    @field_validator("ca")
+    @classmethod
+    def _ca_for_a_csr(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and (info.data.get("type") is not KeyType.CLIENT_KEY
+                                  or info.data.get("response") is not Response.CSR):
+            raise misplaced("ca is only valid for a client_key with response: csr (a "
+                            "certificate is issued for the key's CSR)")
+        return value
+
+    @field_validator("if_exists")
+    @classmethod
+    def _client_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("type") is KeyType.ENDORSEMENT_KEY:
+            raise misplaced("if_exists does not apply to an endorsement_key (its %KEYGEN returns "
+                            "the key already in the sec_tag, so it is always safe to send)")
+        return value
 
     def __post_init__(self) -> None:
-        _require(bool(KEY_NAME_RE.match(self.name)), f"invalid key name {self.name!r}")
-        _require(_is_int(self.sec_tag) and 1 <= self.sec_tag <= MAX_SEC_TAG,
-                 f"sec_tag must be an integer 1..{MAX_SEC_TAG}, not {self.sec_tag!r}")
-        _require(isinstance(self.type, KeyType), f"type must be a KeyType, not {self.type!r}")
-        _require(isinstance(self.response, Response), "response must be a Response")
-        _require(isinstance(self.if_exists, IfExists), "if_exists must be an IfExists")
-        if self.type is KeyType.ENDORSEMENT_KEY:
-            _require(self.response is Response.PUBLIC_KEY,
-                     "an endorsement key can only return its public key (response: public_key)")
-            _require(self.if_exists is IfExists.KEEP,
-                     "if_exists does not apply to an endorsement key")
-        if self.response is not Response.CSR:
-            _require(not self.attributes and self.key_usage is None,
-                     "attributes and key_usage are only valid with response: csr")
-        if self.key_usage is not None:
-            problem = key_usage_problem(self.key_usage)
-            _require(problem is None, problem or "")
-        if self.ca is not None:
-            _require(self.type is KeyType.CLIENT_KEY and self.response is Response.CSR,
-                     "ca is only valid for a client_key with response: csr")
-            problem = ca_key_usage_problem(self.key_usage)
-            _require(problem is None, problem or "")
-        templates = []
-        for attr, text in self.attributes:
-            _require(attr in KEYGEN_ATTRIBUTES, f"attribute {attr!r} is not supported")
-            templates.append(Template.parse(text, ATTRIBUTE_PLACEHOLDERS))
-        object.__setattr__(self, "_templates", tuple(templates))
+        if self.response is None:  # left out
+            if self.type is KeyType.CLIENT_KEY:
+                raise ValueError("response is required for a client_key: csr (a certificate "
+                                 "signing request) or public_key")
+            object.__setattr__(self, "response", Response.PUBLIC_KEY)
+
+    def _templates(self) -> tuple[Template, ...]:
+        return tuple(Template.parse(text, ATTRIBUTE_PLACEHOLDERS) for _, text in self.attributes)
 
     @property
     def uses_device_uuid(self) -> bool:
         """Whether an attribute uses ``{device_uuid}`` (which needs the UUID before KEYGEN)."""
-        return any("device_uuid" in t.placeholders for t in self._templates)
-
-    @property
-    def placeholders(self) -> frozenset[str]:
-        """Every placeholder the attributes use."""
-        return frozenset().union(*(t.placeholders for t in self._templates))
+        return any("device_uuid" in t.placeholders for t in self._templates())
 
     def render_attributes(self, ctx: Mapping[str, str]) -> str | None:
         """The ``<attributes>`` string (``CN=...,O=...``) for one device, or None when the spec
@@ -209,7 +224,7 @@ class KeySpec:
         if not self.attributes:
             return None
         pairs = []
-        for (attr, _), template in zip(self.attributes, self._templates, strict=True):
+        for (attr, _), template in zip(self.attributes, self._templates(), strict=True):
             value = template.render(ctx)
             problem = validate_attribute_value(attr, value)
             if problem:
@@ -237,7 +252,7 @@ class KeySpec:
             args: list[str] = [str(self.sec_tag), str(self.type.code)]
         else:
             attrs = ",".join(f"{a}={t.unrendered()}"
-                             for (a, _), t in zip(self.attributes, self._templates, strict=True))
+                             for (a, _), t in zip(self.attributes, self._templates(), strict=True))
             args = [str(self.sec_tag), str(self.type.code), str(self.response.code),
                     f'"{attrs}"' if attrs else "",
                     f'"{self.key_usage}"' if self.key_usage else ""]
@@ -246,26 +261,34 @@ class KeySpec:
         return "AT%KEYGEN=" + ",".join(args)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def key_clash(keys: Sequence[KeySpec]) -> tuple[int, str] | None:
+    """The first key of ``keys`` that one slot cannot hold beside an earlier one (the same
+    sec_tag and type), as (its index, the reason), or None."""
+    seen: dict[tuple[int, KeyType], str] = {}
+    for index, spec in enumerate(keys):
+        ident = (spec.sec_tag, spec.type)
+        if ident in seen:
+            return index, (f"keys {seen[ident]!r} and {spec.name!r} are both a {spec.type} at "
+                           f"sec_tag {spec.sec_tag}: one slot can hold only one")
+        seen[ident] = spec.name
+    return None
+
+
+def _no_clash(keys: tuple[KeySpec, ...]) -> str | None:
+    clash = key_clash(keys)
+    return clash[1] if clash else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class Slot:
     """One device slot: one port, the keys its device gets, and its settings."""
 
-    name: str
-    port: str  #: an absolute device path, ``socket://host:port`` or ``sim://N``
-    keys: tuple[KeySpec, ...]
+    name: SlotName
+    #: an absolute device path, ``socket://host:port`` or ``sim://N``
+    port: Annotated[str, Field(min_length=1)]
+    keys: Annotated[tuple[KeySpec, ...], Field(min_length=1), rule(_no_clash)]
     settings: Settings = Settings()
     line: int = 0
-
-    def __post_init__(self) -> None:
-        _require(bool(SLOT_NAME_RE.match(self.name)), f"invalid slot name {self.name!r}")
-        _require(bool(self.port), "a slot needs a port")
-        _require(bool(self.keys), f"slot {self.name!r} has no keys")
-        seen = set()
-        for spec in self.keys:
-            ident = (spec.sec_tag, spec.type)
-            _require(ident not in seen, f"slot {self.name!r} has two keys for sec_tag "
-                                        f"{spec.sec_tag} type {spec.type}")
-            seen.add(ident)
 
     @property
     def sim_index(self) -> int | None:
@@ -273,58 +296,47 @@ class Slot:
         return int(self.port[6:]) if self.port.startswith("sim://") else None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class SimulatorSettings:
-    """The in-process simulator behind ``sim://`` ports. ``count`` = highest index used + 1.
-    ``function_mode`` and ``capacity`` are None for the simulator's own defaults."""
+    """The in-process simulator behind ``sim://`` ports. ``count`` = highest index used + 1
+    (from the slots, not written in the plan). ``function_mode`` and ``capacity`` are None for
+    the simulator's own defaults."""
 
     seed: int = 0
-    model: str = "nrf9160"
-    profile: str = "fast"
-    state: Path | None = None
-    log: Path | None = None
-    faults: tuple[str, ...] = ()
-    function_mode: int | None = None
-    capacity: int | None = None
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        _require(_is_int(self.seed), "seed must be an integer")
-        _require(self.model in MODELS, f"model must be one of {MODELS}")
-        _require(self.profile in PROFILES, f"profile must be one of {PROFILES}")
-        for spec in self.faults:
-            problem = fault_problem(spec)
-            _require(problem is None, problem or "")
-        _require(self.function_mode is None or self.function_mode in FUNCTION_MODES,
-                 f"function_mode must be one of {FUNCTION_MODES}")
-        _require(self.capacity is None or (_is_int(self.capacity) and self.capacity >= 1),
-                 "capacity must be >= 1")
-        _require(_is_int(self.count) and self.count >= 0, "count must be >= 0")
+    model: Literal["nrf9160", "nrf9151"] = "nrf9160"
+    profile: Literal["fast", "realistic"] = "fast"
+    state: PlanPath | None = None
+    log: PlanPath | None = None
+    #: the plan writes a list
+    faults: Annotated[tuple[Annotated[str, rule(fault_problem)], ...],
+                      BeforeValidator(_as_tuple)] = ()
+    function_mode: FunctionMode | None = None
+    capacity: Positive | None = None
+    count: Annotated[int, Field(ge=0)] = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
 class Plan:
     """A loaded, validated plan. Paths are absolute (resolved against the plan's directory)."""
 
     path: Path
     sha256: str  #: hex SHA-256 of the plan file's exact bytes
-    version: int
-    station: str
+    version: PlanVersion
+    station: Station
     signing_key: Path | None
     throwaway_signing_key: bool
-    manifest: str  #: the manifest path template, as written
+    manifest: ManifestText  #: the manifest path template, as written
     defaults: Settings
-    keys: Mapping[str, KeySpec]
+    keys: Annotated[Mapping[str, KeySpec], AfterValidator(MappingProxyType)]
     slots: tuple[Slot, ...]  #: the slots to work on (``--only`` keeps some)
     simulator: SimulatorSettings | None
     #: the plan's other slots, left out by ``--only``: still part of the run's record
     unselected: tuple[Slot, ...] = ()
     journal: Path | None = None  #: ``journal:`` in the plan; None: the default (journal_path)
-
-    def __post_init__(self) -> None:
-        _require(self.version == 1, f"unsupported plan version {self.version!r}")
-        _require(bool(STATION_RE.match(self.station)), f"invalid station {self.station!r}")
-        Template.parse(self.manifest, MANIFEST_PLACEHOLDERS)
 
     @property
     def journal_path(self) -> Path:
@@ -373,11 +385,3 @@ class Plan:
 
     def _beside_plan(self, text: str) -> Path:
         return Path(os.path.normpath(self.path.parent / Path(text).expanduser()))
-
-    def template_context(self, slot: Slot, *, imei: str,
-                         device_uuid: str | None = None) -> dict[str, str]:
-        """The values for attribute templates of one device in ``slot``."""
-        ctx = {"imei": imei, "slot": slot.name, "station": self.station}
-        if device_uuid is not None:
-            ctx["device_uuid"] = device_uuid
-        return ctx

@@ -1,320 +1,59 @@
-"""The plan's shape, as strict pydantic-core schemas, and validation errors turned into file:line
-text.
+"""Plan sections constructed from the file, and their validation errors turned into file:line
+text; the shapes of the parts of the file that are no record (the top level, ``slots[i]``).
 
 How this works: each section (the top level, ``defaults``, each ``keys.<name>``, each
-``slots[i]``, each ``settings``, ``simulator``) is validated on its own by :func:`check`, with the
-path of the section in the document. That way one bad key spec does not hide the errors of a
-slot, and every validation error location (``("sec_tag",)``, ``("attributes", "XX", "[key]")``)
-maps back to a path in the document and so to a line (``Source.line``). Fields are strict (no
-``"5"`` for 5, no ``true`` for 1) and unknown keys are errors. Rules that need several fields at
-once live in the loader.
-
-Why pydantic-core and not pydantic models: the same validator (pydantic's engine, with the same
-errors), without importing pydantic's model machinery, which cost about 0.15 s at every start of
-``fleet`` - a tenth of the wall time of a re-run with nothing to do. A section is a frozen
-dataclass; :data:`_SCHEMAS` gives each field its schema (with its default, if any), and
-``fields_set`` tells which fields the plan wrote.
+``slots[i]``, each ``settings``, ``simulator``, each ``ca``) is constructed on its own by
+:func:`check`, from the mapping at its path in the document. That way one bad key spec does not
+hide the errors of a slot, and every validation error location (``("sec_tag",)``,
+``("attributes", "XX", "[key]")``) maps back to a path in the document and so to a line
+(``Source.line``). A section is a strict pydantic dataclass (``fleet.plan.model``, or the shapes
+below), so the rules are the section's own; unknown keys are refused here, before construction,
+together with the fields the loader fills in (a key spec's ``name``, the simulator's ``count``),
+which the plan may not write.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
-from pydantic_core import SchemaValidator, ValidationError
-from pydantic_core import core_schema as cs
+from pydantic import Field, ValidationError
+from pydantic.dataclasses import dataclass
 
-from fleet.credentials.attributes import KEYGEN_ATTRIBUTES
-from fleet.faults import fault_problem
-from fleet.nrf91 import FUNCTION_MODES
-from fleet.plan.model import (
-    BAUDRATES,
-    ENV_NAME_RE,
-    KEY_NAME_RE,
-    MAX_SEC_TAG,
-    SLOT_NAME_RE,
-    STATION_RE,
-    key_usage_problem,
-)
+from fleet.plan.fields import KeyName, ManifestText, PathText, PlanVersion, SlotName, Station
+from fleet.plan.model import STRICT
 from fleet.plan.source import Path_, Source
-from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
 
-__all__ = ["DEFAULT_MANIFEST", "CaDoc", "KeyDoc", "SettingsDoc", "SimulatorDoc", "SlotDoc",
-           "TopDoc", "check", "dotted", "fields_of"]
+__all__ = ["DEFAULT_MANIFEST", "PlanFile", "SlotEntry", "check", "dotted"]
 
 DEFAULT_MANIFEST = "out/{station}-{date}.json"
 
-Problem = Callable[[Any], "str | None"]
+
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class PlanFile:
+    """The top level. Sections are constructed on their own, so they are only shapes here;
+    the other fields are those of :class:`~fleet.plan.model.Plan`, as the plan writes them."""
+
+    version: PlanVersion
+    station: Station
+    signing_key: PathText | None = None
+    throwaway_signing_key: bool = False
+    manifest: ManifestText = DEFAULT_MANIFEST
+    journal: PathText | None = None
+    defaults: dict[str, Any] | None = None
+    keys: Annotated[dict[KeyName, Any], Field(min_length=1)]
+    slots: Annotated[list[Any], Field(min_length=1)]
+    simulator: dict[str, Any] | None = None
 
 
-def _checked(schema: cs.CoreSchema, *problems: Problem) -> cs.CoreSchema:
-    """``schema``, then each ``problem(value)`` in turn: a reason it returns is a value error."""
-    for problem in problems:
-        def run(value: Any, problem: Problem = problem) -> Any:
-            reason = problem(value)
-            if reason:
-                raise ValueError(reason)
-            return value
-        schema = cs.no_info_after_validator_function(run, schema)
-    return schema
-
-
-def _template_problem(allowed: frozenset[str]) -> Callable[[str], str | None]:
-    def problem(text: str) -> str | None:
-        try:
-            Template.parse(text, allowed)
-        except ValueError as exc:
-            return str(exc)
-        return None
-    return problem
-
-
-def _pattern(regex: Any, what: str) -> Callable[[str], str | None]:
-    def problem(text: str) -> str | None:
-        if regex.match(text):
-            return None
-        allowed = regex.pattern.removesuffix(r"\Z")
-        return f"{what} {text!r} must match {allowed}"
-    return problem
-
-
-def _path_problem(text: str) -> str | None:
-    return None if text.strip() and "\x00" not in text else f"not a usable path: {text!r}"
-
-
-def _attribute_problem(name: str) -> str | None:
-    if name in KEYGEN_ATTRIBUTES:
-        return None
-    return (f"attribute {name!r} is not one the modem supports (supported: "
-            f"{', '.join(sorted(KEYGEN_ATTRIBUTES, key=str.lower))})")
-
-
-def _baudrate_problem(rate: int) -> str | None:
-    if rate in BAUDRATES:
-        return None
-    return (f"baudrate {rate} is not a rate the nRF91 UART supports "
-            f"({', '.join(map(str, BAUDRATES))})")
-
-
-def _function_mode_problem(mode: int) -> str | None:
-    if mode in FUNCTION_MODES:
-        return None
-    return (f"function_mode {mode} is not a documented AT+CFUN mode "
-            f"({', '.join(map(str, FUNCTION_MODES))})")
-
-
-_STR = cs.str_schema(strict=True)
-_BOOL = cs.bool_schema(strict=True)
-_ANY = cs.any_schema()
-_MAPPING = cs.dict_schema(_STR, _ANY, strict=True)
-_PATH = _checked(_STR, _path_problem)
-
-
-def _int(*, ge: int | None = None, le: int | None = None) -> cs.CoreSchema:
-    return cs.int_schema(strict=True, ge=ge, le=le)
-
-
-def _seconds() -> cs.CoreSchema:
-    return cs.float_schema(strict=True, gt=0, allow_inf_nan=False)
-
-
-def _literal(*values: str) -> cs.CoreSchema:
-    return cs.literal_schema(list(values))
-
-
-def _optional(schema: cs.CoreSchema) -> cs.CoreSchema:
-    return cs.nullable_schema(schema)
-
-
-_NO_DEFAULT = object()
-
-
-def _fields(**specs: cs.CoreSchema | tuple[cs.CoreSchema, Any]) -> dict[str, cs.ModelField]:
-    """Field name -> schema, or (schema, default); an optional field defaults to None, and a
-    default of ``list`` is a new empty list each time."""
-    out: dict[str, cs.ModelField] = {}
-    for name, spec in specs.items():
-        schema, default = spec if isinstance(spec, tuple) else (spec, _NO_DEFAULT)
-        if default is _NO_DEFAULT and schema["type"] == "nullable":
-            default = None
-        if default is list:
-            schema = cs.with_default_schema(schema, default_factory=list)
-        elif default is not _NO_DEFAULT:
-            schema = cs.with_default_schema(schema, default=default)
-        out[name] = cs.model_field(schema)
-    return out
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Doc:
-    #: the fields the plan wrote (the others have their defaults)
-    fields_set: frozenset[str] = dataclasses.field(default=frozenset(), repr=False,
-                                                     compare=False)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TopDoc(_Doc):
-    """The top level. Sections are checked on their own, so they are only shapes here."""
-
-    version: int
-    station: str
-    signing_key: str | None
-    throwaway_signing_key: bool
-    manifest: str
-    journal: str | None
-    defaults: dict[str, Any] | None
-    keys: dict[str, Any]
-    slots: list[Any]
-    simulator: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SettingsDoc(_Doc):
-    """``defaults`` and ``slots[].settings`` (``fields_set`` tells what was written)."""
-
-    baudrate: int
-    timeout_s: float
-    keygen_timeout_s: float
-    retries: int
-    reopen_attempts: int
-    device_deadline_s: float
-    probe_timeout_s: float
-    restore_function_mode: bool
-    rtscts: bool
-    concurrency: int | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeyDoc(_Doc):
-    """``keys.<name>``."""
-
-    sec_tag: int
-    type: Literal["client_key", "endorsement_key"]
-    response: Literal["csr", "public_key"] | None
-    attributes: dict[str, str] | None
-    key_usage: str | None
-    if_exists: Literal["keep", "replace", "fail"] | None
-    ca: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CaDoc(_Doc):
-    """``keys.<name>.ca``: a local CA (``cert``, ``key``) or an external ``command``; which
-    fields go with which form is checked by the loader (``fields_set``)."""
-
-    cert: str | None
-    key: str | None
-    validity_days: int
-    key_passphrase_env: str | None
-    command: Any  #: a list of strings or one string: checked by the loader
-    timeout_s: float
-    issuer: str | None
-    chain: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SlotDoc(_Doc):
+@dataclass(frozen=True, slots=True, kw_only=True, config=STRICT)
+class SlotEntry:
     """``slots[i]`` (``port`` is a string or a list of strings: checked by the loader)."""
 
     port: Any
-    keys: list[str]
-    name: str | None
-    settings: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SimulatorDoc(_Doc):
-    """``simulator``."""
-
-    seed: int
-    model: Literal["nrf9160", "nrf9151"]
-    profile: Literal["fast", "realistic"]
-    state: str | None
-    log: str | None
-    faults: list[str]
-    function_mode: int | None
-    capacity: int | None
-
-
-_SCHEMAS: dict[type[_Doc], dict[str, cs.ModelField]] = {
-    TopDoc: _fields(
-        version=_int(),
-        station=_checked(_STR, _pattern(STATION_RE, "station")),
-        signing_key=_optional(_PATH),
-        throwaway_signing_key=(_BOOL, False),
-        manifest=(_checked(_STR, _template_problem(MANIFEST_PLACEHOLDERS), _path_problem),
-                  DEFAULT_MANIFEST),
-        journal=_optional(_PATH),
-        defaults=_optional(_MAPPING),
-        keys=cs.dict_schema(_checked(_STR, _pattern(KEY_NAME_RE, "key name")), _ANY,
-                            min_length=1, strict=True),
-        slots=cs.list_schema(_ANY, min_length=1, strict=True),
-        simulator=_optional(_MAPPING),
-    ),
-    SettingsDoc: _fields(
-        baudrate=(_checked(_int(), _baudrate_problem), 115200),
-        timeout_s=(_seconds(), 20.0),
-        keygen_timeout_s=(_seconds(), 30.0),
-        retries=(_int(ge=0, le=10), 3),
-        reopen_attempts=(_int(ge=1, le=10), 2),
-        device_deadline_s=(_seconds(), 120.0),
-        probe_timeout_s=(_seconds(), 3.0),
-        restore_function_mode=(_BOOL, True),
-        rtscts=(_BOOL, True),
-        concurrency=_optional(_int(ge=1)),
-    ),
-    KeyDoc: _fields(
-        sec_tag=_int(ge=1, le=MAX_SEC_TAG),
-        type=_literal("client_key", "endorsement_key"),
-        response=_optional(_literal("csr", "public_key")),
-        attributes=_optional(cs.dict_schema(
-            _checked(_STR, _attribute_problem),
-            _checked(_STR, _template_problem(ATTRIBUTE_PLACEHOLDERS)), strict=True)),
-        key_usage=_optional(_checked(_STR, key_usage_problem)),
-        if_exists=_optional(_literal("keep", "replace", "fail")),
-        ca=_optional(_MAPPING),
-    ),
-    CaDoc: _fields(
-        cert=_optional(_PATH),
-        key=_optional(_PATH),
-        validity_days=(_int(ge=1, le=36500), 365),
-        key_passphrase_env=_optional(
-            _checked(_STR, _pattern(ENV_NAME_RE, "environment variable name"))),
-        command=(_ANY, None),
-        timeout_s=(_seconds(), 30.0),
-        issuer=_optional(_PATH),
-        chain=_optional(_PATH),
-    ),
-    SlotDoc: _fields(
-        port=_ANY,
-        keys=cs.list_schema(_STR, min_length=1, strict=True),
-        name=_optional(_checked(_STR, _pattern(SLOT_NAME_RE, "slot name"))),
-        settings=_optional(_MAPPING),
-    ),
-    SimulatorDoc: _fields(
-        seed=(_int(), 0),
-        model=(_literal("nrf9160", "nrf9151"), "nrf9160"),
-        profile=(_literal("fast", "realistic"), "fast"),
-        state=_optional(_PATH),
-        log=_optional(_PATH),
-        faults=(cs.list_schema(_checked(_STR, fault_problem), strict=True), list),
-        function_mode=_optional(_checked(_int(), _function_mode_problem)),
-        capacity=_optional(_int(ge=1)),
-    ),
-}
-
-_VALIDATORS = {
-    doc: SchemaValidator(cs.model_fields_schema(fields, model_name=doc.__name__,
-                                                extra_behavior="forbid"))
-    for doc, fields in _SCHEMAS.items()
-}
-
-
-def fields_of(doc: _Doc) -> dict[str, Any]:
-    """A section's fields as a mapping (without ``fields_set``)."""
-    return {name: getattr(doc, name) for name in _SCHEMAS[type(doc)]}
+    keys: Annotated[list[str], Field(min_length=1)]
+    name: SlotName | None = None
+    settings: dict[str, Any] | None = None
 
 
 def dotted(path: Path_) -> str:
@@ -325,12 +64,43 @@ def dotted(path: Path_) -> str:
     return out
 
 
+T = TypeVar("T")
+
+
+def check(section: type[T], raw: Any, path: Path_, src: Source,
+          report: Callable[[int, str], None], *, supplied: Mapping[str, Any] | None = None,
+          ) -> T | None:
+    """Construct ``section`` from the mapping ``raw`` found at ``path``, plus the fields
+    ``supplied`` by the loader (which the plan may not write); report each problem with its
+    line and return None when there was any."""
+    supplied = supplied or {}
+    where = dotted(path) or "the plan"
+    if not isinstance(raw, dict):
+        report(src.line(path), f"{where}: expected a mapping, got {_what(raw)}")
+        return None
+    fields: Mapping[str, Any] = section.__dataclass_fields__  # type: ignore[attr-defined]
+    allowed = [name for name in fields if name not in supplied]
+    unknown = [key for key in raw if key not in allowed]
+    for key in unknown:
+        report(src.line((*path, key), key=True),
+               f"{dotted((*path, key))}: unknown key {key!r} (allowed here: {', '.join(allowed)})")
+    try:
+        made = section(**{k: v for k, v in raw.items() if k in allowed}, **supplied)
+    except ValidationError as exc:
+        for err in exc.errors():
+            described = _describe(err, raw, path, src)
+            if described is not None:
+                report(*described)
+        return None
+    return None if unknown else made
+
+
 _TYPE_NAMES = {
     "int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
     "float_type": "a number", "dict_type": "a mapping", "list_type": "a list",
-    "int_from_float": "an integer", "finite_number": "a finite number",
-    "model_type": "a mapping",
+    "tuple_type": "a list", "int_from_float": "an integer", "finite_number": "a finite number",
 }
+_MISSING = ("missing", "missing_keyword_only_argument", "missing_argument")
 
 
 def _what(value: Any) -> str:
@@ -349,26 +119,7 @@ def _what(value: Any) -> str:
     return f"a {type(value).__name__} ({value!s})"
 
 
-D = TypeVar("D", bound=_Doc)
-
-
-def check(model: type[D], data: Any, path: Path_, src: Source,
-          report: Callable[[int, str], None]) -> D | None:
-    """Validate ``data`` (found at ``path``) against ``model``; report each error with its line
-    and return None when there was any."""
-    try:
-        values, _, written = _VALIDATORS[model].validate_python(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            described = _describe(err, model, data, path, src)
-            if described is not None:
-                report(*described)
-        return None
-    return model(**values, fields_set=frozenset(written))
-
-
-def _describe(err: Any, model: type[_Doc], data: Any, path: Path_,
-              src: Source) -> tuple[int, str] | None:
+def _describe(err: Any, data: Any, path: Path_, src: Source) -> tuple[int, str] | None:
     """``(line, reason)`` for one validation error, or None when it only follows from a problem
     already reported (a value or mapping entry the YAML walk could not read)."""
     loc = tuple(err["loc"])
@@ -385,16 +136,12 @@ def _describe(err: Any, model: type[_Doc], data: Any, path: Path_,
         real.append(part)
     full = path + tuple(real)
     kind, value = err["type"], err.get("input")
-    if full in src.broken and (kind == "missing" or len(real) == len(loc)):
+    if full in src.broken and (kind in _MISSING or len(real) == len(loc)):
         return None
-    if kind == "extra_forbidden":
-        allowed = ", ".join(_SCHEMAS[model])
-        return (src.line(full, key=True),
-                f"{dotted(full)}: unknown key {str(loc[-1])!r} (allowed here: {allowed})")
-    if kind == "missing":
-        where = dotted(path + loc)
-        return src.line(full, key=True), f"{where}: missing (required)"
-    line = src.line(full, key=True) if "[key]" in loc else src.line(full)
+    if kind in _MISSING:
+        return src.line(full, key=True), f"{dotted(path + loc)}: missing (required)"
+    key_line = "[key]" in loc or kind == "misplaced"
+    line = src.line(full, key=True) if key_line else src.line(full)
     where = dotted(full) or "the plan"
     if kind in _TYPE_NAMES:
         reason = f"expected {_TYPE_NAMES[kind]}, got {_what(value)}"
@@ -407,7 +154,7 @@ def _describe(err: Any, model: type[_Doc], data: Any, path: Path_,
     if kind == "too_short":
         return line, f"{where}: must not be empty"
     message = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-    if kind not in ("value_error", "assertion_error"):
+    if kind not in ("value_error", "assertion_error", "misplaced"):
         shown = str(value).lower() if isinstance(value, bool) else repr(value)
         message = f"{message} (got {shown})"
     return line, f"{where}: {message}"

@@ -15,9 +15,9 @@ import dataclasses
 from typing import Any
 
 from fleet.plan.context import Context
-from fleet.plan.model import KeySpec, KeyType, Settings, Slot
+from fleet.plan.model import KeySpec, Settings, Slot, key_clash
 from fleet.plan.ports import expand_port, port_identity
-from fleet.plan.schema import SettingsDoc, SlotDoc, check, dotted
+from fleet.plan.schema import SlotEntry, check, dotted
 from fleet.plan.source import Path_
 
 __all__ = ["build_slots"]
@@ -35,7 +35,7 @@ def build_slots(ctx: Context, specs: dict[str, KeySpec], defaults: Settings) -> 
     ports: dict[str, tuple[str, str, int]] = {}
     for index, raw in enumerate(section):
         path: Path_ = ("slots", index)
-        doc = check(SlotDoc, raw, path, ctx.src, ctx.report)
+        doc = check(SlotEntry, raw, path, ctx.src, ctx.report)
         expanded = _ports(ctx, raw.get("port"), path) if isinstance(raw, dict) else []
         if doc is None:
             total += len(expanded)
@@ -100,26 +100,24 @@ def _ports(ctx: Context, value: Any, path: Path_) -> list[tuple[str, int]]:
     return out
 
 
-def _settings(ctx: Context, doc: SlotDoc, path: Path_, defaults: Settings) -> Settings | None:
+def _settings(ctx: Context, doc: SlotEntry, path: Path_, defaults: Settings) -> Settings | None:
     if doc.settings is None:
         return defaults
     spath = (*path, "settings")
-    sdoc = check(SettingsDoc, doc.settings, spath, ctx.src, ctx.report)
+    own = check(Settings, doc.settings, spath, ctx.src, ctx.report)
     if "concurrency" in doc.settings:
         ctx.at((*spath, "concurrency"), "concurrency is plan-wide: set it under defaults",
                key=True)
         return None
-    if sdoc is None:
+    if own is None:
         return None
-    return dataclasses.replace(defaults, **{f: getattr(sdoc, f)
-                                            for f in sdoc.fields_set})
+    return dataclasses.replace(defaults, **{f: getattr(own, f) for f in doc.settings})
 
 
-def _keys(ctx: Context, doc: SlotDoc, path: Path_, specs: dict[str, KeySpec],
+def _keys(ctx: Context, doc: SlotEntry, path: Path_, specs: dict[str, KeySpec],
           defined: dict[str, Any] | None) -> tuple[KeySpec, ...] | None:
     keys: list[KeySpec] = []
     complete = True
-    seen: dict[tuple[int, KeyType], str] = {}
     for j, name in enumerate(doc.keys):
         kpath = (*path, "keys", j)
         if name in doc.keys[:j]:
@@ -132,12 +130,10 @@ def _keys(ctx: Context, doc: SlotDoc, path: Path_, specs: dict[str, KeySpec],
         elif name not in specs:
             complete = False  # the spec itself is invalid and already reported
         else:
-            spec = specs[name]
-            ident = (spec.sec_tag, spec.type)
-            if ident in seen:
-                ctx.at(kpath, f"keys {seen[ident]!r} and {name!r} are both a {spec.type} "
-                              f"at sec_tag {spec.sec_tag}: one slot can hold only one")
+            keys.append(specs[name])
+            clash = key_clash(keys)
+            if clash is not None:
+                ctx.at(kpath, clash[1])
+                keys.pop()
                 complete = False
-            seen[ident] = name
-            keys.append(spec)
     return tuple(keys) if complete else None
