@@ -166,11 +166,16 @@ BAD = [
      "an endorsement_key returns only its public key"),
     ("type: endorsement_key", "type: endorsement_key\n    if_exists: keep", L_E_TYPE + 1,
      "if_exists does not apply to an endorsement_key"),
+    ("type: endorsement_key", "type: endorsement_key\n    if_exists:\n      keep", L_E_TYPE + 1,
+     "keys.endorsement.if_exists: if_exists does not apply"),  # the key's line: it is misplaced
     ("type: endorsement_key", "type: endorsement_key\n    key_usage: '101010000'",
      L_E_TYPE + 1, "key_usage is only valid with response: csr, not for an endorsement_key"),
     ("type: endorsement_key", "type: endorsement_key\n    attributes: {CN: x}", L_E_TYPE + 1,
      "attributes is only valid with response: csr"),
-    # unknown keys at every level
+    # unknown keys at every level, also the fields fleet fills in itself
+    ("    type: endorsement_key", "    type: endorsement_key\n    name: other", L_E_TYPE + 1,
+     "keys.endorsement.name: unknown key 'name' (allowed here: sec_tag, type, response,"),
+    ("slots:", "simulator:\n  count: 5\nslots:", L_SLOTS + 1, "simulator.count: unknown key"),
     ("station: line1-a", "station: line1-a\nstaton: x", 3, "unknown key 'staton'"),
     ("    type: client_key", "    type: client_key\n    tag: 1", L_TYPE + 1, "unknown key 'tag'"),
     ("    keys: [tls, endorsement]", "    keys: [tls, endorsement]\n    baud: 9600",
@@ -229,6 +234,12 @@ BAD = [
     ("station: line1-a", "station: line1-a\nsigning_key: ''", 3, "not a usable path"),
     ("  endorsement:", "  bad.name:\n    sec_tag: 1\n    type: endorsement_key\n"
      "  endorsement:", L_E_SEC_TAG - 1, "key name 'bad.name' must match"),
+    # sections that are not mappings
+    ("  endorsement:\n    sec_tag: 33\n    type: endorsement_key\n", "  endorsement: 5\n",
+     L_E_SEC_TAG - 1, "keys.endorsement: expected a mapping, got a number (5)"),
+    ("    keys: [tls, endorsement]\n", "    keys: [tls, endorsement]\n  - 5\n", L_SLOT_KEYS + 1,
+     "slots[1]: expected a mapping, got a number (5)"),
+    ("version: 1", "version: 1\ndefaults: 5", 2, "defaults: expected a mapping"),
     # defaults and settings
     ("version: 1", "version: 1\ndefaults: {baudrate: 12345}", 2, "baudrate 12345 is not a rate"),
     ("version: 1", "version: 1\ndefaults: {timeout_s: 0}", 2, "greater than 0"),
@@ -618,7 +629,17 @@ def test_records_validate_on_construction() -> None:
         Settings(retries=11)
     with pytest.raises(ValueError, match="timeout_s"):
         Settings(timeout_s=0)
+    with pytest.raises(ValueError, match="response is required for a client_key"):
+        KeySpec(name="k", sec_tag=1, type=KeyType.CLIENT_KEY)
+    endorsement = KeySpec(name="e", sec_tag=2, type=KeyType.ENDORSEMENT_KEY)
+    assert (endorsement.response, endorsement.if_exists) == (Response.PUBLIC_KEY, IfExists.KEEP)
+    with pytest.raises(ValueError, match="valid dictionary"):  # pairs, or the plan's mapping
+        KeySpec(**{**good, "attributes": (("CN",),)})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Unexpected keyword argument"):
+        Settings(retry=1)  # type: ignore[call-arg]
     spec = KeySpec(**good)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="port"):
+        Slot(name="s", port="", keys=(spec,))
     with pytest.raises(ValueError, match="both a client_key at sec_tag 1"):
         Slot(name="s", port="sim://0", keys=(spec, spec))
     with pytest.raises(ValueError, match="slot name"):
