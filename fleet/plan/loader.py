@@ -105,6 +105,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
     kept = _only(ctx, slots, only) if not ctx.report.items else ()  # names need a valid plan
     if top is None or ctx.report.items:
         return None
+    kept_names = {slot.name for slot in kept}
     return Plan(
         path=plan_path,
         sha256=sha256,
@@ -117,7 +118,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         defaults=defaults,
         keys=specs,
         slots=kept,
-        unselected=tuple(s for s in slots if s.name not in {k.name for k in kept}),
+        unselected=tuple(s for s in slots if s.name not in kept_names),
         simulator=simulator,
     )
 

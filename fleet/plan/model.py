@@ -12,6 +12,7 @@ so each problem is reported at the line of the field it concerns.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -156,6 +157,9 @@ class KeySpec:
     key_usage: KeyUsage | None = None
     if_exists: Annotated[IfExists, _ByValue] = IfExists.KEEP
     line: int = 0
+    #: the attributes' templates, parsed once (rendered for every device)
+    _templates: tuple[Template, ...] = dataclasses.field(init=False, repr=False, compare=False,
+                                                         default=())
 
     @field_validator("response")
     @classmethod
@@ -208,14 +212,13 @@ class KeySpec:
                 raise ValueError("response is required for a client_key: csr (a certificate "
                                  "signing request) or public_key")
             object.__setattr__(self, "response", Response.PUBLIC_KEY)
-
-    def _templates(self) -> tuple[Template, ...]:
-        return tuple(Template.parse(text, ATTRIBUTE_PLACEHOLDERS) for _, text in self.attributes)
+        object.__setattr__(self, "_templates", tuple(
+            Template.parse(text, ATTRIBUTE_PLACEHOLDERS) for _, text in self.attributes))
 
     @property
     def uses_device_uuid(self) -> bool:
         """Whether an attribute uses ``{device_uuid}`` (which needs the UUID before KEYGEN)."""
-        return any("device_uuid" in t.placeholders for t in self._templates())
+        return any("device_uuid" in t.placeholders for t in self._templates)
 
     def render_attributes(self, ctx: Mapping[str, str]) -> str | None:
         """The ``<attributes>`` string (``CN=...,O=...``) for one device, or None when the spec
@@ -224,7 +227,7 @@ class KeySpec:
         if not self.attributes:
             return None
         pairs = []
-        for (attr, _), template in zip(self.attributes, self._templates(), strict=True):
+        for (attr, _), template in zip(self.attributes, self._templates, strict=True):
             value = template.render(ctx)
             problem = validate_attribute_value(attr, value)
             if problem:
@@ -252,7 +255,7 @@ class KeySpec:
             args: list[str] = [str(self.sec_tag), str(self.type.code)]
         else:
             attrs = ",".join(f"{a}={t.unrendered()}"
-                             for (a, _), t in zip(self.attributes, self._templates(), strict=True))
+                             for (a, _), t in zip(self.attributes, self._templates, strict=True))
             args = [str(self.sec_tag), str(self.type.code), str(self.response.code),
                     f'"{attrs}"' if attrs else "",
                     f'"{self.key_usage}"' if self.key_usage else ""]

@@ -14,6 +14,7 @@ which the plan may not write.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
@@ -78,8 +79,8 @@ def check(section: type[T], raw: Any, path: Path_, src: Source,
     if not isinstance(raw, dict):
         report(src.line(path), f"{where}: expected a mapping, got {_what(raw)}")
         return None
-    fields: Mapping[str, Any] = section.__dataclass_fields__  # type: ignore[attr-defined]
-    allowed = [name for name in fields if name not in supplied]
+    fields: Mapping[str, dataclasses.Field[Any]] = section.__dataclass_fields__  # type: ignore[attr-defined]
+    allowed = [name for name, field in fields.items() if field.init and name not in supplied]
     unknown = [key for key in raw if key not in allowed]
     for key in unknown:
         report(src.line((*path, key), key=True),
