@@ -25,13 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fleet.at import check_string
-from fleet.credentials.attributes import KEYGEN_ATTRIBUTES, validate_attribute_value
+from fleet.credentials.attributes import KEYGEN_ATTRIBUTES
 from fleet.errors import PlanError
 from fleet.faults import fault_modems
 from fleet.plan.ca import build_ca
 from fleet.plan.context import Context, Report
-from fleet.plan.model import KeySpec, Plan, Settings, SimulatorSettings, Slot
+from fleet.plan.model import (
+    KeySpec,
+    Plan,
+    Settings,
+    SimulatorSettings,
+    Slot,
+    attribute_value_problem,
+)
 from fleet.plan.ports import port_identity
 from fleet.plan.schema import PlanFile, check
 from fleet.plan.slots import build_slots
@@ -183,13 +189,7 @@ def _render_sample(ctx: Context, name: str, attributes: dict[str, Any],
         except ValueError:
             ok = False  # reported by the schema
             continue
-        value = template.render(values)
-        problem = validate_attribute_value(attr, value)
-        if problem is None:
-            try:
-                check_string(value)
-            except ValueError as exc:
-                problem = str(exc)
+        problem = attribute_value_problem(attr, template.render(values))
         if problem:
             where = ""
             if "slot" in template.placeholders:

@@ -73,6 +73,7 @@ __all__ = [
     "Settings",
     "SimulatorSettings",
     "Slot",
+    "attribute_value_problem",
     "fault_modems",
     "key_clash",
 ]
@@ -229,13 +230,11 @@ class KeySpec:
         pairs = []
         for (attr, _), template in zip(self.attributes, self._templates, strict=True):
             value = template.render(ctx)
-            problem = validate_attribute_value(attr, value)
+            problem = attribute_value_problem(attr, value)
             if problem:
                 raise ValueError(f"key {self.name!r}: {problem}")
             pairs.append(f"{attr}={value}")
-        text = ",".join(pairs)
-        check_string(text)  # ArgumentError is a ValueError
-        return text
+        return ",".join(pairs)
 
     def keygen_args(self, ctx: Mapping[str, str]) -> tuple[int | str | None, ...]:
         """The ``%KEYGEN`` arguments: (sec_tag, key_type code, response code or None for an
@@ -262,6 +261,19 @@ class KeySpec:
             while args[-1] == "":
                 args.pop()
         return "AT%KEYGEN=" + ",".join(args)
+
+
+def attribute_value_problem(attr: str, value: str) -> str | None:
+    """Why the rendered ``value`` of the attribute ``attr`` cannot be sent to the modem (a
+    value it refuses, or a quote or control character that would break the command), or
+    None."""
+    problem = validate_attribute_value(attr, value)
+    if problem is None:
+        try:
+            check_string(value)
+        except ValueError as exc:  # ArgumentError
+            problem = str(exc)
+    return problem
 
 
 def key_clash(keys: Sequence[KeySpec]) -> tuple[int, str] | None:
