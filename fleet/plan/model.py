@@ -170,33 +170,46 @@ class KeySpec:
                              "public_key or left out")
         return value
 
+    # The rules between fields. A field that failed, or a response left out (which
+    # __post_init__ reports), is not in info.data: the rules that need it wait for it.
+
     @field_validator("attributes", "key_usage")
     @classmethod
-    def _only_with_csr(cls, value: Any, info: ValidationInfo) -> Any:
-        response = info.data.get("response") or Response.CSR  # else reported on its own
+    def _only_in_a_csr(cls, value: Any, info: ValidationInfo) -> Any:
+        response = info.data.get("response")
         if info.data.get("type") is KeyType.ENDORSEMENT_KEY:
             why = "for an endorsement_key"
-        elif response is not Response.CSR:
+        elif response is not None and response is not Response.CSR:
             why = f"with response: {response}"
         else:
-            if info.field_name == "attributes" and not value:
-                raise misplaced("attributes is empty: leave it out for the modem's default "
-                                "subject CN=<device UUID>")
-            if info.field_name == "key_usage" and info.data.get("ca") is not None:
-                problem = ca_key_usage_problem(value)
-                if problem:
-                    raise ValueError(problem)
             return value
         raise misplaced(f"{info.field_name} is only valid with response: csr, not {why} (the "
                         "modem would silently ignore it)")
 
+    @field_validator("attributes")
+    @classmethod
+    def _not_empty(cls, value: Attributes) -> Attributes:
+        if not value:
+            raise misplaced("attributes is empty: leave it out for the modem's default subject "
+                            "CN=<device UUID>")
+        return value
+
     @field_validator("ca")
     @classmethod
     def _ca_for_a_csr(cls, value: Any, info: ValidationInfo) -> Any:
+        response = info.data.get("response")
         if value is not None and (info.data.get("type") is not KeyType.CLIENT_KEY
-                                  or info.data.get("response") is not Response.CSR):
+                                  or response not in (None, Response.CSR)):
             raise misplaced("ca is only valid for a client_key with response: csr (a "
                             "certificate is issued for the key's CSR)")
+        return value
+
+    @field_validator("key_usage")
+    @classmethod
+    def _fits_a_client_certificate(cls, value: str | None, info: ValidationInfo) -> str | None:
+        problem = ca_key_usage_problem(value) if info.data.get("ca") is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("if_exists")
