@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import Field, ValidationError
 from pydantic.dataclasses import dataclass
 
-from fleet.plan.fields import KeyName, ManifestText, PathText, PlanVersion, SlotName, Station
+from fleet.plan.fields import ManifestText, PathText, PlanVersion, SlotName, Station
 from fleet.plan.model import STRICT
 from fleet.plan.source import Path_, Source
 
@@ -42,7 +42,7 @@ class PlanFile:
     manifest: ManifestText = DEFAULT_MANIFEST
     journal: PathText | None = None
     defaults: dict[str, Any] | None = None
-    keys: Annotated[dict[KeyName, Any], Field(min_length=1)]
+    keys: Annotated[dict[str, Any], Field(min_length=1)]  #: names: KeySpec checks them
     slots: Annotated[list[Any], Field(min_length=1)]
     simulator: dict[str, Any] | None = None
 
