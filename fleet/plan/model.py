@@ -5,9 +5,10 @@ construction (a ``ValidationError``, which is a ``ValueError``), strictly, refus
 fields, so a ``Plan`` built by hand in a test is held to the same rules as one read from YAML.
 The loader builds ``Settings``, ``KeySpec`` and ``SimulatorSettings`` straight from their
 sections of the file and turns each validation error into ``file:line: reason``
-(``fleet.plan.schema``): every rule is written once, here or in ``fleet.plan.fields``. The rules
-between fields are validators on the later field (they see the earlier ones in ``info.data``),
-so each problem is reported at the line of the field it concerns.
+(``fleet.plan.schema``). Each rule of a record is written once: here, or in ``fleet.plan.fields``
+when it is about one value. The rules between fields are validators on the later field (they see
+the earlier ones in ``info.data``), so each problem is reported at the line of the field it
+concerns; what spans sections (slot names, ports, ``--only``) is the loader's.
 """
 
 from __future__ import annotations
