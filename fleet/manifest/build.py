@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet.credentials import KeygenAnswer, parse_keygen
+from fleet.credentials import PAYLOAD_ID_CSR, PAYLOAD_ID_PUBLIC_KEY, KeygenAnswer, parse_keygen
 from fleet.errors import CredentialError, ManifestError
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord, RunRecord
 
@@ -44,7 +44,8 @@ KEY_FIELDS = ("name", "sec_tag", "type", "response", "outcome", "keygen_answer",
 ANSWER_OUTCOMES = frozenset({KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.CHANGED,
                              KeyOutcome.RECOVERED})
 #: ``response`` -> the COSE payload id the modem puts in its answer.
-RESPONSE_PAYLOAD_IDS: Mapping[str, int] = {"csr": 9, "public_key": 8}
+RESPONSE_PAYLOAD_IDS: Mapping[str, int] = {"csr": PAYLOAD_ID_CSR,
+                                           "public_key": PAYLOAD_ID_PUBLIC_KEY}
 
 _MAX_INT = 2**53 - 1  # RFC 8785 / I-JSON: integers beyond this are not exact in JSON
 
