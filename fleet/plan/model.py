@@ -254,9 +254,13 @@ class KeySpec:
         """The ``%KEYGEN`` arguments: (sec_tag, key_type code, response code or None for an
         endorsement key, attributes or None, key_usage or None)."""
         if self.type is KeyType.ENDORSEMENT_KEY:
+            return self._keygen_args(None)
+        return self._keygen_args(self.render_attributes(ctx))
+
+    def _keygen_args(self, attributes: str | None) -> tuple[int | str | None, ...]:
+        if self.type is KeyType.ENDORSEMENT_KEY:
             return (self.sec_tag, self.type.code, None, None, None)
-        return (self.sec_tag, self.type.code, self.response.code,
-                self.render_attributes(ctx), self.key_usage)
+        return (self.sec_tag, self.type.code, self.response.code, attributes, self.key_usage)
 
     def keygen_command(self, ctx: Mapping[str, str]) -> Command:
         """The ``AT%KEYGEN=...`` command for one device (trailing omitted arguments dropped)."""
@@ -264,17 +268,9 @@ class KeySpec:
 
     def keygen_template(self) -> str:
         """The ``AT%KEYGEN=...`` line with the templates shown unrendered (for display only)."""
-        if self.type is KeyType.ENDORSEMENT_KEY:
-            args: list[str] = [str(self.sec_tag), str(self.type.code)]
-        else:
-            attrs = ",".join(f"{a}={t.unrendered()}"
-                             for (a, _), t in zip(self.attributes, self._templates, strict=True))
-            args = [str(self.sec_tag), str(self.type.code), str(self.response.code),
-                    f'"{attrs}"' if attrs else "",
-                    f'"{self.key_usage}"' if self.key_usage else ""]
-            while args[-1] == "":
-                args.pop()
-        return "AT%KEYGEN=" + ",".join(args)
+        attributes = ",".join(f"{attr}={template.unrendered()}" for (attr, _), template
+                              in zip(self.attributes, self._templates, strict=True))
+        return str(Command.set("%KEYGEN", *self._keygen_args(attributes or None)))
 
 
 def attribute_value_problem(attr: str, value: str) -> str | None:
