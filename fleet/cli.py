@@ -123,12 +123,7 @@ def entry() -> None:
     # process as killed instead; an ignored signal stays ignored through the exit.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away: the exit status still says what happened
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    _Stdout(sys.stdout).flush()  # a reader that went away leaves the exit status as it is
     sys.exit(code)
 
 
