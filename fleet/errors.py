@@ -22,6 +22,7 @@ stream's, :mod:`fleet.journal` SQLite's, :mod:`fleet.credentials` the decoders'.
     ├── JournalError                the journal cannot be used (locked, corrupt)
     ├── ManifestError               a manifest cannot be built, signed or verified
     ├── CertificateError            a CSR cannot be signed or a certificate failed a check
+    ├── TokenError                  a key in a PKCS#11 token cannot be named, reached or used
     └── ExportError                 an export would not be correct (every problem named)
 """
 
@@ -49,6 +50,7 @@ __all__ = [
     "PortBusy",
     "ProtocolError",
     "RemoteProtocolError",
+    "TokenError",
     "TransportError",
 ]
 
@@ -180,6 +182,11 @@ class ManifestError(FleetError):
 class CertificateError(FleetError):
     """A CSR cannot be signed (bad self-signature, unexpected subject, the CA failed) or a
     certificate failed a check (wrong key or subject, does not chain to the CA)."""
+
+
+class TokenError(FleetError):
+    """A PKCS#11 URI cannot be used, or its token, PIN or key is missing, wrong or gone. The
+    message never holds the PIN."""
 
 
 class ExportError(FleetError):

@@ -18,10 +18,10 @@ from fleet.manifest import build_signed, directory_problem, sign, verify_content
 from fleet.plan import Plan
 from fleet.records import RunRecord
 from fleet.station_key import (
-    SigningKey,
+    Signer,
     ensure_throwaway_key,
     keyid,
-    load_signing_key,
+    open_signing_key,
     public_key_pem,
 )
 
@@ -31,22 +31,23 @@ __all__ = ["ManifestWriter", "check_own_manifest", "load_plan_signing_key", "pre
 ManifestWriter = Callable[[RunRecord], Awaitable[Path]]
 
 
-def load_plan_signing_key(plan: Plan) -> SigningKey:
-    """The plan's station key; a demo plan (``throwaway_signing_key: true``) gets one made."""
+def load_plan_signing_key(plan: Plan) -> Signer:
+    """The plan's station key (a file, or a key in a PKCS#11 token, logged in now); a demo plan
+    (``throwaway_signing_key: true``) gets a file made."""
     log = structlog.get_logger()
     if plan.signing_key is None:
         raise ManifestError(
             "the plan has no signing_key: create one with `fleet station-key init --out keys` "
             "and set `signing_key: keys/station.pem` in the plan"
         )
-    if plan.throwaway_signing_key:
+    if plan.throwaway_signing_key and isinstance(plan.signing_key, Path):
         key, created = ensure_throwaway_key(plan.signing_key)
         if created:
             log.warning("created a THROWAWAY station signing key: fine for a demo, never for "
                         "production (use `fleet station-key init`)", path=str(plan.signing_key),
                         keyid=keyid(key))
         return key
-    return load_signing_key(plan.signing_key)
+    return open_signing_key(plan.signing_key)
 
 
 def prepare_manifest(plan: Plan) -> ManifestWriter:

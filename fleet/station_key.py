@@ -8,6 +8,11 @@ is ever overwritten. A key is named by its *keyid*: the hex SHA-256 of the DER
 SubjectPublicKeyInfo of its public key. Any other key type is refused with a clear error, and so
 is an encrypted key (a gang-programming station signs unattended).
 
+A station key may instead live in a PKCS#11 token, named by a ``pkcs11:`` URI: then it is an
+:class:`ExternalSigner` (:mod:`fleet.hsm.signers`, imported only for such a URI), which signs in
+the token and gives only its public key. :func:`open_signing_key` is the one place either kind
+is opened; the manifest code signs with a :data:`Signer` and never asks which kind it is.
+
 Every failure is a :class:`fleet.errors.ManifestError` whose message says what to do.
 """
 
@@ -18,7 +23,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -26,22 +31,27 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleet.atomic import create_atomic, fsync_dir, write_atomic
-from fleet.errors import ManifestError
+from fleet.errors import ManifestError, TokenError
+from fleet.hsm.uri import Pkcs11Uri
 from fleet.regular import read_regular_file
 
 __all__ = [
     "ALG_ED25519",
     "ALG_ES256",
+    "ExternalSigner",
     "PublicKey",
+    "Signer",
     "SigningKey",
     "StationKeyFiles",
     "algorithm",
     "ensure_throwaway_key",
     "generate_signing_key",
     "init_station_key",
+    "init_token_station_key",
     "keyid",
     "load_public_key",
     "load_signing_key",
+    "open_signing_key",
     "public_key_from_pem",
     "public_key_path",
     "public_key_pem",
@@ -49,6 +59,27 @@ __all__ = [
 
 SigningKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+
+class ExternalSigner(Protocol):
+    """A station key that signs where it lives (a PKCS#11 token) and never leaves it."""
+
+    def public_key(self) -> PublicKey:
+        """The public key (ECDSA P-256: an external station key is always ES256)."""
+        ...
+
+    def sign_data(self, data: bytes) -> bytes:
+        """The ES256 signature of ``data`` (DER ``Ecdsa-Sig-Value``); :class:`ManifestError`
+        when the key cannot sign now (the token is gone)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the key lives, in words (never a PIN)."""
+        ...
+
+
+#: What signs a manifest: a key loaded from a file, or a key in a token.
+Signer: TypeAlias = SigningKey | ExternalSigner
 
 ALG_ES256 = "ES256"  #: ECDSA P-256 with SHA-256, DER-encoded signature
 ALG_ED25519 = "Ed25519"  #: pure Ed25519 (RFC 8032), 64-byte signature
@@ -60,12 +91,13 @@ _MAX_KEY_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StationKeyFiles:
-    """What :func:`init_station_key` created."""
+    """What :func:`init_station_key` (or :func:`init_token_station_key`) created."""
 
-    private_path: Path
+    private_path: Path | None  #: None: the private key is in a token (``token``)
     public_path: Path
     keyid: str
     alg: str
+    token: str | None = None  #: where the private key is, in words, when it is in a token
 
 
 def generate_signing_key(*, ed25519_key: bool = False) -> SigningKey:
@@ -100,22 +132,23 @@ def _describe(key: object) -> str:
     return f"a {kind} key" + (f" ({size} bits)" if size else "")
 
 
-def algorithm(key: SigningKey | PublicKey) -> str:
+def algorithm(key: Signer | PublicKey) -> str:
     """The manifest ``alg`` for a (private or public) key: ``"ES256"`` or ``"Ed25519"``."""
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    key = _public(key)
+    if isinstance(key, ed25519.Ed25519PublicKey):
         return ALG_ED25519
     if isinstance(key.curve, ec.SECP256R1):
         return ALG_ES256
     raise ManifestError(f"{_describe(key)} is not supported; use {_SUPPORTED}")
 
 
-def _public(key: SigningKey | PublicKey) -> PublicKey:
-    if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
-        return key.public_key()
-    return key
+def _public(key: Signer | PublicKey) -> PublicKey:
+    if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        return key
+    return key.public_key()
 
 
-def keyid(key: SigningKey | PublicKey) -> str:
+def keyid(key: Signer | PublicKey) -> str:
     """Hex SHA-256 of the DER SubjectPublicKeyInfo of the (public half of the) key."""
     der = _public(key).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -123,7 +156,7 @@ def keyid(key: SigningKey | PublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def public_key_pem(key: SigningKey | PublicKey) -> str:
+def public_key_pem(key: Signer | PublicKey) -> str:
     """The SubjectPublicKeyInfo PEM of the (public half of the) key, as text."""
     return (
         _public(key)
@@ -168,23 +201,50 @@ def init_station_key(
     ``out_dir`` is created with mode 0700 when missing. Refuses (``ManifestError``) to overwrite
     either file; nothing is written when either already exists.
     """
-    if not name or name.startswith(".") or "/" in name or os.sep in name:
-        raise ManifestError(f"invalid key name {name!r}: a plain file name stem, like 'station'")
-    out_dir = Path(out_dir)
-    private_path = out_dir / f"{name}.pem"
-    public_path = public_key_path(private_path)
-    for path in (private_path, public_path):
-        if os.path.lexists(path):
-            raise ManifestError(
-                f"{path} already exists: refusing to overwrite a station key "
-                "(move it away first, or choose another --out or --name)"
-            )
-    _make_dir(out_dir)
+    private_path, public_path = _key_files(out_dir, name, private=True)
+    _make_dir(private_path.parent)
     key = generate_signing_key(ed25519_key=ed25519_key)
     _create(private_path, _private_pem(key), 0o600)
     _create(public_path, public_key_pem(key).encode("ascii"), 0o644)
     return StationKeyFiles(private_path=private_path, public_path=public_path,
                            keyid=keyid(key), alg=algorithm(key))
+
+
+def _key_files(out_dir: Path | str, name: str, *, private: bool) -> tuple[Path, Path]:
+    """``(out_dir/<name>.pem, out_dir/<name>.pub.pem)``; ``ManifestError`` when ``name`` is no
+    plain stem or a file that would be written (the public one only, unless ``private``)
+    exists."""
+    if not name or name.startswith(".") or "/" in name or os.sep in name:
+        raise ManifestError(f"invalid key name {name!r}: a plain file name stem, like 'station'")
+    out_dir = Path(out_dir)
+    private_path = out_dir / f"{name}.pem"
+    public_path = public_key_path(private_path)
+    for path in (private_path, public_path) if private else (public_path,):
+        if os.path.lexists(path):
+            raise ManifestError(
+                f"{path} already exists: refusing to overwrite a station key "
+                "(move it away first, or choose another --out or --name)"
+            )
+    return private_path, public_path
+
+
+def init_token_station_key(uri: Pkcs11Uri, out_dir: Path | str, *,
+                           name: str = "station") -> StationKeyFiles:
+    """Create an ECDSA P-256 key pair in the PKCS#11 token ``uri`` names (sensitive, never
+    extractable) and write only its public key, ``out_dir/<name>.pub.pem`` (0644). Refuses
+    (``ManifestError``) an existing public key file or object in the token, before making
+    anything."""
+    _, public_path = _key_files(out_dir, name, private=False)
+    from fleet.hsm.signers import TokenStationSigner, create_token_key  # the binding: only now
+
+    try:
+        signer = TokenStationSigner(create_token_key(uri))
+    except TokenError as exc:
+        raise ManifestError(f"{uri}: {exc}") from exc
+    _make_dir(public_path.parent)
+    _create(public_path, public_key_pem(signer).encode("ascii"), 0o644)
+    return StationKeyFiles(private_path=None, public_path=public_path, alg=ALG_ES256,
+                           keyid=keyid(signer), token=signer.describe())
 
 
 def _create(path: Path, data: bytes, mode: int) -> None:
@@ -246,6 +306,17 @@ def load_signing_key(path: Path | str) -> SigningKey:
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ManifestError(f"signing key {path} is not a PEM private key ({exc})") from exc
     return _check_private(key, f"signing key {path}")
+
+
+def open_signing_key(where: Path | Pkcs11Uri) -> Signer:
+    """The station key ``where`` names: a PEM file (:func:`load_signing_key`) or a key in a
+    PKCS#11 token, logged in and checked with one signature (``ManifestError`` naming what is
+    missing or wrong: module, token, PIN, object, key type)."""
+    if isinstance(where, Pkcs11Uri):
+        from fleet.hsm.signers import open_station_signer  # the PKCS#11 binding: only now
+
+        return open_station_signer(where)
+    return load_signing_key(where)
 
 
 def load_public_key(path: Path | str) -> PublicKey:

@@ -4,7 +4,8 @@ How this works
 --------------
 A plan's ``ca:`` section becomes one of two :class:`CertificateAuthority` implementations:
 
-- :class:`LocalCa`: a CA certificate and its private key read from files; :meth:`LocalCa.sign`
+- :class:`LocalCa`: a CA certificate and its private key, read from a file or kept in a PKCS#11
+  token (an :class:`ExternalCaKey`, which signs there); :meth:`LocalCa.sign`
   builds a TLS client certificate (random 159-bit serial, notBefore now - 5 min, notAfter now +
   ``validity_days`` but never after the CA's own notAfter, subject = the CSR's, issuer = the CA's,
   SubjectKeyIdentifier, AuthorityKeyIdentifier, BasicConstraints CA=false (critical), KeyUsage
@@ -39,12 +40,14 @@ from fleet.certs.command import run_ca_command
 from fleet.certs.pem import canonical_pem, parse_pem_certificates, pem_sha256, public_key_der
 from fleet.credentials.attributes import SubjectPairs, subject_pairs
 from fleet.errors import CertificateError
+from fleet.hsm.uri import Pkcs11Uri
 
 __all__ = [
     "CaPrivateKey",
     "CertificateAuthority",
     "Chain",
     "CommandCa",
+    "ExternalCaKey",
     "LocalCa",
     "check_csr",
     "check_issued",
@@ -52,6 +55,23 @@ __all__ = [
 
 CaPrivateKey = (ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
                 | ed448.Ed448PrivateKey)
+
+
+
+class ExternalCaKey(Protocol):
+    """A CA key that signs where it lives (a PKCS#11 token) and never leaves it."""
+
+    def public_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey: ...
+
+    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """``builder``'s certificate, signed with SHA-256; :class:`CertificateError` when the
+        key cannot sign now (the token is gone)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the key lives, in words (never a PIN)."""
+        ...
+
 
 #: How far notBefore is set back, for devices and servers whose clocks run a little behind.
 BACKDATE = timedelta(minutes=5)
@@ -167,6 +187,10 @@ def _random_serial() -> int:
             return serial
 
 
+_FILE_KEYS = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey,
+              ed448.Ed448PrivateKey)
+
+
 def _hash_for(key: CaPrivateKey) -> hashes.SHA256 | None:
     if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         return None
@@ -178,16 +202,18 @@ class LocalCa:
     """A CA whose certificate and private key are files on this station (``ca: {cert, key}``)."""
 
     cert_path: Path
-    key_path: Path
+    key_path: Path | Pkcs11Uri
     certificate: x509.Certificate = field(repr=False, compare=False)
-    private_key: CaPrivateKey = field(repr=False, compare=False)
+    private_key: CaPrivateKey | ExternalCaKey = field(repr=False, compare=False)
     validity_days: int = 365
     key_passphrase_env: str | None = None
     chain: Chain | None = None
 
     def describe(self) -> str:
+        key = self.private_key
+        where = "" if isinstance(key, _FILE_KEYS) else f"; {key.describe()}"
         return (f"local CA {self.certificate.subject.rfc4514_string()} ({self.cert_path}), "
-                f"{self.validity_days} days")
+                f"{self.validity_days} days{where}")
 
     def sign(self, csr: x509.CertificateSigningRequest, *, now: datetime) -> x509.Certificate:
         """A client certificate for ``csr`` (see the module docstring for its contents)."""
@@ -217,8 +243,11 @@ class LocalCa:
                            critical=False)
             .add_extension(aki, critical=False)
         )
+        key = self.private_key
+        if not isinstance(key, _FILE_KEYS):
+            return key.sign_certificate(builder)
         try:
-            return builder.sign(self.private_key, _hash_for(self.private_key))
+            return builder.sign(key, _hash_for(key))
         except (ValueError, TypeError) as exc:
             raise CertificateError(f"signing with the CA key failed: {exc}") from exc
 

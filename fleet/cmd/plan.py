@@ -17,6 +17,7 @@ import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fleet import exitcodes
@@ -26,7 +27,7 @@ from fleet.logs import configure_logging
 from fleet.manifest import directory_problem
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
 from fleet.plan.ports import is_glob
-from fleet.station_key import algorithm, keyid, load_signing_key
+from fleet.station_key import algorithm, keyid, open_signing_key
 
 __all__ = ["plan_document", "register", "run_check"]
 
@@ -74,12 +75,17 @@ def readiness(plan: Plan) -> Readiness:
     if plan.signing_key is None:
         problem = ("the plan has no signing_key: create one with `fleet station-key init --out "
                    "keys` and set `signing_key: keys/station.pem`")
-    elif plan.throwaway_signing_key and not os.path.lexists(plan.signing_key):
+    elif plan.throwaway_signing_key and isinstance(plan.signing_key, Path) \
+            and not os.path.lexists(plan.signing_key):
         state = "does not exist yet: a throwaway key is made at the first run"
     else:
         try:
-            key = load_signing_key(plan.signing_key)
+            key = open_signing_key(plan.signing_key)
             state = f"loads: {algorithm(key)} key {keyid(key)[:16]}..."
+            if not isinstance(plan.signing_key, Path):
+                from fleet.hsm.token import describe  # loaded already, to open the key
+
+                state += f", {describe(plan.signing_key)}"
         except ManifestError as exc:
             problem = str(exc)
     directory = plan.manifest_directory(now=datetime.now(UTC))

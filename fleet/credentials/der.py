@@ -12,7 +12,8 @@ simulator uses it to produce the same bytes a real modem does).
 
 from __future__ import annotations
 
-__all__ = ["DerError", "add_sigalg_null", "encode_tlv", "read_tlv", "strip_sigalg_null"]
+__all__ = ["DerError", "add_sigalg_null", "encode_tlv", "read_tlv", "replace_signature",
+           "strip_sigalg_null"]
 
 _SEQUENCE = 0x30
 _OID = 0x06
@@ -58,7 +59,8 @@ def encode_tlv(tag: int, value: bytes) -> bytes:
 
 
 def _split_csr(csr_der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """``(info_tlv, alg_oid_tlv, alg_params, signature_tlv)`` of a CertificationRequest."""
+    """``(info_tlv, alg_oid_tlv, alg_params, signature_tlv)`` of a CertificationRequest (or of
+    any structure of the same SIGNED shape, like a Certificate)."""
     tag, outer, end = read_tlv(csr_der)
     if tag != _SEQUENCE or end != len(csr_der):
         raise DerError("CSR is not a single DER SEQUENCE")
@@ -95,3 +97,12 @@ def add_sigalg_null(csr_der: bytes) -> bytes:
     if params:
         raise DerError("signature algorithm already has parameters")
     return encode_tlv(_SEQUENCE, info + encode_tlv(_SEQUENCE, oid + _NULL_TLV) + signature)
+
+
+def replace_signature(signed_der: bytes, signature: bytes) -> bytes:
+    """A copy of a signed structure (a Certificate or a CertificationRequest: the signed part,
+    the AlgorithmIdentifier, the signature BIT STRING) with ``signature`` in place of its own,
+    the signed part and the algorithm kept byte for byte."""
+    info, oid, params, _ = _split_csr(signed_der)
+    return encode_tlv(_SEQUENCE, info + encode_tlv(_SEQUENCE, oid + params)
+                      + encode_tlv(0x03, b"\x00" + signature))

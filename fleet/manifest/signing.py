@@ -28,7 +28,7 @@ from fleet.station_key import (
     ALG_ED25519,
     ALG_ES256,
     PublicKey,
-    SigningKey,
+    Signer,
     algorithm,
     keyid,
     public_key_from_pem,
@@ -59,13 +59,15 @@ def canonical_bytes(signed: Mapping[str, Any]) -> bytes:
     return data
 
 
-def _raw_sign(key: SigningKey, data: bytes) -> bytes:
+def _raw_sign(key: Signer, data: bytes) -> bytes:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
-    return key.sign(data, ec.ECDSA(hashes.SHA256()))  # DER Ecdsa-Sig-Value
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))  # DER Ecdsa-Sig-Value
+    return key.sign_data(data)  # a key in a token: signed there, DER as well
 
 
-def signature(signed: Mapping[str, Any], key: SigningKey) -> dict[str, str]:
+def signature(signed: Mapping[str, Any], key: Signer) -> dict[str, str]:
     """One signature object over the canonical bytes of ``signed``."""
     return {
         "keyid": keyid(key),
@@ -74,7 +76,7 @@ def signature(signed: Mapping[str, Any], key: SigningKey) -> dict[str, str]:
     }
 
 
-def sign(signed: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
+def sign(signed: Mapping[str, Any], key: Signer) -> dict[str, Any]:
     """``{"signed": signed, "signatures": [one signature by key]}``.
 
     ``signed["station_public_key"]``, when present, must be ``key``'s public key: a manifest
@@ -94,7 +96,7 @@ def sign(signed: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
     return {"signed": signed, "signatures": [signature(signed, key)]}
 
 
-def add_signature(document: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
+def add_signature(document: Mapping[str, Any], key: Signer) -> dict[str, Any]:
     """A copy of a signed ``document`` with one more signature (a counter-signature by ``key``).
     Refuses a second signature by the same key."""
     signatures = list(document.get("signatures") or [])

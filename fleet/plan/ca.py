@@ -24,9 +24,10 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from fleet.at import Command, Multiline
-from fleet.certs.authority import Chain, CommandCa, LocalCa
+from fleet.certs.authority import CaPrivateKey, Chain, CommandCa, ExternalCaKey, LocalCa
 from fleet.certs.load import load_ca_certificate, load_ca_key, load_certificate, load_chain
-from fleet.errors import ArgumentError, CertificateError
+from fleet.errors import ArgumentError, CertificateError, TokenError
+from fleet.hsm.uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri
 from fleet.plan.context import Context
 from fleet.plan.fields import MAX_SEC_TAG, EnvName, PathText, Seconds
 from fleet.plan.model import STRICT
@@ -117,14 +118,33 @@ def _local(ctx: Context, where: Path_, doc: CaSection, chain: Chain | None) -> L
             ctx.at(where, f"a local CA needs {name} (a PEM file)", key=True)
             return None
     assert doc.cert is not None and doc.key is not None
-    cert_path, key_path = ctx.path(doc.cert), ctx.path(doc.key)
+    cert_path = ctx.path(doc.cert)
+    key_path: Path | Pkcs11Uri
+    if is_pkcs11_uri(doc.key):
+        if doc.key_passphrase_env is not None:
+            ctx.at((*where, "key_passphrase_env"), "key_passphrase_env does not apply to a key "
+                   "in a PKCS#11 token (its PIN is read from the URI's pin-source)", key=True)
+            return None
+        try:
+            key_path = parse_pkcs11_uri(doc.key)
+        except TokenError as exc:
+            ctx.at((*where, "key"), f"CA key: {exc}")
+            return None
+    else:
+        key_path = ctx.path(doc.key)
     try:
         certificate = load_ca_certificate(cert_path)
     except CertificateError as exc:
         ctx.at((*where, "cert"), str(exc))
         return None
     try:
-        private_key = load_ca_key(key_path, certificate, passphrase_env=doc.key_passphrase_env)
+        if isinstance(key_path, Pkcs11Uri):
+            from fleet.hsm.signers import open_ca_key  # the PKCS#11 binding: only now
+
+            private_key: CaPrivateKey | ExternalCaKey = open_ca_key(key_path, certificate)
+        else:
+            private_key = load_ca_key(key_path, certificate,
+                                      passphrase_env=doc.key_passphrase_env)
     except CertificateError as exc:
         ctx.at((*where, "key"), str(exc))
         return None

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from fleet.credentials.attributes import KEYGEN_ATTRIBUTES
-from fleet.errors import PlanError
+from fleet.errors import PlanError, TokenError
 from fleet.faults import fault_modems
+from fleet.hsm.uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri
 from fleet.plan.ca import build_ca
 from fleet.plan.context import Context, Report
 from fleet.plan.model import (
@@ -106,6 +107,8 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
     slots = build_slots(ctx, specs, defaults)
     _render_samples(ctx, specs, station)
     simulator = _simulator(ctx, slots)
+    signing_key = _signing_key(ctx, top.signing_key, top.throwaway_signing_key) \
+        if top is not None and top.signing_key else None
     if top is not None:
         _check_manifest(ctx, top.manifest, station)
     kept = _only(ctx, slots, only) if not ctx.report.items else ()  # names need a valid plan
@@ -117,7 +120,7 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         sha256=sha256,
         version=top.version,
         station=top.station,
-        signing_key=ctx.path(top.signing_key) if top.signing_key else None,
+        signing_key=signing_key,
         throwaway_signing_key=top.throwaway_signing_key,
         manifest=top.manifest,
         journal=ctx.path(top.journal) if top.journal else None,
@@ -127,6 +130,24 @@ def _build(ctx: Context, plan_path: Path, sha256: str, only: Sequence[str]) -> P
         unselected=tuple(s for s in slots if s.name not in kept_names),
         simulator=simulator,
     )
+
+
+def _signing_key(ctx: Context, text: str, throwaway: bool) -> Path | Pkcs11Uri | None:
+    """``signing_key:``: a PEM file beside the plan, or a key in a PKCS#11 token (opened by
+    `fleet run`, before anything is sent; the plan itself holds no PIN)."""
+    if not is_pkcs11_uri(text):
+        return ctx.path(text)
+    try:
+        uri = parse_pkcs11_uri(text)
+    except TokenError as exc:
+        ctx.at(("signing_key",), str(exc))
+        return None
+    if throwaway:
+        ctx.at(("throwaway_signing_key",), "throwaway_signing_key makes a key file; it does "
+               "not apply to a key in a PKCS#11 token (create that key with `fleet station-key "
+               "init --pkcs11 URI`)")
+        return None
+    return uri
 
 
 def _check_manifest(ctx: Context, text: str, station: str) -> None:

@@ -39,6 +39,7 @@ from fleet.at import Command, check_string
 from fleet.certs.authority import CommandCa, LocalCa
 from fleet.credentials.attributes import validate_attribute_value
 from fleet.faults import FAULT_NAMES, fault_modems, fault_problem
+from fleet.hsm.uri import Pkcs11Uri
 from fleet.nrf91 import CredentialType
 from fleet.plan.fields import (
     BAUDRATES,
@@ -352,7 +353,7 @@ class Plan:
     sha256: str  #: hex SHA-256 of the plan file's exact bytes
     version: PlanVersion
     station: Station
-    signing_key: Path | None
+    signing_key: Path | Pkcs11Uri | None  #: a PEM file, or a key in a PKCS#11 token
     throwaway_signing_key: bool
     manifest: ManifestText  #: the manifest path template, as written
     defaults: Settings
