@@ -156,7 +156,7 @@ def _session(uri: Pkcs11Uri, *, rw: bool = False) -> _Session:
     cached = _SESSIONS.get(key)
     if cached is not None:
         return cached
-    if key[:2] + (not rw,) in _SESSIONS:  # logged in already: the login is the process's
+    if (*key[:2], not rw) in _SESSIONS:  # logged in already: the login is the process's
         try:
             session = token.open(rw=rw)
         except p11.PKCS11Error as exc:
