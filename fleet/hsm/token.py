@@ -114,9 +114,11 @@ def _load_module(uri: Pkcs11Uri) -> Any:
                          f"token's module, or name it with module-path= in the URI or "
                          f"${MODULE_ENV}")
     try:
-        return pkcs11.lib(path)
+        lib = pkcs11.lib(path)
     except p11.PKCS11Error as exc:
         raise TokenError(f"PKCS#11 module {path} ({origin}) cannot be loaded: {exc}") from exc
+    _MODULES.add(path)
+    return lib
 
 
 def _find_token(lib: Any, uri: Pkcs11Uri) -> Any:
@@ -147,6 +149,8 @@ class _Session:
 
 #: One logged-in session per (module, token serial, read-write): one login per process.
 _SESSIONS: dict[tuple[str, str, bool], _Session] = {}
+#: The modules this process loaded (and initialized).
+_MODULES: set[str] = set()
 
 
 def _session(uri: Pkcs11Uri, *, rw: bool = False) -> _Session:
@@ -189,13 +193,13 @@ def _session(uri: Pkcs11Uri, *, rw: bool = False) -> _Session:
 def close_all() -> None:
     """Log out and close every session, and finalize every module this process loaded (a
     module reads its configuration again when it is next used)."""
-    paths = {path for path, _, _ in _SESSIONS}
     for entry in _SESSIONS.values():
         with contextlib.suppress(p11.PKCS11Error):  # a token that is gone has nothing open
             entry.session.close()
     _SESSIONS.clear()
-    for path in paths:
+    for path in sorted(_MODULES):
         pkcs11.unload(path)
+    _MODULES.clear()
 
 
 def _template(uri: Pkcs11Uri, kind: ObjectClass) -> dict[Attribute, Any]:
