@@ -16,6 +16,15 @@ mode change. Each row is the median of ``--repeat`` repetitions (default 3; even
 %KEYGEN and CFUN counts summed over them). All figures come from this one invocation, printed as
 one table, with the speed and memory targets checked at the end (exit 1 if one is missed);
 ``--markdown`` prints both again as GitHub Markdown (a table and a list) for docs/performance.md.
+
+``--pkcs11`` adds two rows and one target, leaving the others as they are: N=256 against
+`fleet sim --profile fast` with a CA under the client key, once with the CA key in a file and
+once with it in a SoftHSM2 token (a token store of the benchmark's own, made with `fleet ca init
+--pkcs11`); the station key is a file in both, so the difference is the 256 certificates signed
+in the token. The target: the token run takes at most 1 s longer than the file-key run (its
+ratio to it is printed beside). ``--sizes`` with no size leaves out the other rows:
+
+    python scripts/bench.py --sizes --pkcs11
 """
 
 from __future__ import annotations
@@ -54,10 +63,10 @@ class Result:
     sim_cpu: float = 0.0
 
 
-def start_sim(work: Path, n: int) -> subprocess.Popen[bytes]:
+def start_sim(work: Path, n: int, profile: str = "realistic") -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [*FLEET, "sim", "--count", str(n), "--dir", str(work / "ports"), "--log",
-         str(work / "sim.log"), "--state", str(work / "sim.json"), "--profile", "realistic",
+         str(work / "sim.log"), "--state", str(work / "sim.json"), "--profile", profile,
          "--seed", str(n)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -66,8 +75,10 @@ def start_sim(work: Path, n: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def write_plan(work: Path) -> Path:
+def write_plan(work: Path, ca: str = "") -> Path:
+    """The benchmark's plan; ``ca``: the lines of a ``ca:`` section under the client key."""
     plan = work / "plan.yaml"
+    ca_lines = textwrap.indent(ca, " " * 12)
     plan.write_text(textwrap.dedent(f"""\
         version: 1
         station: bench
@@ -82,6 +93,7 @@ def write_plan(work: Path) -> Path:
             response: csr
             attributes: {{CN: "{{imei}}", O: "Bench", C: "NO"}}
             key_usage: "101010000"
+{ca_lines}
           endorsement:
             sec_tag: 33
             type: endorsement_key
@@ -166,6 +178,57 @@ def run_size(n: int, root: Path, extra_runs: bool, repeat: int) -> list[Result]:
     return [_median(firsts)] + ([_median(reruns)] if reruns else [])
 
 
+#: The token of the --pkcs11 rows: its label and PIN (a throwaway SoftHSM2 token).
+_TOKEN, _PIN = "bench", "1234"
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def _softhsm(root: Path) -> str:
+    """A SoftHSM2 token store of the benchmark's own (``SOFTHSM2_CONF`` for the commands this
+    process starts) with one token; returns the CA key's URI."""
+    if not os.path.exists(SOFTHSM) or shutil.which("softhsm2-util") is None:
+        raise SystemExit("--pkcs11 needs SoftHSM2 (apt-get install softhsm2)")
+    store = root / "softhsm"
+    (store / "tokens").mkdir(parents=True)
+    conf = store / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {store / 'tokens'}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ["FLEET_BENCH_PIN"] = _PIN
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", _TOKEN, "--pin", _PIN,
+                    "--so-pin", "5678"], check=True, stdout=subprocess.DEVNULL)
+    return f"pkcs11:token={_TOKEN};object=ca?module-path={SOFTHSM}&pin-source=env:FLEET_BENCH_PIN"
+
+
+def pkcs11_rows(root: Path, repeat: int, n: int = 256) -> list[Result]:
+    """N=``n`` fast-profile runs that sign every device's certificate: the CA key in a file,
+    then in a SoftHSM2 token (each the median of ``repeat``, on a fresh simulator and
+    journal, the two kinds taking turns)."""
+    uri = _softhsm(root)
+    cas = {"file": root / "ca-file", "token": root / "ca-token"}
+    subprocess.run([*FLEET, "ca", "init", str(cas["file"])], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([*FLEET, "ca", "init", str(cas["token"]), "--pkcs11", uri], check=True,
+                   stdout=subprocess.DEVNULL)
+    keys = {"file": str(cas["file"] / "ca.key"), "token": f"'{uri}'"}
+    reps: dict[str, list[Result]] = {"file": [], "token": []}
+    for rep in range(repeat):
+        for kind in reps:  # alternated, so that a slower spell of the machine hits both
+            work = root / f"pkcs11-{kind}-{rep}"
+            work.mkdir()
+            sim = start_sim(work, n, profile="fast")
+            try:
+                plan = write_plan(work, ca=f"ca: {{cert: {cas[kind] / 'ca.pem'}, "
+                                           f"key: {keys[kind]}}}\n")
+                result = measure(f"N={n} fast, CA {kind}", n, plan, work / "journal.sqlite",
+                                 work)
+            finally:
+                sim_cpu = _stop(sim)
+            result.sim_cpu = sim_cpu
+            reps[kind].append(result)
+    return [_median(results) for results in reps.values()]
+
+
 def sequential(root: Path) -> Result:
     work = root / "seq8"
     work.mkdir()
@@ -181,10 +244,14 @@ def sequential(root: Path) -> Result:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1, 8, 64, 256],
+                        help="N of the realistic-profile rows (none: only the --pkcs11 rows)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="repetitions per row; the median is reported (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--pkcs11", action="store_true",
+                        help="also N=256 fast-profile runs with the CA key in a file and in a "
+                        "SoftHSM2 token, and the target for their difference")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table and the targets as GitHub Markdown")
     args = parser.parse_args()
@@ -200,8 +267,13 @@ def main() -> int:
         for n in args.sizes:
             print(f"running N={n} ...", flush=True)
             results += run_size(n, root, extra_runs=(n == 64), repeat=args.repeat)
-        print("running N=8 --concurrency 1 ...", flush=True)
-        results.append(sequential(root))
+        if args.sizes:
+            print("running N=8 --concurrency 1 ...", flush=True)
+            results.append(sequential(root))
+        if args.pkcs11:
+            print("running N=256 fast with the CA key in a file, then in a token ...",
+                  flush=True)
+            results += pkcs11_rows(root, args.repeat)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -267,6 +339,11 @@ def _targets(results: list[Result], base: float | None) -> list[tuple[str, bool]
                        f"({again.cfun_sets})", again.keygens == 0 and again.cfun_sets == 0))
         ratio = again.wall / first.wall
         checks.append((f"N=64 re-run wall {ratio:.2f} x first run <= 0.25", ratio <= 0.25))
+    if "N=256 fast, CA token" in by:
+        token, file = by["N=256 fast, CA token"], by["N=256 fast, CA file"]
+        added = token.wall - file.wall
+        checks.append((f"N=256 fast: the CA key in a token adds {added:+.2f} s "
+                       f"({token.wall / file.wall:.2f} x the file-key run) <= 1 s", added <= 1.0))
     return checks
 
 

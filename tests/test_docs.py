@@ -64,6 +64,12 @@ SKIPPED: dict[tuple[str, str], str] = {
         "that suite)",
 }
 
+#: Pages whose examples need a program this machine may lack -> (the program, what to install).
+#: Without it the page is skipped, except under CI (``CI`` set), which installs it.
+NEEDS: dict[str, tuple[str, str]] = {
+    "docs/tokens.md": ("softhsm2-util", "SoftHSM2 (apt-get install softhsm2)"),
+}
+
 #: Pages whose examples run at the top of the checkout, without the README's first run first.
 AT_CHECKOUT_TOP = {"docs/ansible.md", "docs/development.md", "docs/performance.md"}
 
@@ -182,6 +188,10 @@ def run_page(page: str, tmp: Path, pycache: Path) -> None:
     own = [b for b in blocks(page) if not skipped(b)]
     if not own:
         pytest.skip(f"{page} has no shell example that runs here")
+    if page in NEEDS and shutil.which(NEEDS[page][0]) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{page} needs {NEEDS[page][1]}, which CI must install")
+        pytest.skip(f"{page} needs {NEEDS[page][1]}")
     top = page == "README.md" or page in AT_CHECKOUT_TOP
     prelude = [] if top else [b for b in first_run() if not skipped(b)]
     items = prelude + own

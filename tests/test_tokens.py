@@ -292,7 +292,7 @@ def test_a_missing_object_is_refused_before_any_device(
     else:
         plan = _plan(tmp_path, softhsm.uri("station"), ports="sim://0",
                      keys=_ca_keys(tmp_path, softhsm.uri("nope")), slot_keys="[tls]")
-    code, doc, err = run_json(plan, tmp_path / "j.sqlite", timeout=60)
+    code, _, err = run_json(plan, tmp_path / "j.sqlite", timeout=60)
     assert code == 2, err
     assert "PKCS#11 token 'fleet' holds no private key 'nope'" in err
     assert _commands(tmp_path) == []
@@ -318,9 +318,9 @@ def test_a_station_key_that_cannot_be_used_is_refused_before_any_device(
             KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp384r1")},
             local=True)
         p384.generate_keypair(store=True, label="p384")
-        public, private = p384.generate_keypair(store=True, label="pubonly")
+        _, private = p384.generate_keypair(store=True, label="pubonly")
         private.destroy()
-    code, doc, err = run_json(_plan(tmp_path, uri), tmp_path / "j.sqlite", timeout=60)
+    code, _, err = run_json(_plan(tmp_path, uri), tmp_path / "j.sqlite", timeout=60)
     assert code == 2, err
     assert reason in err, err
     assert "Traceback" not in err

@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create DIR/ca.pem and DIR/ca.key (0600): a development CA; never overwrites",
         description="Create a development CA: DIR/ca.key (a P-256 private key, unencrypted "
         "PKCS#8 PEM, mode 0600) and DIR/ca.pem (its self-signed CA certificate). For trying "
-        "out certificates with `fleet sim`; a production CA's key belongs in an HSM or a CA "
-        "service (use `ca: {command: ...}` in the plan). Refuses to overwrite either file.",
+        "out certificates with `fleet sim`; a production CA's key belongs in an HSM (--pkcs11 "
+        "makes it in a PKCS#11 token) or a CA service (use `ca: {command: ...}` in the plan). "
+        "Refuses to overwrite either file.",
     )
     init.add_argument("directory", metavar="DIR", type=Path)
     init.add_argument("--cn", default="fleet development CA",
