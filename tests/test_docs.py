@@ -28,10 +28,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.softhsm import require_softhsm
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
@@ -64,11 +67,9 @@ SKIPPED: dict[tuple[str, str], str] = {
         "that suite)",
 }
 
-#: Pages whose examples need a program this machine may lack -> (the program, what to install).
-#: Without it the page is skipped, except under CI (``CI`` set), which installs it.
-NEEDS: dict[str, tuple[str, str]] = {
-    "docs/tokens.md": ("softhsm2-util", "SoftHSM2 (apt-get install softhsm2)"),
-}
+#: Pages whose examples need software this machine may lack -> the check that skips the page
+#: without it (and fails it under CI, which installs it).
+NEEDS: dict[str, Callable[[], None]] = {"docs/tokens.md": require_softhsm}
 
 #: Pages whose examples run at the top of the checkout, without the README's first run first.
 AT_CHECKOUT_TOP = {"docs/ansible.md", "docs/development.md", "docs/performance.md"}
@@ -188,10 +189,8 @@ def run_page(page: str, tmp: Path, pycache: Path) -> None:
     own = [b for b in blocks(page) if not skipped(b)]
     if not own:
         pytest.skip(f"{page} has no shell example that runs here")
-    if page in NEEDS and shutil.which(NEEDS[page][0]) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{page} needs {NEEDS[page][1]}, which CI must install")
-        pytest.skip(f"{page} needs {NEEDS[page][1]}")
+    if page in NEEDS:
+        NEEDS[page]()
     top = page == "README.md" or page in AT_CHECKOUT_TOP
     prelude = [] if top else [b for b in first_run() if not skipped(b)]
     items = prelude + own
