@@ -350,7 +350,7 @@ def test_a_token_removed_during_the_run_leaves_the_manifest_to_the_next_run(
     unplugged: list[Path] = []
 
     def on_progress(status: Any) -> None:
-        if status.outcome is not None and not unplugged:
+        if status.outcome and not unplugged:
             unplugged.append(softhsm.remove())
 
     outcome = anyio.run(lambda: run_plan(plan, RunOptions(journal=tmp_path / "j.sqlite",
@@ -373,3 +373,40 @@ def test_a_token_removed_during_the_run_leaves_the_manifest_to_the_next_run(
     assert doc["manifest"] and _verify(doc["manifest"], pubkey).returncode == 0
     assert len(_writes(tmp_path)) == writes  # the devices were done: nothing written again
     assert {k["outcome"] for d in doc["devices"] for k in d["keys"]} == {"generated"}
+
+
+def test_a_ca_token_removed_during_the_run_fails_the_devices_left_and_the_next_run_issues(
+        softhsm: SoftHsm, tmp_path: Path) -> None:
+    """One slot at a time; the CA's token is unplugged once the first device is done: the
+    second device's certificate cannot be signed, so that device fails, saying why (and the
+    manifest, signed by a file key, records it); with the token back the next run issues it."""
+    init = fleet("station-key", "init", "--out", tmp_path / "keys", timeout=60)
+    assert init.returncode == 0, init.stderr
+    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
+                 timeout=60).returncode == 0
+    plan = load_plan(_plan(tmp_path, str(tmp_path / "keys" / "station.pem"),
+                           keys=_ca_keys(tmp_path, softhsm.uri("ca")), slot_keys="[tls]"))
+    writer = prepare_manifest(plan)
+    unplugged: list[Path] = []
+
+    def on_progress(status: Any) -> None:
+        if status.outcome and not unplugged:
+            unplugged.append(softhsm.remove())
+
+    outcome = anyio.run(lambda: run_plan(plan, RunOptions(journal=tmp_path / "j.sqlite",
+                                                          concurrency=1, handle_signals=False),
+                                         on_progress=on_progress, manifest_writer=writer),
+                        backend="asyncio")
+    assert outcome.exit_code == 1
+    first, second = outcome.record.devices
+    assert first.outcome.value == "done"
+    assert second.outcome.value == "failed"
+    assert second.error is not None and "the CA key cannot sign: PKCS#11 token 'fleet' did " \
+        "not sign with 'ca'" in second.error
+    assert outcome.manifest is not None  # the file key signed what happened
+    softhsm.plug_back(unplugged[0])
+    code, doc, err = run_json(plan.path, tmp_path / "j.sqlite", timeout=120)
+    assert code == 0, err
+    assert [d["outcome"] for d in doc["devices"]] == ["done", "done"]
+    assert doc["devices"][1]["keys"][0]["certificate"]["outcome"] == "issued"
+    assert _verify(doc["manifest"], tmp_path / "keys" / "station.pub.pem").returncode == 0
