@@ -410,3 +410,18 @@ def test_a_ca_token_removed_during_the_run_fails_the_devices_left_and_the_next_r
     assert [d["outcome"] for d in doc["devices"]] == ["done", "done"]
     assert doc["devices"][1]["keys"][0]["certificate"]["outcome"] == "issued"
     assert _verify(doc["manifest"], tmp_path / "keys" / "station.pub.pem").returncode == 0
+
+
+def test_a_ca_key_in_the_token_that_is_not_the_certificates_is_a_plan_error(
+        softhsm: SoftHsm, tmp_path: Path) -> None:
+    _station_key(softhsm, tmp_path)
+    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
+                 timeout=60).returncode == 0
+    plan = _plan(tmp_path, softhsm.uri("station"), ports="sim://0",
+                 keys=_ca_keys(tmp_path, softhsm.uri("station")), slot_keys="[tls]")
+    code, _, err = run_json(plan, tmp_path / "j.sqlite", timeout=60)
+    assert code == 2, err
+    assert ("keys.tls.ca.key: CA key pkcs11:token=fleet;object=station?pin-source=env:FLEET_PIN: "
+            "the key 'station' in PKCS#11 token 'fleet' is not the certificate's key (a "
+            "signature by it does not verify)") in err
+    assert _commands(tmp_path) == []
