@@ -1,8 +1,9 @@
 """Facts about the nRF91 modem that several layers share (reference/nrf91-facts.md).
 
 One home for each: the function modes, the ``%CMNG`` credential types, the sec_tag ranges, the
-IMEI check digit, the modem models fleet knows (and the simulator plays), and the timing profiles
-of the simulator (the documented assumptions about how long a modem takes). Pure data and pure
+IMEI check digit, the modem models fleet knows (and the simulator plays), the Nordic kits whose
+USB serial number tells which of their serial ports is the AT port, and the timing profiles of
+the simulator (the documented assumptions about how long a modem takes). Pure data and pure
 functions, importable by the plan loader without pulling in the simulator.
 """
 
@@ -19,15 +20,19 @@ __all__ = [
     "MAX_USER_SEC_TAG",
     "MODELS",
     "MODEL_NAMES",
+    "NORDIC_KITS",
     "PROFILES",
     "PROFILE_NAMES",
     "CredentialType",
+    "Kit",
     "ModelInfo",
     "Timing",
     "Work",
     "identity_text_problem",
+    "kit_of",
     "luhn_digit",
     "luhn_valid",
+    "unknown_nordic_kit",
 ]
 
 #: Function modes ``AT+CFUN`` documents: 0 off, 1 on, 2 RX only, 4 offline, 20/21 LTE off/on,
@@ -177,3 +182,51 @@ PROFILES: dict[str, Timing] = {
                         bytes_per_s=115200 / 10),
 }
 PROFILE_NAMES = tuple(PROFILES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kit:
+    """A Nordic board whose USB serial number (or product string) names it, and which of the
+    serial ports under that one USB serial number, in interface order, carries the AT host or
+    shell (``at_port``: 0 is the lowest-numbered interface)."""
+
+    name: str
+    at_port: int
+    serial_prefixes: tuple[str, ...] = ()
+    products: tuple[str, ...] = ()
+
+
+#: The kits with an nRF91 (reference/device-interfaces.md, section 4; nrfcredstore's
+#: ``usb_patterns``): a kit's SEGGER J-Link serial number starts with its board number.
+NORDIC_KITS = (
+    Kit(name="nRF9160 DK", at_port=0, serial_prefixes=("0009600",)),
+    Kit(name="nRF9161 DK", at_port=0, serial_prefixes=("0010509",)),
+    Kit(name="nRF9131 EK", at_port=0, serial_prefixes=("0010510",)),
+    Kit(name="nRF9151 DK", at_port=0, serial_prefixes=("0010512", "0010520")),
+    Kit(name="Thingy:91 X", at_port=0, serial_prefixes=("0010513", "0010550", "0010551"),
+        products=("THINGY91X",)),
+    Kit(name="Thingy:91", at_port=0, serial_prefixes=("THINGY91", "PCA20035"),
+        products=("THINGY91", "PCA20035")),
+)
+#: Serial numbers of other Nordic kits start so (their AT port is not known).
+_OTHER_NORDIC_PREFIX = "00105"
+
+
+def kit_of(serial: str | None, product: str | None) -> Kit | None:
+    """The kit a USB serial number (or, for a Thingy, a product string) names, or None. The
+    longest product match wins (``THINGY91X`` before ``THINGY91``)."""
+    for kit in NORDIC_KITS:
+        if serial and any(serial.startswith(p) for p in kit.serial_prefixes):
+            return kit
+    if product:
+        named = [(len(p), kit) for kit in NORDIC_KITS for p in kit.products
+                 if product.upper().startswith(p)]
+        if named:
+            return max(named, key=lambda item: item[0])[1]
+    return None
+
+
+def unknown_nordic_kit(serial: str | None) -> bool:
+    """Whether ``serial`` looks like a Nordic kit's that :data:`NORDIC_KITS` does not know."""
+    return (serial is not None and serial.startswith(_OTHER_NORDIC_PREFIX)
+            and kit_of(serial, None) is None)

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.usbid import UsbIdentity
+
 __all__ = ["CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
 
 
@@ -87,6 +89,7 @@ class DeviceRecord:
     #: a write may have reached the device in this invocation (a delete that succeeded, a
     #: %KEYGEN sent, a function mode or a certificate written): Ansible's ``changed``
     changed: bool = False
+    usb: UsbIdentity | None = None  #: the USB identity of ``port``, when a usb: form found it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

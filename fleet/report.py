@@ -76,7 +76,8 @@ def not_started(slot: Slot, why: str = "the run stopped before this slot's turn 
     """The record of a slot the run stopped before reaching (or, ``why``, never worked on)."""
     return DeviceRecord(slot=slot.name, port=slot.port, imei=None, device_uuid=None, model=None,
                         firmware=None, outcome=DeviceOutcome.NOT_STARTED,
-                        keys=tuple(not_attempted(k) for k in slot.keys), error=why)
+                        keys=tuple(not_attempted(k) for k in slot.keys), error=why,
+                        usb=slot.usb)
 
 
 _UNSELECTED = "not worked on yet: the run so far was limited to other slots (--only)"
@@ -172,7 +173,7 @@ def _device_record(row: SlotRow, slot: Slot | None, plan: Plan, keys: Sequence[K
     return DeviceRecord(slot=row.slot, port=row.port, imei=row.imei,
                         device_uuid=_uuid_or_none(row.device_uuid), model=row.model,
                         firmware=row.firmware, outcome=outcome, keys=tuple(records),
-                        error=error, changed=row.changed)
+                        error=error, changed=row.changed, usb=row.usb)
 
 
 def _uuid_or_none(text: str | None) -> str | None:
@@ -276,6 +277,7 @@ def run_document(record: RunRecord, *, check: bool, resumed: bool, interrupted: 
             "device_uuid": device.device_uuid, "model": device.model,
             "firmware": device.firmware, "outcome": device.outcome.value, "error": device.error,
             "changed": device.changed, "keys": [_key_document(k) for k in device.keys],
+            "usb": device.usb.to_dict() if device.usb is not None else None,
         }
         if check:
             entry["planned"] = list((planned or {}).get(device.slot, ()))

@@ -156,7 +156,7 @@ def _crash_result(slot: Slot, exc: BaseException) -> SlotResult:
     record = DeviceRecord(slot=slot.name, port=slot.port, imei=None, device_uuid=None,
                           model=None, firmware=None, outcome=DeviceOutcome.FAILED,
                           keys=tuple(not_attempted(k) for k in slot.keys),
-                          error=f"internal error: {type(exc).__name__}: {exc}")
+                          error=f"internal error: {type(exc).__name__}: {exc}", usb=slot.usb)
     return SlotResult(record=record)
 
 
@@ -326,9 +326,9 @@ async def _fail_clashing_slots(plan: Plan, journal: Journal, run: RunInfo,
                                claims: ImeiClaims) -> None:
     """Two boards reported one IMEI: every slot concerned fails, saying so (a slot that
     finished before the other board was identified is failed now)."""
-    ports = {slot.name: slot.port for slot in plan.slots}
+    slots = {slot.name: slot for slot in plan.slots}
     for imei, names in claims.clashes.items():
         for name in sorted(names):
-            await journal.slot_result(run_id=run.run_id, slot=name, port=ports[name], imei=imei,
-                                      outcome=DeviceOutcome.FAILED.value,
-                                      error=claims.reason(imei))
+            await journal.slot_result(run_id=run.run_id, slot=name, port=slots[name].port,
+                                      imei=imei, outcome=DeviceOutcome.FAILED.value,
+                                      error=claims.reason(imei), usb=slots[name].usb)

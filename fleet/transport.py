@@ -251,5 +251,7 @@ async def open_port(
         return await sim(target.first)
     if isinstance(target, SocketPort):
         return await open_socket(target)
-    assert isinstance(target, DevicePath)
+    if not isinstance(target, DevicePath):  # a usb: form names ports; a plan expands it
+        raise TransportError(f"{url}: a usb: form is expanded into device paths by the plan, "
+                             "it cannot be opened itself")
     return await open_serial(target.path, baudrate=baudrate, rtscts=rtscts)

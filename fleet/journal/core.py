@@ -26,9 +26,12 @@ from fleet.journal.schema import (
     key_state,
     key_states,
     record_keygen_intent,
+    usb_column,
+    usb_from_column,
 )
 from fleet.records import DeviceOutcome, KeyOutcome
 from fleet.state import KeyState
+from fleet.usbid import UsbIdentity
 
 __all__ = ["WRITE_ACTIONS", "Journal"]
 
@@ -90,11 +93,12 @@ class Journal(CertJournal):
 
     async def device_seen(self, *, imei: str, model: str, firmware: str,
                           device_uuid: str | None, run_id: str | None = None,
-                          slot: str | None = None, port: str | None = None) -> DeviceInfo:
+                          slot: str | None = None, port: str | None = None,
+                          usb: UsbIdentity | None = None) -> DeviceInfo:
         """Record the device; returns what the journal knew of it before. With ``run_id``, the
         slot's device row of the run is made in the same transaction (no outcome yet: a run
         killed from here on still reports the device, ``interrupted``), with the identity of
-        the board the slot holds."""
+        the board the slot holds and the USB identity of its port."""
 
         def op(conn: sqlite3.Connection) -> DeviceInfo:
             now = utc_now()
@@ -116,13 +120,13 @@ class Journal(CertJournal):
                              "imei = ''", (run_id, slot))
                 conn.execute(
                     "INSERT INTO run_devices (run_id, slot, imei, port, outcome, error, "
-                    "updated_at, device_uuid, model, firmware) VALUES (?, ?, ?, ?, NULL, NULL, "
-                    "?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE SET "
+                    "updated_at, device_uuid, model, firmware, usb) VALUES (?, ?, ?, ?, NULL, "
+                    "NULL, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE SET "
                     "port = excluded.port, updated_at = excluded.updated_at, device_uuid = "
                     "COALESCE(excluded.device_uuid, device_uuid), model = excluded.model, "
-                    "firmware = excluded.firmware",
+                    "firmware = excluded.firmware, usb = excluded.usb",
                     (run_id, slot, imei, port, now, info.device_uuid or device_uuid, model,
-                     firmware))
+                     firmware, usb_column(usb)))
             return info
 
         return await self._execute(op)
@@ -328,22 +332,24 @@ class Journal(CertJournal):
     # --- per-run results -----------------------------------------------------------------------
 
     async def slot_result(self, *, run_id: str, slot: str, port: str, imei: str | None,
-                          outcome: str | None, error: str | None) -> None:
+                          outcome: str | None, error: str | None,
+                          usb: UsbIdentity | None = None) -> None:
         """Record the result of the device in a slot for this run. A run resumed after the
         board in the slot was swapped keeps both devices (keyed by slot and IMEI); a slot that
         failed before its device was identified (IMEI unknown) is replaced by its device once
-        a later invocation identifies it."""
+        a later invocation identifies it. ``usb``: the USB identity of the slot's port (None
+        keeps what the row holds)."""
 
         def op(conn: sqlite3.Connection) -> None:
             if imei:
                 conn.execute("DELETE FROM run_devices WHERE run_id = ? AND slot = ? AND imei = ''",
                              (run_id, slot))
             conn.execute(
-                "INSERT INTO run_devices (run_id, slot, imei, port, outcome, error, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE SET "
-                "port = excluded.port, outcome = excluded.outcome, error = excluded.error, "
-                "updated_at = excluded.updated_at",
-                (run_id, slot, imei or "", port, outcome, error, utc_now()))
+                "INSERT INTO run_devices (run_id, slot, imei, port, outcome, error, updated_at, "
+                "usb) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE "
+                "SET port = excluded.port, outcome = excluded.outcome, error = excluded.error, "
+                "updated_at = excluded.updated_at, usb = COALESCE(excluded.usb, usb)",
+                (run_id, slot, imei or "", port, outcome, error, utc_now(), usb_column(usb)))
 
         await self._execute(op)
 
@@ -367,14 +373,15 @@ class Journal(CertJournal):
             slots = tuple(
                 SlotRow(slot=r[0], port=r[1], imei=r[2] or None,
                         outcome=DeviceOutcome(r[3]) if r[3] else None, error=r[4],
-                        device_uuid=r[5], model=r[6], firmware=r[7], changed=bool(r[8]))
+                        device_uuid=r[5], model=r[6], firmware=r[7], changed=bool(r[8]),
+                        usb=usb_from_column(r[9]))
                 for r in conn.execute(
                     "SELECT s.slot, s.port, s.imei, s.outcome, s.error, s.device_uuid, s.model, "
                     "s.firmware, EXISTS (SELECT 1 FROM steps w WHERE w.run_id = s.run_id AND "
                     "w.slot = s.slot AND w.imei = s.imei AND w.id > ? AND w.action IN "
                     f"({writes}) AND w.outcome IS NOT 'error' AND NOT (w.action = 'keygen' "
                     f"AND w.type = {int(CredentialType.ENDORSEMENT_KEY)} AND "
-                    "COALESCE(json_extract(w.detail, '$.present_before'), 0))) "
+                    "COALESCE(json_extract(w.detail, '$.present_before'), 0))), s.usb "
                     "FROM run_devices s WHERE s.run_id = ? ORDER BY s.slot, s.updated_at",
                     (steps_before, run_id)))
             keys = tuple(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from fleet.records import DeviceOutcome, KeyOutcome
 from fleet.state import CertState, KeyState
+from fleet.usbid import UsbIdentity
 
 __all__ = ["DeviceInfo", "KeyResult", "KeyRow", "RunInfo", "RunReport", "SlotRow", "utc_now"]
 
@@ -73,6 +74,7 @@ class SlotRow:
     firmware: str | None
     #: a write to this device in the invocation (``RunInfo.steps_before``) may have reached it
     changed: bool
+    usb: UsbIdentity | None = None  #: of the port the device was found on (a usb: form)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,9 +8,10 @@ from typing import Any
 
 from fleet.records import CertOutcome
 from fleet.state import CertState, CertStateKind, KeyState, KeyStateKind, PendingIntent
+from fleet.usbid import UsbIdentity
 
 __all__ = ["CERT_FIELDS", "KEY_COLUMNS", "SCHEMA", "cert_state", "key_state", "key_states",
-           "migrate", "record_keygen_intent"]
+           "migrate", "record_keygen_intent", "usb_column", "usb_from_column"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS run_devices (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
     outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
-    device_uuid TEXT, model TEXT, firmware TEXT, PRIMARY KEY (run_id, slot, imei));
+    device_uuid TEXT, model TEXT, firmware TEXT, usb TEXT, PRIMARY KEY (run_id, slot, imei));
 CREATE TABLE IF NOT EXISTS run_keys (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
     sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
@@ -67,6 +68,9 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE run_devices SET (device_uuid, model, firmware) = (SELECT "
                      "d.device_uuid, d.model, d.firmware FROM devices d WHERE "
                      "d.imei = run_devices.imei)")
+    # The USB identity of the port a slot's device was found on (a usb: form), as JSON.
+    if "usb" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
+        conn.execute("ALTER TABLE run_devices ADD COLUMN usb TEXT")
 
 
 def record_keygen_intent(conn: sqlite3.Connection, step_id: int, imei: str,
@@ -129,3 +133,19 @@ def cert_state(row: tuple[Any, ...]) -> CertState:
     values["state"] = CertStateKind(row[_CERT_STATE]) if row[_CERT_STATE] else None
     values["outcome"] = CertOutcome(row[_CERT_OUTCOME]) if row[_CERT_OUTCOME] else None
     return CertState(**values)
+
+
+def usb_column(usb: UsbIdentity | None) -> str | None:
+    """The ``run_devices.usb`` text of a USB identity."""
+    return None if usb is None else json.dumps(usb.to_dict(), sort_keys=True)
+
+
+def usb_from_column(text: str | None) -> UsbIdentity | None:
+    """The identity :func:`usb_column` wrote; ValueError for a row it did not write."""
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"run_devices.usb is not JSON: {exc}") from None
+    return UsbIdentity.from_dict(data)

@@ -34,7 +34,8 @@ __all__ = [
 
 FORMAT = "fleet-manifest/1"
 
-#: The fields of one device object, in the order they are written.
+#: The fields of one device object, in the order they are written (``usb`` follows them for a
+#: device whose port a usb: form found).
 DEVICE_FIELDS = ("slot", "port", "imei", "device_uuid", "model", "firmware", "outcome", "error",
                  "keys")
 #: The fields of one key object (``extra`` entries follow them).
@@ -156,7 +157,7 @@ def _key(key: KeyRecord, where: str) -> dict[str, Any]:
 
 def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
     keys = [_key(key, f"{where}.keys[{key.name}]") for key in device.keys]
-    return {
+    fields: dict[str, Any] = {
         "slot": device.slot,
         "port": device.port,
         "imei": device.imei,
@@ -167,6 +168,9 @@ def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
         "error": device.error,
         "keys": keys,
     }
+    if device.usb is not None:  # only for a port a usb: form found: earlier manifests lack it
+        fields["usb"] = device.usb.to_dict()
+    return fields
 
 
 def build_signed(run: RunRecord, *, station_public_key_pem: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fleet.manifest.build import FORMAT, RESPONSE_PAYLOAD_IDS
 from fleet.records import DeviceOutcome, KeyOutcome
+from fleet.usbid import usb_identity_problem
 
 __all__ = ["check_device", "check_key", "check_signed", "check_summary"]
 
@@ -127,6 +128,11 @@ def check_device(device: Any, where: str, fail: Fail) -> tuple[bool, uuid.UUID |
             device_uuid = uuid.UUID(device["device_uuid"])
         except ValueError:
             fail("shape", f"device_uuid: {device['device_uuid']!r} is not a UUID", where)
+            ok = False
+    if "usb" in device:  # optional: the USB identity of a port a usb: form found
+        problem = usb_identity_problem(device["usb"])
+        if problem is not None:
+            fail("shape", f"usb: {problem}", where)
             ok = False
     return ok, device_uuid
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.errors import PlanError
 from fleet.plan.schema import dotted
 from fleet.plan.source import Path_, Source
+
+if TYPE_CHECKING:
+    from fleet.usbports import Host
 
 __all__ = ["Context", "Report"]
 
@@ -40,6 +43,16 @@ class Context:
         self.expand_globs = expand_globs
         self.data: dict[str, Any] = src.data
         self.users: dict[str, list[str]] = {}  #: key name -> names of the slots that list it
+        self._usb_host: Host | None = None
+
+    def usb_host(self) -> Host:
+        """This host's serial ports, read from sysfs once per plan (only a plan with a usb:
+        form asks, and only then is the lookup imported)."""
+        if self._usb_host is None:
+            from fleet.usbports import scan
+
+            self._usb_host = scan()
+        return self._usb_host
 
     def at(self, path: Path_, reason: str, *, key: bool = False) -> None:
         """Report ``reason`` about ``path`` at its line (the key's line when ``key``)."""

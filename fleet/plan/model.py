@@ -62,6 +62,7 @@ from fleet.plan.fields import (
     rule,
 )
 from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
+from fleet.usbid import UsbIdentity
 
 __all__ = [
     "BAUDRATES",
@@ -315,6 +316,8 @@ class Slot:
     keys: Annotated[tuple[KeySpec, ...], Field(min_length=1), rule(_no_clash)]
     settings: Settings = Settings()
     line: int = 0
+    #: the USB identity of the port, for a slot a usb: form found (recorded in the manifest)
+    usb: InstanceOf[UsbIdentity] | None = None
 
     @property
     def sim_index(self) -> int | None:

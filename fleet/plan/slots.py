@@ -4,7 +4,10 @@ How this works: each entry's ``port`` (a string or a list) is expanded with
 ``ports.expand_port`` into ``(port, line)`` pairs; each pair becomes one :class:`Slot` with the
 entry's keys and settings (``defaults`` overridden by the entry's ``settings``). Names are the
 entry's ``name`` (``name-0``, ``name-1``... when it expands to several ports) or ``slot<k>``, k
-the 0-based index among all expanded slots. Names must be unique; so must ports
+the 0-based index among all expanded slots. A slot found by a ``usb:location=`` form is named
+after its hub position, so it keeps its name whichever board sits there and whichever
+positions are empty: ``name`` for one exact location written alone, else ``name-<location>``
+(``usb-<location>`` without a name). Names must be unique; so must ports
 (``ports.port_identity``: a by-id link and its tty are the same port), and within one slot the
 (sec_tag, type) of its keys.
 """
@@ -16,7 +19,7 @@ from typing import Any
 
 from fleet.plan.context import Context
 from fleet.plan.model import KeySpec, Settings, Slot, key_clash
-from fleet.plan.ports import expand_port, port_identity
+from fleet.plan.ports import PortMatch, expand_port, port_identity
 from fleet.plan.schema import SlotEntry, check, dotted
 from fleet.plan.source import Path_
 
@@ -42,8 +45,16 @@ def build_slots(ctx: Context, specs: dict[str, KeySpec], defaults: Settings) -> 
             continue
         settings = _settings(ctx, doc, path, defaults)
         keys = _keys(ctx, doc, path, specs, defined)
-        for number, (port, line) in enumerate(expanded):
-            if doc.name is None:
+        alone = isinstance(raw, dict) and isinstance(raw.get("port"), str) and not is_glob_form(
+            raw["port"])
+        for number, (match, line) in enumerate(expanded):
+            port = match.port
+            if match.by_location and match.usb is not None:
+                location = match.usb.location
+                name = (doc.name if doc.name is not None and alone
+                        else f"{doc.name or 'usb'}-{location}")
+                name_path = path if doc.name is None else (*path, "name")
+            elif doc.name is None:
                 name, name_path = f"slot{total}", path
             else:
                 name = doc.name if len(expanded) == 1 else f"{doc.name}-{number}"
@@ -63,11 +74,19 @@ def build_slots(ctx: Context, specs: dict[str, KeySpec], defaults: Settings) -> 
                 ctx.users.setdefault(key_name, []).append(name)
             if keys is None or settings is None:
                 continue
-            out.append(Slot(name=name, port=port, keys=keys, settings=settings, line=line))
+            out.append(Slot(name=name, port=port, keys=keys, settings=settings, line=line,
+                            usb=match.usb))
     return out
 
 
-def _ports(ctx: Context, value: Any, path: Path_) -> list[tuple[str, int]]:
+def is_glob_form(text: str) -> bool:
+    """Whether a port string may stand for several ports (a glob, a sim:// range, a usb:
+    location glob or a usb:vid= form)."""
+    return any(c in text for c in "*?[") or text.startswith("usb:vid=") or (
+        text.startswith("sim://") and "-" in text)
+
+
+def _ports(ctx: Context, value: Any, path: Path_) -> list[tuple[PortMatch, int]]:
     """Expand ``slots[i].port`` into ``(port, line)`` pairs, reporting problems."""
     port_path = (*path, "port")
     if value is None:  # missing (SlotDoc reports it), unreadable (reported), or null
@@ -84,19 +103,20 @@ def _ports(ctx: Context, value: Any, path: Path_) -> list[tuple[str, int]]:
         ctx.at(port_path, "expected a port string or a non-empty list of port strings",
                key=True)
         return []
-    out: list[tuple[str, int]] = []
+    out: list[tuple[PortMatch, int]] = []
     for text, item_path in items:
         if not isinstance(text, str):
-            ctx.at(item_path, "expected a port string (device path, glob, "
+            ctx.at(item_path, "expected a port string (device path, glob, usb:..., "
                               "socket://host:port or sim://N)")
             continue
         try:
-            expanded = expand_port(text, base=ctx.base, expand_globs=ctx.expand_globs)
+            expanded = expand_port(text, base=ctx.base, expand_globs=ctx.expand_globs,
+                                   usb_host=ctx.usb_host)
         except ValueError as exc:
             ctx.at(item_path, str(exc))
             continue
         line = ctx.src.line(item_path)
-        out.extend((port, line) for port in expanded)
+        out.extend((match, line) for match in expanded)
     return out
 
 

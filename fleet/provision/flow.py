@@ -129,7 +129,7 @@ class _Flow(DeviceWork):
             info = await self.job.journal.device_seen(
                 imei=identity.imei, model=model, firmware=identity.firmware,
                 device_uuid=None, run_id=self.job.run_id, slot=self.slot.name,
-                port=self.slot.port)
+                port=self.slot.port, usb=self.slot.usb)
         await self._prefetch_listing()
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
@@ -427,7 +427,8 @@ class _Flow(DeviceWork):
         if not self.job.check:
             await self.job.journal.slot_result(
                 run_id=self.job.run_id, slot=self.slot.name, port=self.slot.port,
-                imei=self.dev.imei or None, outcome=outcome.value, error=error)
+                imei=self.dev.imei or None, outcome=outcome.value, error=error,
+                usb=self.slot.usb)
         self.step(outcome.value if error is None else f"{outcome.value}: {error}")
         return outcome, error
 
@@ -480,7 +481,8 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 record=DeviceRecord(slot=job.slot.name, port=job.slot.port,
                                     imei=dev.imei or None, device_uuid=dev.device_uuid,
                                     model=dev.model, firmware=dev.firmware, outcome=outcome,
-                                    keys=tuple(dev.keys), error=error, changed=dev.changed),
+                                    keys=tuple(dev.keys), error=error, changed=dev.changed,
+                                    usb=job.slot.usb),
                 planned=tuple(dev.planned), journal_error=journal_error)
             job.on_result(result)
     return result
