@@ -24,6 +24,7 @@ _COMMANDS = {
     "verify": "fleet.cmd.verify",
     "station-key": "fleet.cmd.station_key",
     "ca": "fleet.cmd.ca",
+    "ports": "fleet.cmd.ports",
     "export": "fleet.cmd.export",
     "inspect": "fleet.cmd.inspect",
 }

@@ -12,7 +12,9 @@ buffer and are classified (as URCs or stray lines) before the next answer.
 Before anything else is asked of a port, :meth:`DeviceSession.probe` finds out whether anything
 answers: ``AT``, twice at most, each with its own short timeout (``probe_timeout_s``, not
 ``timeout_s``). Nothing but a final line counts; when none comes, :class:`NoAnswer` carries a
-diagnosis of the bytes that came instead (:mod:`fleet.diagnose`).
+diagnosis of the bytes that came instead (:mod:`fleet.diagnose`). What the probe found out about
+the line is the session's :attr:`DeviceSession.link` (its interface and terminator): the one
+place that `fleet ports --probe` and the records read it from.
 
 A timeout or a lost connection leaves the line in an unknown state (a late answer could be taken
 for the next command's), so the codec's connection is left in its ERROR state, which refuses
@@ -66,7 +68,8 @@ from fleet.errors import (
 from fleet.nrf91 import FUNCTION_MODES, identity_text_problem, luhn_valid
 from fleet.retry import REOPEN_RETRYABLE, RetryPolicy
 
-__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "NoAnswer", "Response"]
+__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "Link", "NoAnswer",
+           "Response"]
 
 #: How many times the first-contact probe sends ``AT``.
 PROBE_TRIES = 2
@@ -76,6 +79,8 @@ _HEARD_MAX = 4096  #: bytes kept for the probe's diagnosis
 Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
 _IMEI = re.compile(r'\+CGSN:\s*"?([0-9]{15})"?\Z')
+#: The names of the line terminators (the plan's and ``fleet sim --terminator``'s words).
+TERMINATOR_NAMES = {b"\r": "cr", b"\n": "lf", b"\r\n": "crlf", b"\x00": "nul"}
 
 
 class DeviceSwapped(FleetError):
@@ -103,6 +108,16 @@ class Response:
             if line.startswith(prefix):
                 return line[len(prefix):].strip()
         raise RemoteProtocolError(f"{self.command}: no '{prefix}' line in the answer {self.lines}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    """What answers on the port, as the first-contact probe found it: ``interface`` ``at`` (a
+    plain AT host) or ``shell`` (a Zephyr shell, which this session cannot drive yet), and the
+    ``terminator`` that completed a command (None when none did)."""
+
+    interface: str
+    terminator: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +163,7 @@ class DeviceSession:
         self._conn = HostConnection()
         self._cme_codes = False
         self.identity: Identity | None = None
+        self.link: Link | None = None  #: set by :meth:`probe`
         self.log = log or structlog.get_logger().bind(port=port)
 
     @property
@@ -300,12 +316,16 @@ class DeviceSession:
         :class:`NoAnswer` with a diagnosis of what came instead; ``on_retry(reason)`` is
         called before the second ``AT``."""
         heard = self._heard = bytearray()
+        self.link = None
+        at_host = Link(interface="at", terminator=TERMINATOR_NAMES[self._conn.terminator])
         try:
             for tries in range(1, PROBE_TRIES + 1):
                 try:
                     await self.command(_AT, timeout=self.probe_timeout)
+                    self.link = at_host
                     return
                 except CommandError:
+                    self.link = at_host
                     return
                 except (DeviceTimeout, RemoteProtocolError) as exc:
                     # The line holds nothing but this probe's late answer: the next AT may
@@ -320,8 +340,11 @@ class DeviceSession:
         finally:
             self._heard = None
         baudrate, rtscts = self._line
-        raise NoAnswer(diagnose(bytes(heard), sent=str(_AT), baudrate=baudrate, rtscts=rtscts,
-                                tries=PROBE_TRIES, waited=PROBE_TRIES * self.probe_timeout))
+        diagnosis = diagnose(bytes(heard), sent=str(_AT), baudrate=baudrate, rtscts=rtscts,
+                             tries=PROBE_TRIES, waited=PROBE_TRIES * self.probe_timeout)
+        if diagnosis.kind == "shell":
+            self.link = Link(interface="shell", terminator=None)
+        raise NoAnswer(diagnosis)
 
     async def recover(self, *, timeout: float) -> None:
         """Close, reopen (tries and backoff from the policy), probe, re-enable CME codes and

@@ -241,6 +241,11 @@ class HostConnection:
         self.state = HostState.IDLE
         self.pending: Command | None = None
 
+    @property
+    def terminator(self) -> bytes:
+        """What ends each command this connection sends."""
+        return self._terminator
+
     def _fire(self, trigger: _Trigger) -> None:
         try:
             self.state = _HOST_TRANSITIONS[(self.state, trigger)]
