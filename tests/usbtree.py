@@ -11,8 +11,8 @@ What it writes for a board at USB port path ``1-1.4`` with a CDC ACM interface 0
     sys/class/tty/ttyACM0/device -> ../../../1-1.4:1.0
     sys/bus/usb/devices/1-1.4 -> ../../../devices/usb1/1-1.4
     dev/ttyACM0 -> <the pty>  (a plain file for an interface nothing serves)
-    dev/serial/by-id/usb-<manufacturer>_<product>_<serial>-if00 -> ../../ttyACM0
-    dev/serial/by-path/pci-0000:00:14.0-usb-0:1.4:1.0 -> ../../ttyACM0
+    dev/serial/by-id/usb-<manufacturer>_<product>_<serial>-if00 -> ../../ttyACM0  (with a serial)
+    dev/serial/by-path/pci-0000:00:14.0-usb-0:1.4:1.0 -> ../../ttyACM0  (bus 2: 00:15.0...)
 
 A USB-serial bridge (``bridge=True``) has ``ttyUSB<n>`` under its interface directory, with
 ``subsystem -> bus/usb-serial`` there, as the kernel's usb-serial drivers have it. Plain Python,
@@ -95,7 +95,8 @@ class UsbTree:
                                manufacturer=manufacturer, serial=serial)
         _write(path / "bNumInterfaces", f"{len(targets):2d}")
         board = Board(location=location, serial=serial)
-        bus_port = location.split("-", 1)[1]
+        bus, bus_port = location.split("-", 1)
+        controller = f"pci-0000:00:{0x13 + int(bus):02x}.0"  # one USB controller per bus
         for number, target in enumerate(targets):
             interface = path / f"{location}:1.{number}"
             interface.mkdir(exist_ok=True)
@@ -120,11 +121,13 @@ class UsbTree:
                 _link(class_dir / "device", interface)
             _link(self.sys / "class" / "tty" / node, class_dir)
             self._node(node, target)
-            label = "_".join(p.replace(" ", "_") for p in (manufacturer, product, serial) if p)
-            _link(self.dev / "serial" / "by-id" / f"usb-{label}-if{number:02d}",
-                  self.dev / node)
+            if serial is not None:  # boards without one would share one by-id name
+                label = "_".join(p.replace(" ", "_") for p in (manufacturer, product, serial)
+                                 if p)
+                _link(self.dev / "serial" / "by-id" / f"usb-{label}-if{number:02d}",
+                      self.dev / node)
             _link(self.dev / "serial" / "by-path" /
-                  f"pci-0000:00:14.0-usb-0:{bus_port}:1.{number}", self.dev / node)
+                  f"{controller}-usb-0:{bus_port}:1.{number}", self.dev / node)
             board.nodes.append(node)
         self.boards[location] = board
         return board

@@ -150,7 +150,8 @@ def _action(spec: KeySpec) -> dict[str, Any]:
 
 def _slot(slot: Slot) -> dict[str, Any]:
     return {"name": slot.name, "port": slot.port, "line": slot.line,
-            "unexpanded_pattern": is_glob(slot.port),
+            "unexpanded_pattern": is_glob(slot.port) or slot.port.startswith("usb:"),
+            "usb": slot.usb.to_dict() if slot.usb is not None else None,
             "settings": _settings(slot.settings, slot=True),
             "keys": [_action(k) for k in slot.keys]}
 
@@ -212,8 +213,14 @@ def _print_human(plan: Plan, ready: Readiness) -> None:
     actions = sum(len(slot.keys) for slot in plan.slots)
     print(f"slots:     {len(plan.slots)}, {actions} key action(s)")
     for slot in plan.slots:
-        note = ", pattern not expanded" if is_glob(slot.port) else ""
+        note = (", pattern not expanded" if is_glob(slot.port) or slot.port.startswith("usb:")
+                else "")
         print(f"  {slot.name}  {slot.port}  (line {slot.line}{note})")
+        if slot.usb is not None:
+            usb = slot.usb
+            print(f"    usb: {usb.vid}:{usb.pid} serial={usb.serial or '-'} at {usb.location} "
+                  f"interface {'-' if usb.interface is None else usb.interface}"
+                  + (f" ({usb.kit})" if usb.kit else ""))
         own = {k: v for k, v in _settings(slot.settings).items()
                if v != getattr(plan.defaults, k)}
         if own:

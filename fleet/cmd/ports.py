@@ -127,13 +127,14 @@ def _plan_lines(documents: list[dict[str, Any]], *, keys: str, by_location: bool
 
 
 def _text_lines(documents: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'DEVICE':<16} {'LOCATION':<10} {'IF':<3} {'VID:PID':<10} {'SERIAL':<16} "
+    width = max(16, *(len(doc["device"]) for doc in documents))
+    lines = [f"{'DEVICE':<{width}} {'LOCATION':<10} {'IF':<3} {'VID:PID':<10} {'SERIAL':<16} "
              f"{'KIT':<12} {'AT':<3} PRODUCT"]
     for doc in documents:
         ids = f"{doc['vid']}:{doc['pid']}" if doc["vid"] else "-"
         at = {True: "yes", False: "-", None: "?"}[doc["at_port"]]
         product = " ".join(filter(None, (doc["manufacturer"], doc["product"]))) or "-"
-        lines.append(f"{doc['device']:<16} {doc['location'] or '-':<10} "
+        lines.append(f"{doc['device']:<{width}} {doc['location'] or '-':<10} "
                      f"{'-' if doc['interface'] is None else doc['interface']:<3} {ids:<10} "
                      f"{doc['serial'] or '-':<16} {doc['kit'] or '-':<12} {at:<3} {product}")
         lines += [f"    by-id:   {link}" for link in doc["by_id"]]
