@@ -71,6 +71,25 @@ class UsbTree:
         self._next = {"ttyACM": 0, "ttyUSB": 0}
         self.boards: dict[str, Board] = {}
 
+    @classmethod
+    def open(cls, root: Path) -> UsbTree:
+        """The tree an earlier :class:`UsbTree` wrote under ``root``, to change it."""
+        tree = cls(root)
+        for link in sorted((tree.sys / "bus" / "usb" / "devices").iterdir()):
+            device = link.resolve()
+            serial = device / "serial"
+            board = Board(location=link.name,
+                          serial=serial.read_text().strip() if serial.exists() else None)
+            for interface in sorted(device.glob(f"{link.name}:1.*")):
+                board.nodes += sorted(p.name for p in interface.glob("tty/*"))
+                board.nodes += sorted(p.name for p in interface.glob("ttyUSB*"))
+            if board.nodes:
+                tree.boards[link.name] = board
+            for node in board.nodes:
+                prefix = node.rstrip("0123456789")
+                tree._next[prefix] = max(tree._next[prefix], int(node[len(prefix):]) + 1)
+        return tree
+
     def _device_dir(self, location: str) -> Path:
         return self.sys / "devices" / f"usb{location.split('-')[0]}" / location
 
