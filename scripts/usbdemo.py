@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.usbtree import DK_SERIAL_PREFIX, UsbTree  # noqa: E402
+from tests.usbtree import DK_SERIAL_PREFIX, UsbTree
 
 BRIDGE = {"vid": "10c4", "pid": "ea60", "manufacturer": "Silicon Labs", "product": "CP2102N",
           "bridge": True}

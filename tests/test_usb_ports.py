@@ -4,18 +4,24 @@ ports the usb: forms of a plan name, and the plan errors that refuse the others.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from fleet.errors import PlanError
 from fleet.manifest.shape import check_device
 from fleet.nrf91 import kit_of, unknown_nordic_kit
 from fleet.plan import load_plan
+from fleet.portprobe import probe_ports
 from fleet.porturl import UsbPorts, parse_port
 from fleet.usbid import UsbIdentity
 from fleet.usbports import ROOT_ENV, scan, select
-from tests.runhelpers import write_plan
+from tests.runhelpers import fleet, write_plan
+from tests.test_first_contact import pty_peer, zephyr_shell
 from tests.usbtree import UsbTree
 
 
@@ -193,3 +199,37 @@ def test_the_manifest_shape_of_usb() -> None:
         problems.clear()
         assert not check_device({**device, "usb": bad}, "d", fail)[0]
         assert any(words in p for p in problems), (words, problems)
+
+
+def test_the_probe_reports_a_shell_and_a_port_it_cannot_open(tmp_path: Path) -> None:
+    tree = UsbTree(tmp_path / "root")
+    with pty_peer(zephyr_shell) as shell:
+        tree.add_board("1-1.1", serial="S1", vid="1915", pid="520f", targets=[shell])
+        tree.add_board("1-1.2", serial="S2", vid="10c4", pid="ea60", bridge=True, targets=[None])
+        ports = [p.device for p in scan(tmp_path / "root").ports]
+        results = anyio.run(lambda: probe_ports(ports, probe_timeout=0.3), backend="asyncio")
+    first, second = (results[p] for p in ports)
+    assert (first.answered, first.interface, first.terminator) == (False, "shell", None)
+    assert "Zephyr shell" in (first.error or "")
+    assert not second.answered and second.interface is None
+    assert "cannot open" in (second.error or ""), second
+
+
+def test_ports_names_the_processes_holding_a_port(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    holder = subprocess.Popen(["sleep", "60"], stdin=slave)
+    try:
+        tree = UsbTree(tmp_path / "root")
+        tree.add_board("1-1.1", serial="S1", vid="10c4", pid="ea60", bridge=True,
+                       targets=[os.ttyname(slave)])
+        result = fleet("ports", "--json", env={ROOT_ENV: str(tmp_path / "root")})
+        assert result.returncode == 0, result.stderr
+        port = json.loads(result.stdout)["ports"][0]
+        assert [o["pid"] for o in port["openers"]] == [holder.pid]
+        text = fleet("ports", env={ROOT_ENV: str(tmp_path / "root")}).stdout
+        assert f"held open by pid {holder.pid} (sleep 60)" in text, text
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(slave)
+        os.close(master)
