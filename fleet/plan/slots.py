@@ -19,7 +19,7 @@ from typing import Any
 
 from fleet.plan.context import Context
 from fleet.plan.model import KeySpec, Settings, Slot, key_clash
-from fleet.plan.ports import PortMatch, expand_port, port_identity
+from fleet.plan.ports import PortMatch, expand_port, is_glob, port_identity
 from fleet.plan.schema import SlotEntry, check, dotted
 from fleet.plan.source import Path_
 
@@ -45,7 +45,8 @@ def build_slots(ctx: Context, specs: dict[str, KeySpec], defaults: Settings) -> 
             continue
         settings = _settings(ctx, doc, path, defaults)
         keys = _keys(ctx, doc, path, specs, defined)
-        alone = isinstance(raw, dict) and isinstance(raw.get("port"), str) and not is_glob_form(
+        # one exact usb:location= written alone keeps the entry's name
+        alone = isinstance(raw, dict) and isinstance(raw.get("port"), str) and not is_glob(
             raw["port"])
         for number, (match, line) in enumerate(expanded):
             port = match.port
@@ -77,13 +78,6 @@ def build_slots(ctx: Context, specs: dict[str, KeySpec], defaults: Settings) -> 
             out.append(Slot(name=name, port=port, keys=keys, settings=settings, line=line,
                             usb=match.usb))
     return out
-
-
-def is_glob_form(text: str) -> bool:
-    """Whether a port string may stand for several ports (a glob, a sim:// range, a usb:
-    location glob or a usb:vid= form)."""
-    return any(c in text for c in "*?[") or text.startswith("usb:vid=") or (
-        text.startswith("sim://") and "-" in text)
 
 
 def _ports(ctx: Context, value: Any, path: Path_) -> list[tuple[PortMatch, int]]:
