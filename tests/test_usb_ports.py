@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from fleet.cmd.plan import plan_document
 from fleet.errors import PlanError
 from fleet.manifest.shape import check_device
 from fleet.nrf91 import kit_of, unknown_nordic_kit
@@ -147,6 +148,9 @@ def test_plans_expand_usb_forms_and_name_location_slots_after_the_position(
     assert [s.port for s in plan.slots] == [str(tmp_path / "root/dev") + f"/{n}"
                                             for n in ("ttyACM0", "ttyUSB0", "ttyUSB1")]
     assert plan.slots[0].usb is not None and plan.slots[0].usb.kit == "nRF9160 DK"
+    shown = plan_document(plan)["slots"]  # what `fleet plan check --json` prints
+    assert [s["usb"]["location"] for s in shown] == ["1-1.1", "1-1.2", "1-1.3"]
+    assert shown[2]["usb"]["serial"] is None
     text = (tmp_path / "plan.yaml").read_text().replace(
         '  - port: "usb:location=1-1.[123]"',
         '  - name: dk\n    port: "usb:serial=000960012345"\n    keys: [tls]\n'
