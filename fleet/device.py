@@ -10,9 +10,13 @@ the answer. There is no reader task: bytes that arrive between commands wait in 
 buffer and are classified (as URCs or stray lines) before the next answer.
 
 Before anything else is asked of a port, :meth:`DeviceSession.probe` finds out whether anything
-answers: ``AT``, twice at most, each with its own short timeout (``probe_timeout_s``, not
-``timeout_s``). Nothing but a final line counts; when none comes, :class:`NoAnswer` carries a
-diagnosis of the bytes that came instead (:mod:`fleet.diagnose`).
+answers, and what: the :class:`Line` (interface and terminator) that the plan names, or that
+first contact finds (:mod:`fleet.probe`). Nothing but a final line counts; when none comes,
+:class:`NoAnswer` carries a diagnosis of the bytes that came instead (:mod:`fleet.diagnose`).
+Through a Zephyr shell the codec frames every command as ``at '<command>'``
+(:class:`fleet.at.ShellFraming`); a read command that the shell's wildcards stop switches the
+session to raw AT mode (``at at_cmd_mode start``) where the firmware has it, and the session
+leaves that mode when it closes.
 
 A timeout or a lost connection leaves the line in an unknown state (a late answer could be taken
 for the next command's), so the codec's connection is left in its ERROR state, which refuses
@@ -39,7 +43,9 @@ import anyio.abc
 import structlog
 
 from fleet.at import (
+    LEAVE_RAW,
     NEED_DATA,
+    START_RAW,
     CmeErrorLine,
     CmsErrorLine,
     Command,
@@ -47,11 +53,16 @@ from fleet.at import (
     HostConnection,
     HostState,
     InformationLine,
+    Interface,
     Ok,
+    ShellCommand,
+    ShellFraming,
+    ShellRefusal,
     StrayLine,
+    Terminator,
     Urc,
 )
-from fleet.diagnose import Diagnosis, diagnose
+from fleet.diagnose import Diagnosis
 from fleet.errors import (
     AnswerTooLong,
     CmeError,
@@ -61,16 +72,14 @@ from fleet.errors import (
     LineTooLong,
     PortBusy,
     RemoteProtocolError,
+    ShellRefused,
     TransportError,
 )
 from fleet.nrf91 import FUNCTION_MODES, identity_text_problem, luhn_valid
 from fleet.retry import REOPEN_RETRYABLE, RetryPolicy
 
-__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "NoAnswer", "Response"]
+__all__ = ["DeviceSession", "DeviceSwapped", "Identity", "Line", "NoAnswer", "Response"]
 
-#: How many times the first-contact probe sends ``AT``.
-PROBE_TRIES = 2
-_AT = Command.action()
 _HEARD_MAX = 4096  #: bytes kept for the probe's diagnosis
 
 Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
@@ -106,11 +115,25 @@ class Response:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Line:
+    """How fleet reaches the modem on this port: the interface and the line end it sends."""
+
+    interface: Interface
+    terminator: Terminator
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Identity:
     """Which device answers on the port, and the firmware it runs."""
 
     imei: str
     firmware: str
+
+
+def _short(command: str) -> str:
+    """A command as an error names it: its first line, at most 60 characters."""
+    first = command.split("\n", 1)[0]
+    return first if len(first) <= 60 and first == command else first[:60] + "..."
 
 
 def _identity_text(command: str, what: str, text: str) -> str:
@@ -134,6 +157,8 @@ class DeviceSession:
         probe_timeout: float = 3.0,
         baudrate: int = 115200,
         rtscts: bool = True,
+        interface: str = "auto",
+        terminator: str = "auto",
         readonly: bool = False,
         log: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
@@ -142,7 +167,13 @@ class DeviceSession:
         self.port = port
         self.policy = policy or RetryPolicy()
         self.probe_timeout = probe_timeout  #: seconds each probe ``AT`` waits
-        self._line = (baudrate, rtscts)  #: the port's settings, for a diagnosis
+        self.port_settings = (baudrate, rtscts)  #: for a diagnosis
+        #: what the plan says ("auto": found on first contact)
+        self.wanted = (interface, terminator)
+        #: the line found on first contact (kept for every reopen), None before
+        self.line: Line | None = None
+        self._raw_unavailable: ShellRefused | None = None  #: why raw AT mode cannot help
+        self._raw_left_on = False  #: raw AT mode was on when the port went away
         self._heard: bytearray | None = None  #: what the port delivered during a probe
         self._stream: anyio.abc.ByteStream | None = None
         self._conn = HostConnection()
@@ -161,26 +192,89 @@ class DeviceSession:
         return self._conn.state is HostState.ERROR
 
     async def open(self) -> None:
-        """Open the port (one attempt). PortBusy and TransportError propagate."""
+        """Open the port (one attempt), framed as the line found on first contact. PortBusy
+        and TransportError propagate."""
         self._stream = await self._opener()
         self._conn = HostConnection()
         self._cme_codes = False
+        if self.line is not None:
+            self.use_line(self.line)
+        if self._raw_left_on:  # the shell is still bypassed: leave raw AT mode first
+            self._raw_left_on = False
+            await self.send_bytes(LEAVE_RAW)
+
+    def use_line(self, line: Line) -> None:
+        """Frame commands for ``line`` from now on (the probe settles it)."""
+        self.line = line
+        self._conn.terminator = line.terminator.bytes
+        if line.interface is Interface.SHELL and self._conn.shell is None:
+            self._conn.shell = ShellFraming()
+
+    @property
+    def raw_mode(self) -> bool:
+        """The shell is bypassed (``at_cmd_mode``): plain AT lines."""
+        return self._conn.shell is not None and self._conn.shell.raw
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Write ``data`` as it is (a probe's next line end, a control sequence)."""
+        if self._stream is None:
+            raise TransportError(f"{self.port}: port is not open")
+        try:
+            await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._give_up_line()
+            raise TransportError(f"connection lost ({exc or type(exc).__name__})") from exc
 
     async def close(self) -> None:
+        if self._stream is not None and self.raw_mode:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1), \
+                    contextlib.suppress(FleetError):
+                await self.send_bytes(LEAVE_RAW)  # leave the shell as it was found
+                self._conn.shell.leave_raw()  # type: ignore[union-attr]
         stream, self._stream = self._stream, None
         if stream is not None:
             with anyio.CancelScope(shield=True), contextlib.suppress(OSError,
                                                                      anyio.BrokenResourceError):
                 await stream.aclose()
 
-    async def command(self, command: Command, *, timeout: float) -> Response:
+    async def command(self, command: Command | ShellCommand, *, timeout: float) -> Response:
         """Send ``command`` and return its information lines when it ends with ``OK``.
 
         Raises :class:`CmeError` / :class:`CommandError` for an error final line,
-        :class:`DeviceTimeout` when no final line comes within ``timeout`` seconds, and
-        :class:`TransportError` when the port goes away. After the last two the session is
-        dirty: call :meth:`recover` before the next command.
+        :class:`ShellRefused` when a shell refused it, :class:`DeviceTimeout` when no final
+        line comes within ``timeout`` seconds, and :class:`TransportError` when the port goes
+        away. After the last two the session is dirty: call :meth:`recover` before the next
+        command. A command the shell's wildcards stopped is sent again in raw AT mode, once
+        that mode is on.
         """
+        try:
+            return await self._command(command, timeout=timeout)
+        except ShellRefused as exc:
+            if exc.kind == "buffer" and self.raw_mode:
+                # The command's open quote holds raw AT mode's buffer: leaving the mode
+                # empties it (the next read command starts it again).
+                await self.send_bytes(LEAVE_RAW)
+                self._conn.shell.leave_raw()  # type: ignore[union-attr]
+                raise
+            if exc.kind != "usage" or isinstance(command, ShellCommand) or self.raw_mode:
+                raise
+            await self._start_raw_mode(exc, timeout=timeout)
+            return await self._command(command, timeout=timeout)
+
+    async def _start_raw_mode(self, refused: ShellRefused, *, timeout: float) -> None:
+        """``at at_cmd_mode start``; raises ``refused`` (naming both firmware options) when
+        the firmware does not have it. The usage text proved that the refused command never
+        reached the modem, so it may be sent again."""
+        if self._raw_unavailable is not None:
+            raise self._raw_unavailable
+        try:
+            await self._command(START_RAW, timeout=timeout)
+        except CommandError:
+            self._raw_unavailable = refused
+            raise refused from None
+        self.log.info("raw AT mode started (the shell's wildcards stop read commands)")
+
+    async def _command(self, command: Command | ShellCommand, *, timeout: float) -> Response:
         if self._stream is None:
             raise TransportError(f"{self.port}: port is not open")
         if self.needs_recover:
@@ -211,6 +305,8 @@ class DeviceSession:
                         raise CommandError(text, "ERROR")
                     elif isinstance(event, CmsErrorLine):
                         raise CommandError(text, f"+CMS ERROR: {event.code}")
+                    elif isinstance(event, ShellRefusal):
+                        raise ShellRefused(_short(text), event.kind, event.reason)
         except TimeoutError:
             self._give_up_line()
             raise DeviceTimeout(f"{text}: no answer within {timeout:g} s") from None
@@ -225,6 +321,7 @@ class DeviceSession:
 
     def _give_up_line(self) -> None:
         self._conn.abandon()  # ERROR until the port is reopened
+        self._raw_left_on = self._raw_left_on or self.raw_mode
 
     def _drain_idle(self) -> None:
         """Log what arrived while no command was pending."""
@@ -294,34 +391,71 @@ class DeviceSession:
         return int(text)
 
     async def probe(self, *, on_retry: Callable[[str], None] | None = None) -> None:
-        """Does anything answer on this port? ``AT`` up to :data:`PROBE_TRIES` times, each
-        waiting ``probe_timeout`` seconds for a final line (``ERROR`` counts: an AT host is
-        there). A late answer to the first ``AT`` is taken as the second's. Raises
-        :class:`NoAnswer` with a diagnosis of what came instead; ``on_retry(reason)`` is
-        called before the second ``AT``."""
-        heard = self._heard = bytearray()
+        """Does anything answer on this port, and what? Settles :attr:`line`
+        (:func:`fleet.probe.first_contact`; once found, a reopen probes with that line).
+        Raises :class:`NoAnswer` with a diagnosis of what came instead; ``on_retry(reason)``
+        is called before a second try."""
+        from fleet.probe import first_contact
+
+        self._heard = bytearray()
         try:
-            for tries in range(1, PROBE_TRIES + 1):
-                try:
-                    await self.command(_AT, timeout=self.probe_timeout)
-                    return
-                except CommandError:
-                    return
-                except (DeviceTimeout, RemoteProtocolError) as exc:
-                    # The line holds nothing but this probe's late answer: the next AT may
-                    # take it as its own.
-                    self._conn.reset()
-                    reason = str(exc)
-                if tries < PROBE_TRIES:
-                    self.log.warning("no answer to AT yet; sending it again", error=reason,
-                                     received=len(heard))
-                    if on_retry is not None:
-                        on_retry(reason)
+            self.use_line(await first_contact(self, on_retry=on_retry))
         finally:
             self._heard = None
-        baudrate, rtscts = self._line
-        raise NoAnswer(diagnose(bytes(heard), sent=str(_AT), baudrate=baudrate, rtscts=rtscts,
-                                tries=PROBE_TRIES, waited=PROBE_TRIES * self.probe_timeout))
+
+    @property
+    def heard(self) -> bytes:
+        """What the port delivered during the current probe."""
+        return bytes(self._heard or b"")
+
+    async def probe_step(self, data: bytes | Command | ShellCommand, *, wait: float,
+                         stop_at_shell: bool = False) -> str:
+        """One step of a probe: send ``data`` (a command starts a new exchange; bytes continue
+        the pending one, a line end the firmware may still be waiting for) and wait up to
+        ``wait`` seconds for a final line. Returns ``"final"``, ``"refused"`` (a shell
+        refused the command), ``"shell"`` (with ``stop_at_shell``: a shell's prompt or
+        ``command not found`` came first) or ``"silent"``."""
+        from fleet.diagnose import looks_like_shell
+
+        if self._stream is None:
+            raise TransportError(f"{self.port}: port is not open")
+        stream = self._stream
+        try:
+            with anyio.move_on_after(wait):
+                await stream.send(data if isinstance(data, bytes) else self._conn.send(data))
+                while True:
+                    try:
+                        event = self._conn.next_event()
+                    except (LineTooLong, AnswerTooLong):
+                        continue
+                    if event is NEED_DATA:
+                        received = await stream.receive()
+                        if self._heard is not None and len(self._heard) < _HEARD_MAX:
+                            self._heard += received
+                        self._conn.receive_data(received)
+                        if stop_at_shell and looks_like_shell(self.heard):
+                            return "shell"
+                        continue
+                    if isinstance(event, ShellRefusal):
+                        return "refused"
+                    if isinstance(event, Ok | Error | CmeErrorLine | CmsErrorLine):
+                        return "final"
+                    self._note_unsolicited(event)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError) as exc:
+            self._give_up_line()
+            raise TransportError(f"connection lost during the probe ({exc or type(exc).__name__})"
+                                 ) from exc
+        return "silent"
+
+    def restart_line(self, line: Line | None = None) -> None:
+        """Forget a probe's unanswered command (the codec back to IDLE), framed for ``line``."""
+        self._conn.reset()
+        self._conn.shell = None
+        if line is not None:
+            self._conn.terminator = line.terminator.bytes
+            if line.interface is Interface.SHELL:
+                self._conn.shell = ShellFraming()
 
     async def recover(self, *, timeout: float) -> None:
         """Close, reopen (tries and backoff from the policy), probe, re-enable CME codes and

@@ -87,6 +87,10 @@ class DeviceRecord:
     #: a write may have reached the device in this invocation (a delete that succeeded, a
     #: %KEYGEN sent, a function mode or a certificate written): Ansible's ``changed``
     changed: bool = False
+    #: how fleet reached the device: ``at`` or ``shell``, and the line end it sent (``cr``,
+    #: ``lf``, ``crlf``, ``nul``); None when it was not reached
+    interface: str | None = None
+    terminator: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

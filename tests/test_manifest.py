@@ -85,7 +85,7 @@ def test_signed_has_every_field() -> None:
     assert signed["summary"]["keys"]["generated"] == 4
     device = signed["devices"][0]
     assert list(device) == ["slot", "port", "imei", "device_uuid", "model", "firmware",
-                            "outcome", "error", "keys"]
+                            "interface", "terminator", "outcome", "error", "keys"]
     tls, endorsement = device["keys"]
     assert list(tls) == ["name", "sec_tag", "type", "response", "outcome", "keygen_answer",
                          "csr_pem", "public_key_pem", "cose_payload", "error", "attempts"]

@@ -22,7 +22,12 @@ for the next command's. Lines that arrive in ERROR are :class:`StrayLine`/URC ev
 ``max_answer_lines`` of them (the rest are dropped: memory stays bounded).
 
 Modem side (:class:`ModemConnection`): command lines end at CR, LF or NUL outside double quotes;
-inside quotes they are part of the argument (a PEM written in one command).
+inside quotes they are part of the argument (a PEM written in one command). Given a
+:class:`~fleet.at.line.Terminator`, it reads the line as sdk-nrf ``lib/at_host`` does when built
+with that ``CONFIG_AT_HOST_TERMINATION``: only that terminator ends a command; a CR or LF that
+does not end it stays in the command (CR+LF ends at an LF right after a CR, the CR kept), a NUL
+that does not end it is dropped, backspace and DEL remove the last byte, and a command with no
+printable character is dropped without an answer.
 
 A line longer than ``max_line`` raises :class:`LineTooLong` from ``next_event`` at the point where
 it occurred; the rest of that line is discarded and the connection stays usable. Memory held for a
@@ -48,9 +53,12 @@ from fleet.at.events import (
     InformationLine,
     NeedData,
     Ok,
+    ShellRefusal,
     StrayLine,
     Urc,
 )
+from fleet.at.line import Terminator
+from fleet.at.shell import ShellCommand, ShellFraming
 from fleet.errors import AnswerTooLong, CmeCode, LineTooLong, LocalProtocolError
 
 __all__ = [
@@ -193,6 +201,72 @@ class _LineSplitter:
         return len(self._buf)
 
 
+_HOST_TERMINATORS = frozenset(t.bytes for t in Terminator)
+
+
+class _AtHostSplitter:
+    """``lib/at_host``'s receive loop for one build-time terminator (see the module's text)."""
+
+    _SPECIAL = re.compile(rb'[\x00\r\n"\x08\x7f]')
+
+    def __init__(self, terminator: Terminator, *, max_line: int) -> None:
+        self._terminator = terminator
+        self._max = max_line
+        self._buf = bytearray()
+        self._in_quotes = False
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | _TooLong]:
+        out: list[bytes | _TooLong] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            match = self._SPECIAL.search(data, pos)
+            stop = match.start() if match else end
+            self._append(data[pos:stop], out)
+            if match is None:
+                break
+            char = data[stop]
+            pos = stop + 1
+            if char in (0x08, 0x7F):
+                del self._buf[-1:]
+            elif char == 0x22:
+                self._in_quotes = not self._in_quotes
+                self._append(b'"', out)
+            elif self._in_quotes:
+                self._append(bytes((char,)), out)
+            elif self._ends(char):
+                self._finish(out)
+            elif char != 0:  # a NUL that ends nothing is dropped
+                self._append(bytes((char,)), out)
+        return out
+
+    def _ends(self, char: int) -> bool:
+        term = self._terminator
+        if char == 0:
+            return term is Terminator.NUL
+        if char == 0x0D:
+            return term is Terminator.CR
+        return term is Terminator.LF or (term is Terminator.CRLF and self._buf[-1:] == b"\r")
+
+    def _append(self, chunk: bytes, out: list[bytes | _TooLong]) -> None:
+        if not chunk or self._discarding:
+            return
+        if len(self._buf) + len(chunk) > self._max:
+            out.append(_TooLong(len(self._buf) + len(chunk)))
+            self._buf.clear()
+            self._discarding = True
+            return
+        self._buf += chunk
+
+    def _finish(self, out: list[bytes | _TooLong]) -> None:
+        self._in_quotes = False
+        if self._discarding:
+            self._discarding = False
+        elif any(byte > 0x20 for byte in self._buf):
+            out.append(bytes(self._buf))
+        self._buf.clear()
+
+
 class HostState(enum.Enum):
     """Host-side connection state."""
 
@@ -229,9 +303,7 @@ class HostConnection:
     def __init__(self, *, terminator: bytes = b"\r", max_line: int = MAX_LINE_BYTES,
                  max_answer_lines: int = MAX_ANSWER_LINES,
                  max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
-        if terminator not in (b"\r", b"\r\n", b"\n"):
-            raise ValueError(f"terminator must be CR, CRLF or LF, not {terminator!r}")
-        self._terminator = terminator
+        self.terminator = terminator  #: what ends each command sent (see :attr:`terminator`)
         self._splitter = _LineSplitter(terminators=b"\r\n", quote_aware=False, max_line=max_line)
         self._events: deque[HostEvent | _TooLong | _AnswerOverflow] = deque()
         self._max_lines = max_answer_lines
@@ -239,7 +311,21 @@ class HostConnection:
         self._lines = 0  #: information lines of the pending answer (or strays in ERROR)
         self._bytes = 0
         self.state = HostState.IDLE
-        self.pending: Command | None = None
+        self.pending: Command | ShellCommand | None = None
+        #: a Zephyr shell's framing (``at '<command>'``, echo, prompt), or None: plain AT
+        self.shell: ShellFraming | None = None
+
+    @property
+    def terminator(self) -> bytes:
+        """The bytes that end each command: CR, LF, CR LF or NUL (the AT host's build-time
+        choice; a first-contact probe may settle it after the connection is made)."""
+        return self._terminator
+
+    @terminator.setter
+    def terminator(self, value: bytes) -> None:
+        if value not in _HOST_TERMINATORS:
+            raise ValueError(f"terminator must be CR, LF, CR LF or NUL, not {value!r}")
+        self._terminator = value
 
     def _fire(self, trigger: _Trigger) -> None:
         try:
@@ -250,8 +336,11 @@ class HostConnection:
                 + (f" (waiting for the answer to {self.pending})" if self.pending else "")
             ) from None
 
-    def send(self, command: Command) -> bytes:
-        """Bytes to write for ``command``. Only one command may be pending at a time."""
+    def send(self, command: Command | ShellCommand) -> bytes:
+        """Bytes to write for ``command``. Only one command may be pending at a time. A
+        :class:`ShellCommand` only in shell mode."""
+        if isinstance(command, ShellCommand) and self.shell is None:
+            raise LocalProtocolError(f"{command}: a shell command needs shell mode")
         if self.state is HostState.ERROR:
             raise LocalProtocolError(
                 f"cannot send {command}: the connection is in ERROR since a command was "
@@ -259,6 +348,9 @@ class HostConnection:
         self._fire(_Trigger.SEND)
         self.pending = command
         self._lines = self._bytes = 0
+        if self.shell is not None:
+            return self.shell.typed(command).encode("utf-8") + self._terminator
+        assert isinstance(command, Command)
         return command.encode() + self._terminator
 
     def abandon(self) -> None:
@@ -288,6 +380,17 @@ class HostConnection:
                 self._events.append(event)
 
     def _classify(self, text: str) -> HostEvent | _AnswerOverflow | None:
+        if self.shell is not None:
+            cleaned = self.shell.clean(text, awaiting=self.state is HostState.AWAITING)
+            if cleaned is None:
+                return None
+            if isinstance(cleaned, ShellRefusal):
+                if self.state is not HostState.AWAITING:
+                    return None
+                self._fire(_Trigger.FINAL)
+                self.pending = None
+                return cleaned
+            text = cleaned
         final = parse_final(text)
         if self.state is HostState.AWAITING:
             if final is not None:
@@ -338,8 +441,12 @@ class HostConnection:
 class ModemConnection:
     """The modem end of an AT serial line, used by the simulator. No I/O, no clock."""
 
-    def __init__(self, *, max_line: int = MAX_COMMAND_BYTES) -> None:
-        self._splitter = _LineSplitter(terminators=b"\r\n\x00", quote_aware=True, max_line=max_line)
+    def __init__(self, *, max_line: int = MAX_COMMAND_BYTES,
+                 terminator: Terminator | None = None) -> None:
+        self._max_line = max_line
+        self._splitter: _LineSplitter | _AtHostSplitter = (
+            _LineSplitter(terminators=b"\r\n\x00", quote_aware=True, max_line=max_line)
+            if terminator is None else _AtHostSplitter(terminator, max_line=max_line))
         self._events: deque[CommandLine | _TooLong] = deque()
 
     def receive_data(self, data: bytes) -> None:
@@ -348,7 +455,10 @@ class ModemConnection:
             if isinstance(item, _TooLong):
                 self._events.append(item)
             else:
-                text = item.decode("utf-8", errors="replace").strip(" ")
+                # Line ends that stay in a command are outside quotes at its ends (the LF of a
+                # host's CR LF before the next command on a CR build, the CR of CR LF on a
+                # CR+LF build): the modem's own parser skips them there.
+                text = item.decode("utf-8", errors="replace").strip(" \r\n")
                 if text:
                     self._events.append(CommandLine(text=text))
 
@@ -359,7 +469,7 @@ class ModemConnection:
             return NEED_DATA
         item = self._events.popleft()
         if isinstance(item, _TooLong):
-            raise LineTooLong(f"command longer than {self._splitter._max} bytes discarded")
+            raise LineTooLong(f"command longer than {self._max_line} bytes discarded")
         return item
 
     @staticmethod

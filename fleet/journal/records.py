@@ -73,6 +73,8 @@ class SlotRow:
     firmware: str | None
     #: a write to this device in the invocation (``RunInfo.steps_before``) may have reached it
     changed: bool
+    interface: str | None = None  #: how the device was reached (None: not recorded)
+    terminator: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

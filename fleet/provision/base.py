@@ -191,7 +191,9 @@ class DeviceWork:
                                      policy=self.policy,
                                      probe_timeout=self.settings.probe_timeout_s,
                                      baudrate=self.settings.baudrate,
-                                     rtscts=self.settings.rtscts, log=self.log)
+                                     rtscts=self.settings.rtscts,
+                                     interface=self.settings.interface,
+                                     terminator=self.settings.terminator, log=self.log)
         self.dev = DeviceState()
 
     def step(self, text: str) -> None:
