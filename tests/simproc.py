@@ -206,10 +206,18 @@ def _read_line(port: serial.Serial, deadline: float) -> bytes | None:
     return line
 
 
-def command(port: serial.Serial, text: str, timeout: float = 10.0) -> list[str]:
-    """Send ``text`` + CR and return the answer lines (final line last)."""
-    send(port, text)
-    return read_until_final(port, timeout)
+def command(port: serial.Serial, text: str, timeout: float = 10.0, *,
+            shell: bool = False) -> list[str]:
+    """Send ``text`` + CR and return the answer lines (final line last). ``shell``: through a
+    Zephyr shell, typed as ``at <text>`` (``text`` without spaces or quotes), its echo, prompt
+    and colours left out of the answer."""
+    if not shell:
+        send(port, text)
+        return read_until_final(port, timeout)
+    send(port, f"at {text}")
+    lines = [re.sub(r"^[\w.-]+:~\$ ", "", re.sub(r"\x1b\[[0-9;]*m", "", line))
+             for line in read_until_final(port, timeout)]
+    return [line for line in lines if line and line != f"at {text}"]
 
 
 def send(port: serial.Serial, text: str) -> None:
