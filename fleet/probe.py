@@ -24,15 +24,14 @@ The shell is asked with CR: it takes CR, LF and CR LF alike.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from fleet.at import Command, Interface, Terminator
-from fleet.diagnose import diagnose, shell_without_at
+from fleet.diagnose import Diagnosis, diagnose, shell_without_at
+from fleet.errors import DeviceTimeout
+from fleet.session import Line, LineSession
 
-if TYPE_CHECKING:
-    from fleet.device import DeviceSession, Line
-
-__all__ = ["PROBE_TRIES", "TERMINATOR_WAIT_S", "first_contact"]
+__all__ = ["PROBE_TRIES", "TERMINATOR_WAIT_S", "NoAnswer", "first_contact"]
 
 #: How many times the probe of a known line sends ``AT``.
 PROBE_TRIES = 2
@@ -43,11 +42,17 @@ _AT = Command.action()
 _LINE_ENDS = ((b"\r", Terminator.CR), (b"\n", Terminator.CRLF), (b"\x00", Terminator.NUL))
 
 
-async def first_contact(session: DeviceSession, *,
+class NoAnswer(DeviceTimeout):
+    """Nothing answered the first-contact probe; ``diagnosis`` says what came instead."""
+
+    def __init__(self, diagnosis: Diagnosis) -> None:
+        super().__init__(diagnosis.message())
+        self.diagnosis = diagnosis
+
+
+async def first_contact(session: LineSession, *,
                         on_retry: Callable[[str], None] | None = None) -> Line:
     """The line the modem answers on; raises :class:`fleet.device.NoAnswer`."""
-    from fleet.device import Line
-
     interface, terminator = session.wanted
     if session.line is not None:
         return await _known(session, session.line, on_retry)
@@ -65,10 +70,8 @@ def _shell_end(terminator: str) -> str:
     return "cr" if terminator in ("auto", "nul") else terminator
 
 
-async def _known(session: DeviceSession, line: Line, on_retry: Callable[[str], None] | None,
+async def _known(session: LineSession, line: Line, on_retry: Callable[[str], None] | None,
                  *, shell_too: bool = False) -> Line:
-    from fleet.device import Line
-
     wait = session.probe_timeout
     for tries in range(1, PROBE_TRIES + 1):
         session.restart_line(line)
@@ -93,10 +96,8 @@ async def _known(session: DeviceSession, line: Line, on_retry: Callable[[str], N
                shell_named=line.interface is Interface.SHELL)
 
 
-async def _detect(session: DeviceSession, on_retry: Callable[[str], None] | None, *,
+async def _detect(session: LineSession, on_retry: Callable[[str], None] | None, *,
                   shell_too: bool) -> Line:
-    from fleet.device import Line
-
     waits = [min(TERMINATOR_WAIT_S, session.probe_timeout)] * 2 + [session.probe_timeout]
     session.restart_line(Line(interface=Interface.AT, terminator=Terminator.CR))
     for (line_end, terminator), wait in zip(_LINE_ENDS, waits, strict=True):
@@ -119,25 +120,21 @@ async def _detect(session: DeviceSession, on_retry: Callable[[str], None] | None
     _no_answer(session, tries=len(_LINE_ENDS), waited=sum(waits), terminator=None)
 
 
-async def _shell(session: DeviceSession, line: Line) -> Line:
+async def _shell(session: LineSession, line: Line) -> Line:
     """A shell answered ``AT`` with words of its own: ask it ``at 'AT'``."""
     session.restart_line(line)
     step = await session.probe_step(_AT, wait=session.probe_timeout)
     session.restart_line(line)
     if step == "final":
         return line
-    from fleet.device import NoAnswer
-
     if step == "refused":
         raise NoAnswer(shell_without_at("it has no `at` command (`at: command not found`)"))
     raise NoAnswer(shell_without_at(f"`at AT` got no answer within {session.probe_timeout:g} "
                                     "s: its `at` command does not reach the modem"))
 
 
-def _no_answer(session: DeviceSession, *, tries: int, waited: float,
+def _no_answer(session: LineSession, *, tries: int, waited: float,
                terminator: Terminator | None, shell_named: bool = False) -> NoReturn:
-    from fleet.device import NoAnswer
-
     baudrate, rtscts = session.port_settings
     raise NoAnswer(diagnose(session.heard, sent=str(_AT), baudrate=baudrate, rtscts=rtscts,
                             tries=tries, waited=waited,

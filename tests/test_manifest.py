@@ -470,6 +470,18 @@ def test_document_shape_failures_are_named() -> None:
     assert "not standard base64" in reasons
 
 
+def test_the_line_a_device_was_reached_through_is_checked_when_it_is_there() -> None:
+    signed = copy.deepcopy(DOC["signed"])
+    signed["devices"][0]["interface"] = "telnet"
+    signed["devices"][0]["terminator"] = "crcr"
+    reasons = _reasons(verify(sign(signed, STATION), trusted=None))
+    assert "interface: 'telnet' is not one of at, shell" in reasons
+    assert "terminator: 'crcr' is not one of cr, lf, crlf, nul" in reasons
+    for device in signed["devices"]:  # a manifest written before they were recorded
+        del device["interface"], device["terminator"]
+    assert verify(sign(signed, STATION), trusted=None).ok
+
+
 def test_summary_must_match_devices() -> None:
     signed = copy.deepcopy(DOC["signed"])
     signed["summary"]["done"] = 1

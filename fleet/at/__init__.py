@@ -8,7 +8,6 @@ from fleet.at.codec import (
     MAX_LINE_BYTES,
     HostConnection,
     HostState,
-    ModemConnection,
     encode_final,
     parse_final,
 )
@@ -39,6 +38,7 @@ from fleet.at.events import (
     Urc,
 )
 from fleet.at.line import Interface, Terminator
+from fleet.at.modem import ModemConnection
 from fleet.at.shell import LEAVE_RAW, START_RAW, ShellCommand, ShellFraming
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Interface", "Terminator"]
+__all__ = ["Interface", "Terminator", "ends_command"]
 
 
 class Interface(enum.StrEnum):
@@ -36,3 +36,17 @@ class Terminator(enum.StrEnum):
 
 _BYTES = {Terminator.CR: b"\r", Terminator.LF: b"\n", Terminator.CRLF: b"\r\n",
           Terminator.NUL: b"\x00"}
+
+
+def ends_command(terminator: Terminator, byte: int, before: bytes | bytearray) -> bool:
+    """Whether ``byte`` (outside quotes, after the command's bytes ``before``) ends a command
+    on a reader built for ``terminator``, as sdk-nrf's ``lib/at_host`` and ``at_cmd_mode``
+    decide: NUL, CR or LF for their own build, and LF right after a CR for CR+LF."""
+    if byte == 0x00:
+        return terminator is Terminator.NUL
+    if byte == 0x0D:
+        return terminator is Terminator.CR
+    if byte == 0x0A:
+        return terminator is Terminator.LF or (terminator is Terminator.CRLF
+                                               and before.endswith(b"\r"))
+    return False

@@ -37,7 +37,7 @@ import re
 from collections.abc import Sequence
 
 from fleet.at import Final, encode_final
-from fleet.at.line import Terminator
+from fleet.at.line import Terminator, ends_command
 from fleet.sim.config import SimConfig
 from fleet.sim.lines import Input, Output, ToModem
 
@@ -291,7 +291,7 @@ class ShellLine:
                     self._raw_quotes = not self._raw_quotes
                 del self._buf[-1]
             return
-        if not self._raw_quotes and self._raw_ends(byte):
+        if not self._raw_quotes and ends_command(self._raw_term, byte, self._buf):
             self._raw_send(out)
             return
         if len(self._buf) + 1 > self._size:
@@ -302,17 +302,6 @@ class ShellLine:
             self._raw_quotes = not self._raw_quotes
         if self._raw_echo:
             out.append(Output(bytes((byte,))))
-
-    def _raw_ends(self, byte: int) -> bool:
-        term = self._raw_term
-        if byte == 0:
-            return term is Terminator.NUL
-        if byte == 0x0D:
-            return term is Terminator.CR
-        if byte == 0x0A:
-            return term is Terminator.LF or (term is Terminator.CRLF
-                                             and self._buf[-1:] == b"\r")
-        return False
 
     def _raw_send(self, out: list[Input]) -> None:
         text = self._buf.decode("utf-8", "replace")
