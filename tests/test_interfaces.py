@@ -5,6 +5,7 @@ line terminator, against `fleet sim` on real pseudo-terminals."""
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,22 @@ def test_a_plan_that_names_its_line_costs_no_extra_commands(tmp_path: Path) -> N
         assert code == 0, err
         assert doc["devices"][0]["terminator"] == "crlf"
         assert sim.commands(0)[:2] == ["AT", "AT+CGSN=1"]  # one probe, then identification
+
+
+def test_sim_ports_take_the_line_options_from_the_plan(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent("""\
+        version: 1
+        station: s
+        signing_key: keys/station.pem
+        throwaway_signing_key: true
+        manifest: out/{station}-{run_id}.json
+        simulator: {interface: shell, at_cmd_mode: true, prompt: "mosh:~$ "}
+        keys:
+          endorsement: {sec_tag: 33, type: endorsement_key}
+        slots:
+          - {name: b, port: "sim://0-1", keys: [endorsement]}
+        """))
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 0, err
+    assert {(d["interface"], d["outcome"]) for d in doc["devices"]} == {("shell", "done")}
