@@ -125,8 +125,9 @@ def test_faulty_modems_fail_with_reasons_healthy_ones_finish(tmp_path: Path) -> 
             assert by_port[bad]["outcome"] == "failed", by_port[bad]
             assert by_port[bad]["error"], by_port[bad]
         assert "523" in by_port["modem2"]["error"]
-        assert "no answer" in by_port["modem3"]["error"] or "not usable" in \
-            by_port["modem3"]["error"]
+        # every answer 5 s late: past the probe's waits (1 + 1 + 3 s) or, later, timeout_s
+        assert any(word in by_port["modem3"]["error"]
+                   for word in ("nothing answers", "no answer", "not usable"))
         assert "nothing answers" in by_port["modem4"]["error"], by_port["modem4"]
         assert "connection lost" in by_port["modem1"]["error"] or "not usable" in \
             by_port["modem1"]["error"] or "no answer" in by_port["modem1"]["error"]
