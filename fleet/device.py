@@ -1,20 +1,14 @@
-"""One modem session: send a command, await its final line with a timeout, route URCs aside,
-reopen after a disconnect or a timeout and re-identify the device.
+"""One modem session: the serial line to it (:class:`fleet.session.LineSession`: commands,
+timeouts, URCs, the interface), what it is (IMEI, firmware, model, function mode), and reopening
+after a disconnect or a timeout with the device identified again.
 
 How this works
 --------------
-The session owns a byte stream (from :func:`fleet.transport.open_port`) and a
-:class:`fleet.at.HostConnection`. ``command()`` sends one command and reads the stream, feeding
-the codec, until the final line arrives; URCs and stray lines are logged and never mistaken for
-the answer. There is no reader task: bytes that arrive between commands wait in the stream's
-buffer and are classified (as URCs or stray lines) before the next answer.
-
 Before anything else is asked of a port, :meth:`DeviceSession.probe` finds out whether anything
-answers: ``AT``, twice at most, each with its own short timeout (``probe_timeout_s``, not
-``timeout_s``). Nothing but a final line counts; when none comes, :class:`NoAnswer` carries a
-diagnosis of the bytes that came instead (:mod:`fleet.diagnose`). What the probe found out about
-the line is the session's :attr:`DeviceSession.link` (its interface and terminator): the one
-place that `fleet ports --probe` and the records read it from.
+answers, and what: the :class:`~fleet.session.Line` (interface and terminator) that the plan
+names, or that first contact finds (:mod:`fleet.probe`). Nothing but a final line counts; when
+none comes, :class:`NoAnswer` carries a diagnosis of the bytes that came instead
+(:mod:`fleet.diagnose`).
 
 A timeout or a lost connection leaves the line in an unknown state (a late answer could be taken
 for the next command's), so the codec's connection is left in its ERROR state, which refuses
@@ -31,93 +25,26 @@ back does not wait for real.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import anyio
-import anyio.abc
 import structlog
 
-from fleet.at import (
-    NEED_DATA,
-    CmeErrorLine,
-    CmsErrorLine,
-    Command,
-    Error,
-    HostConnection,
-    HostState,
-    InformationLine,
-    Ok,
-    StrayLine,
-    Urc,
-)
-from fleet.diagnose import Diagnosis, diagnose
-from fleet.errors import (
-    AnswerTooLong,
-    CmeError,
-    CommandError,
-    DeviceTimeout,
-    FleetError,
-    LineTooLong,
-    PortBusy,
-    RemoteProtocolError,
-    TransportError,
-)
+from fleet.at import Command
+from fleet.errors import FleetError, PortBusy, RemoteProtocolError, TransportError
 from fleet.nrf91 import FUNCTION_MODES, identity_text_problem, luhn_valid
+from fleet.probe import NoAnswer, first_contact
 from fleet.retry import REOPEN_RETRYABLE, RetryPolicy
+from fleet.session import Line, LineSession, Opener, Response
 
-__all__ = ["PROBE_TRIES", "DeviceSession", "DeviceSwapped", "Identity", "Link", "NoAnswer",
-           "Response"]
-
-#: How many times the first-contact probe sends ``AT``.
-PROBE_TRIES = 2
-_AT = Command.action()
-_HEARD_MAX = 4096  #: bytes kept for the probe's diagnosis
-
-Opener = Callable[[], Awaitable[anyio.abc.ByteStream]]
+__all__ = ["DeviceSession", "DeviceSwapped", "Identity", "Line", "NoAnswer", "Response"]
 
 _IMEI = re.compile(r'\+CGSN:\s*"?([0-9]{15})"?\Z')
-#: The names of the line terminators (the plan's and ``fleet sim --terminator``'s words).
-TERMINATOR_NAMES = {b"\r": "cr", b"\n": "lf", b"\r\n": "crlf", b"\x00": "nul"}
 
 
 class DeviceSwapped(FleetError):
     """The board in the slot changed while fleet was working on it."""
-
-
-class NoAnswer(DeviceTimeout):
-    """Nothing answered the first-contact probe; ``diagnosis`` says what came instead."""
-
-    def __init__(self, diagnosis: Diagnosis) -> None:
-        super().__init__(diagnosis.message())
-        self.diagnosis = diagnosis
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Response:
-    """The information lines of a successful (``OK``) answer."""
-
-    command: str
-    lines: tuple[str, ...]
-
-    def first(self, prefix: str) -> str:
-        """The first line starting with ``prefix``, without the prefix, stripped."""
-        for line in self.lines:
-            if line.startswith(prefix):
-                return line[len(prefix):].strip()
-        raise RemoteProtocolError(f"{self.command}: no '{prefix}' line in the answer {self.lines}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Link:
-    """What answers on the port, as the first-contact probe found it: ``interface`` ``at`` (a
-    plain AT host) or ``shell`` (a Zephyr shell, which this session cannot drive yet), and the
-    ``terminator`` that completed a command (None when none did)."""
-
-    interface: str
-    terminator: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,8 +64,8 @@ def _identity_text(command: str, what: str, text: str) -> str:
     return text
 
 
-class DeviceSession:
-    """The host side of one modem's serial line."""
+class DeviceSession(LineSession):
+    """One modem: its line, its identity, and the way back after the line failed."""
 
     def __init__(
         self,
@@ -149,115 +76,22 @@ class DeviceSession:
         probe_timeout: float = 3.0,
         baudrate: int = 115200,
         rtscts: bool = True,
+        interface: str = "auto",
+        terminator: str = "auto",
         readonly: bool = False,
         log: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
-        self._opener = opener
+        super().__init__(opener, port=port, probe_timeout=probe_timeout, baudrate=baudrate,
+                         rtscts=rtscts, interface=interface, terminator=terminator, log=log)
         self.readonly = readonly  #: --check: never send AT+CMEE=1 (or any other set command)
-        self.port = port
         self.policy = policy or RetryPolicy()
-        self.probe_timeout = probe_timeout  #: seconds each probe ``AT`` waits
-        self._line = (baudrate, rtscts)  #: the port's settings, for a diagnosis
-        self._heard: bytearray | None = None  #: what the port delivered during a probe
-        self._stream: anyio.abc.ByteStream | None = None
-        self._conn = HostConnection()
         self._cme_codes = False
         self.identity: Identity | None = None
-        self.link: Link | None = None  #: set by :meth:`probe`
-        self.log = log or structlog.get_logger().bind(port=port)
-
-    @property
-    def is_open(self) -> bool:
-        return self._stream is not None
-
-    @property
-    def needs_recover(self) -> bool:
-        """True after a timeout, a lost connection or an answer the codec refused (its
-        connection is in ERROR): call :meth:`recover` first."""
-        return self._conn.state is HostState.ERROR
 
     async def open(self) -> None:
-        """Open the port (one attempt). PortBusy and TransportError propagate."""
-        self._stream = await self._opener()
-        self._conn = HostConnection()
+        """Open the port (one attempt); ``AT+CMEE=1`` is to be sent again on it."""
+        await super().open()
         self._cme_codes = False
-
-    async def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(OSError,
-                                                                     anyio.BrokenResourceError):
-                await stream.aclose()
-
-    async def command(self, command: Command, *, timeout: float) -> Response:
-        """Send ``command`` and return its information lines when it ends with ``OK``.
-
-        Raises :class:`CmeError` / :class:`CommandError` for an error final line,
-        :class:`DeviceTimeout` when no final line comes within ``timeout`` seconds, and
-        :class:`TransportError` when the port goes away. After the last two the session is
-        dirty: call :meth:`recover` before the next command.
-        """
-        if self._stream is None:
-            raise TransportError(f"{self.port}: port is not open")
-        if self.needs_recover:
-            raise TransportError(f"{self.port}: session needs recover() after a failure")
-        text = str(command)
-        self._drain_idle()
-        try:
-            with anyio.fail_after(timeout):
-                await self._stream.send(self._conn.send(command))
-                lines: list[str] = []
-                while True:
-                    event = self._conn.next_event()
-                    if event is NEED_DATA:
-                        data = await self._stream.receive()
-                        if self._heard is not None and len(self._heard) < _HEARD_MAX:
-                            self._heard += data
-                        self._conn.receive_data(data)
-                        continue
-                    if isinstance(event, InformationLine):
-                        lines.append(event.text)
-                    elif isinstance(event, Urc | StrayLine):
-                        self._note_unsolicited(event)
-                    elif isinstance(event, Ok):
-                        return Response(command=text, lines=tuple(lines))
-                    elif isinstance(event, CmeErrorLine):
-                        raise CmeError(text, event.code)
-                    elif isinstance(event, Error):
-                        raise CommandError(text, "ERROR")
-                    elif isinstance(event, CmsErrorLine):
-                        raise CommandError(text, f"+CMS ERROR: {event.code}")
-        except TimeoutError:
-            self._give_up_line()
-            raise DeviceTimeout(f"{text}: no answer within {timeout:g} s") from None
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                OSError) as exc:
-            self._give_up_line()
-            reason = str(exc) or type(exc).__name__
-            raise TransportError(f"connection lost during {text} ({reason})") from exc
-        except (LineTooLong, AnswerTooLong) as exc:
-            self._give_up_line()
-            raise RemoteProtocolError(f"{text}: {exc}") from exc
-
-    def _give_up_line(self) -> None:
-        self._conn.abandon()  # ERROR until the port is reopened
-
-    def _drain_idle(self) -> None:
-        """Log what arrived while no command was pending."""
-        while True:
-            try:
-                event = self._conn.next_event()
-            except LineTooLong:
-                continue
-            if event is NEED_DATA:
-                return
-            self._note_unsolicited(event)
-
-    def _note_unsolicited(self, event: Urc | StrayLine | object) -> None:
-        if isinstance(event, Urc):
-            self.log.debug("urc", line=event.text)
-        elif isinstance(event, StrayLine):
-            self.log.info("stray line (late answer?)", line=event.text)
 
     async def enable_cme_codes(self, *, timeout: float) -> None:
         """``AT+CMEE=1`` (numeric ``+CME ERROR`` codes), once per opened port."""
@@ -310,41 +144,12 @@ class DeviceSession:
         return int(text)
 
     async def probe(self, *, on_retry: Callable[[str], None] | None = None) -> None:
-        """Does anything answer on this port? ``AT`` up to :data:`PROBE_TRIES` times, each
-        waiting ``probe_timeout`` seconds for a final line (``ERROR`` counts: an AT host is
-        there). A late answer to the first ``AT`` is taken as the second's. Raises
-        :class:`NoAnswer` with a diagnosis of what came instead; ``on_retry(reason)`` is
-        called before the second ``AT``."""
-        heard = self._heard = bytearray()
-        self.link = None
-        at_host = Link(interface="at", terminator=TERMINATOR_NAMES[self._conn.terminator])
-        try:
-            for tries in range(1, PROBE_TRIES + 1):
-                try:
-                    await self.command(_AT, timeout=self.probe_timeout)
-                    self.link = at_host
-                    return
-                except CommandError:
-                    self.link = at_host
-                    return
-                except (DeviceTimeout, RemoteProtocolError) as exc:
-                    # The line holds nothing but this probe's late answer: the next AT may
-                    # take it as its own.
-                    self._conn.reset()
-                    reason = str(exc)
-                if tries < PROBE_TRIES:
-                    self.log.warning("no answer to AT yet; sending it again", error=reason,
-                                     received=len(heard))
-                    if on_retry is not None:
-                        on_retry(reason)
-        finally:
-            self._heard = None
-        baudrate, rtscts = self._line
-        diagnosis = diagnose(bytes(heard), sent=str(_AT), baudrate=baudrate, rtscts=rtscts,
-                             tries=PROBE_TRIES, waited=PROBE_TRIES * self.probe_timeout)
-        if diagnosis.kind == "shell":
-            self.link = Link(interface="shell", terminator=None)
-        raise NoAnswer(diagnosis)
+        """Does anything answer on this port, and what? Settles :attr:`line`
+        (:func:`fleet.probe.first_contact`; once found, a reopen probes with that line).
+        Raises :class:`NoAnswer` with a diagnosis of what came instead; ``on_retry(reason)``
+        is called before a second try."""
+        with self.hearing():
+            self.use_line(await first_contact(self, on_retry=on_retry))
 
     async def recover(self, *, timeout: float) -> None:
         """Close, reopen (tries and backoff from the policy), probe, re-enable CME codes and

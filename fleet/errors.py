@@ -50,6 +50,7 @@ __all__ = [
     "PortBusy",
     "ProtocolError",
     "RemoteProtocolError",
+    "ShellRefused",
     "TokenError",
     "TransportError",
 ]
@@ -141,6 +142,14 @@ class CmeError(CommandError):
     def __init__(self, command: str, code: CmeCode | int) -> None:
         self.code: CmeCode | int = code
         super().__init__(command, f"+CME ERROR: {int(code)} ({cme_text(int(code))})")
+
+
+class ShellRefused(CommandError):
+    """A Zephyr shell refused the command (``kind`` as in :class:`fleet.at.ShellRefusal`)."""
+
+    def __init__(self, command: str, kind: str, reason: str) -> None:
+        super().__init__(command, reason)
+        self.kind = kind
 
 
 class DeviceTimeout(FleetError):

@@ -109,8 +109,6 @@ class ModelInfo:
     #: the device type in the %ATTESTTOKEN body (a simulator value: the real codes are not
     #: documented)
     device_type: int
-    #: mfw 2.x refuses a credential with CR in it (``+CME ERROR: 527``); 1.3.x stores it.
-    rejects_crlf: bool
 
     def __post_init__(self) -> None:
         if not self.name or not self.cgmm or not self.firmware:
@@ -121,9 +119,9 @@ class ModelInfo:
 #: NULL-parameter CSR seen on real firmware.
 MODELS: dict[str, ModelInfo] = {
     "nrf9160": ModelInfo(name="nrf9160", cgmm="nRF9160-SICA", firmware="mfw_nrf9160_1.3.5",
-                         device_type=1, rejects_crlf=False),
+                         device_type=1),
     "nrf9151": ModelInfo(name="nrf9151", cgmm="nRF9151-LACA", firmware="mfw_nrf91x1_2.0.2",
-                         device_type=2, rejects_crlf=True),
+                         device_type=2),
 }
 MODEL_NAMES = tuple(MODELS)
 

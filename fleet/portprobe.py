@@ -6,8 +6,8 @@ Each port is opened and driven through a :class:`fleet.device.DeviceSession` in 
 (what `fleet run --check` does): the first-contact probe (``AT``), then, when an AT host
 answered, the identification (``AT+CGSN=1`` twice, ``AT+CGMR``) and ``AT+CGMM``. Nothing that
 changes a modem is ever sent (no ``AT+CMEE=1`` either). What the line is (interface,
-terminator) is the session's :attr:`~fleet.device.DeviceSession.link`, so a session that learns
-to detect other lines reports them here unchanged. All ports are probed at once, in one task
+terminator) is what the session's first contact found (:attr:`~fleet.session.LineSession.line`,
+see :mod:`fleet.probe`). All ports are probed at once, in one task
 group under a limit; a port that cannot be opened, or where nothing answers, is a result with
 the reason, never an exception.
 """
@@ -22,6 +22,7 @@ import anyio.abc
 
 from fleet.device import DeviceSession, NoAnswer
 from fleet.errors import FleetError
+from fleet.session import Line
 from fleet.transport import open_port
 
 __all__ = ["ProbeResult", "probe_ports"]
@@ -58,20 +59,18 @@ async def _probe_one(port: str, *, baudrate: int, rtscts: bool, probe_timeout: f
         identity = await session.identify(timeout=timeout)
         model = await session.read_model(timeout=timeout)
     except NoAnswer as exc:
-        link = session.link
-        return ProbeResult(answered=False, interface=link.interface if link else None,
-                           terminator=link.terminator if link else None, error=str(exc))
+        return _result(session.line, answered=False, error=str(exc))
     except (FleetError, OSError) as exc:
-        link = session.link
-        return ProbeResult(answered=link is not None and link.interface == "at",
-                           interface=link.interface if link else None,
-                           terminator=link.terminator if link else None, error=str(exc))
+        return _result(session.line, answered=session.line is not None, error=str(exc))
     finally:
         await session.close()
-    link = session.link
-    assert link is not None  # the probe succeeded
-    return ProbeResult(answered=True, interface=link.interface, terminator=link.terminator,
-                       imei=identity.imei, model=model, firmware=identity.firmware)
+    return _result(session.line, answered=True, imei=identity.imei, model=model,
+                   firmware=identity.firmware)
+
+
+def _result(line: Line | None, *, answered: bool, **found: str) -> ProbeResult:
+    return ProbeResult(answered=answered, interface=line.interface.value if line else None,
+                       terminator=line.terminator.value if line else None, **found)
 
 
 async def probe_ports(ports: Sequence[str], *, baudrate: int = 115200, rtscts: bool = True,

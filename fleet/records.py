@@ -90,6 +90,10 @@ class DeviceRecord:
     #: %KEYGEN sent, a function mode or a certificate written): Ansible's ``changed``
     changed: bool = False
     usb: UsbIdentity | None = None  #: the USB identity of ``port``, when a usb: form found it
+    #: how fleet reached the device: ``at`` or ``shell``, and the line end it sent (``cr``,
+    #: ``lf``, ``crlf``, ``nul``); None when it was not reached
+    interface: str | None = None
+    terminator: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

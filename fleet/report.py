@@ -173,7 +173,8 @@ def _device_record(row: SlotRow, slot: Slot | None, plan: Plan, keys: Sequence[K
     return DeviceRecord(slot=row.slot, port=row.port, imei=row.imei,
                         device_uuid=_uuid_or_none(row.device_uuid), model=row.model,
                         firmware=row.firmware, outcome=outcome, keys=tuple(records),
-                        error=error, changed=row.changed, usb=row.usb)
+                        error=error, changed=row.changed, usb=row.usb,
+                        interface=row.interface, terminator=row.terminator)
 
 
 def _uuid_or_none(text: str | None) -> str | None:
@@ -275,7 +276,9 @@ def run_document(record: RunRecord, *, check: bool, resumed: bool, interrupted: 
         entry: dict[str, Any] = {
             "slot": device.slot, "port": device.port, "imei": device.imei,
             "device_uuid": device.device_uuid, "model": device.model,
-            "firmware": device.firmware, "outcome": device.outcome.value, "error": device.error,
+            "firmware": device.firmware, "interface": device.interface,
+            "terminator": device.terminator, "outcome": device.outcome.value,
+            "error": device.error,
             "changed": device.changed, "keys": [_key_document(k) for k in device.keys],
             "usb": device.usb.to_dict() if device.usb is not None else None,
         }

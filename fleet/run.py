@@ -30,6 +30,7 @@ import anyio.abc
 import structlog
 
 from fleet import __version__, exitcodes
+from fleet.at import Interface, Terminator
 from fleet.errors import JournalError, ManifestError, PlanError
 from fleet.fdio import raise_fd_limit
 from fleet.interrupts import Watch
@@ -128,7 +129,13 @@ async def _simulator(plan: Plan) -> AsyncIterator[Callable[[int], Any] | None]:
             config = SimConfig(count=settings.count, seed=settings.seed, model=settings.model,
                                profile=settings.profile,
                                faults=tuple(parse_fault_spec(f) for f in settings.faults),
-                               state_path=settings.state, log_path=settings.log, **optional)
+                               state_path=settings.state, log_path=settings.log,
+                               interface=Interface(settings.interface),
+                               terminator=Terminator(settings.terminator),
+                               prompt=settings.prompt, shell_wildcards=settings.shell_wildcards,
+                               shell_buffer=settings.shell_buffer,
+                               unescape_lf=settings.unescape_lf,
+                               at_cmd_mode=settings.at_cmd_mode, **optional)
             sim = await stack.enter_async_context(InProcessSimulator(config))
         except (ValueError, OSError) as exc:
             raise PlanError([f"{plan.path}: simulator: {exc}"]) from exc
@@ -192,8 +199,10 @@ async def run_plan(
 
             async def run_slot(slot: Slot) -> None:
                 async def opener() -> anyio.abc.ByteStream:
-                    return await open_port(slot.port, baudrate=slot.settings.baudrate,
-                                           rtscts=slot.settings.rtscts, sim=sim_connect)
+                    settings = slot.settings
+                    return await open_port(slot.port, baudrate=settings.baudrate,
+                                           rtscts=settings.rtscts, xonxoff=settings.xonxoff,
+                                           dsrdtr=settings.dsrdtr, sim=sim_connect)
 
                 status = SlotStatus(slot=slot.name, port=slot.port, keys_total=len(slot.keys))
 

@@ -182,10 +182,11 @@ class SerialStream(anyio.abc.ByteStream):
             await self._bridge.closed.wait()
 
 
-def _open_serial_sync(path: str, baudrate: int, rtscts: bool) -> PollSerial:
+def _open_serial_sync(path: str, baudrate: int, rtscts: bool, xonxoff: bool,
+                      dsrdtr: bool) -> PollSerial:
     try:
-        port = PollSerial(port=None, baudrate=baudrate, rtscts=rtscts, exclusive=True,
-                          timeout=0, write_timeout=0)
+        port = PollSerial(port=None, baudrate=baudrate, rtscts=rtscts, xonxoff=xonxoff,
+                          dsrdtr=dsrdtr, exclusive=True, timeout=0, write_timeout=0)
         port.port = path
         port.open()
     except serial.SerialException as exc:
@@ -204,11 +205,13 @@ def _open_serial_sync(path: str, baudrate: int, rtscts: bool) -> PollSerial:
     return port
 
 
-async def open_serial(path: str, *, baudrate: int = 115200, rtscts: bool = True) -> SerialStream:
-    """Open a serial device exclusively and wrap it as a byte stream."""
+async def open_serial(path: str, *, baudrate: int = 115200, rtscts: bool = True,
+                      xonxoff: bool = False, dsrdtr: bool = False) -> SerialStream:
+    """Open a serial device exclusively and wrap it as a byte stream (flow control: RTS/CTS,
+    XON/XOFF and DSR/DTR as asked)."""
     if not os.path.exists(path):
         raise TransportError(f"{path} does not exist (unplugged? wrong path?)")
-    port = _open_serial_sync(path, baudrate, rtscts)
+    port = _open_serial_sync(path, baudrate, rtscts, xonxoff, dsrdtr)
     loop = asyncio.get_running_loop()
     bridge = _Bridge()
     transport = _SerialTransport(loop, bridge, port)
@@ -236,6 +239,8 @@ async def open_port(
     *,
     baudrate: int = 115200,
     rtscts: bool = True,
+    xonxoff: bool = False,
+    dsrdtr: bool = False,
     sim: SimConnector | None = None,
 ) -> anyio.abc.ByteStream:
     """Open ``url`` (device path, ``socket://host:port`` or ``sim://N``)."""
@@ -254,4 +259,5 @@ async def open_port(
     if not isinstance(target, DevicePath):  # a usb: form names ports; a plan expands it
         raise TransportError(f"{url}: a usb: form is expanded into device paths by the plan, "
                              "it cannot be opened itself")
-    return await open_serial(target.path, baudrate=baudrate, rtscts=rtscts)
+    return await open_serial(target.path, baudrate=baudrate, rtscts=rtscts, xonxoff=xonxoff,
+                             dsrdtr=dsrdtr)

@@ -4,6 +4,7 @@
     python scripts/bench.py                 # N = 1, 8, 64, 256
     python scripts/bench.py --sizes 1 8 64  # fewer
     python scripts/bench.py --markdown      # also the table and the targets as GitHub Markdown
+    python scripts/bench.py --shell         # also each N through a Zephyr shell
 
 For each N it starts `fleet sim` with N modems (its own process: its CPU is not counted), runs
 `fleet run --json` with a two-key plan (client key with CSR, endorsement key) and a fresh
@@ -25,6 +26,10 @@ in the token. The target: the token run takes at most 1 s longer than the file-k
 ratio to it is printed beside). ``--sizes`` with no size leaves out the other rows:
 
     python scripts/bench.py --sizes --pkcs11
+
+``--shell`` adds a row per N against the simulator with a Zephyr shell in front of each modem
+(``SHELL``: Modem Shell's build, wildcards off and a buffer that holds a certificate), labelled
+``shell N=...`` with its own ``x N=1``; the targets are the plain rows' only.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FLEET = [sys.executable, "-m", "fleet"]
+#: The `fleet sim` options of the ``--shell`` rows.
+SHELL = ("--interface", "shell", "--shell-wildcards", "off", "--shell-buffer", "3584")
 _LOOP_ERRORS = re.compile(r"Exception in callback|exception was never retrieved|"
                           r"Task was destroyed|Traceback \(most recent call last\)|slot crashed")
 
@@ -63,11 +70,12 @@ class Result:
     sim_cpu: float = 0.0
 
 
-def start_sim(work: Path, n: int, profile: str = "realistic") -> subprocess.Popen[bytes]:
+def start_sim(work: Path, n: int, profile: str = "realistic",
+              options: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [*FLEET, "sim", "--count", str(n), "--dir", str(work / "ports"), "--log",
          str(work / "sim.log"), "--state", str(work / "sim.json"), "--profile", profile,
-         "--seed", str(n)],
+         "--seed", str(n), *options],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     if not proc.stdout.readline():
@@ -155,22 +163,24 @@ def _median(results: list[Result]) -> Result:
     return median
 
 
-def run_size(n: int, root: Path, extra_runs: bool, repeat: int) -> list[Result]:
-    """``repeat`` first runs, each on a fresh simulator and journal; for N=64 also ``repeat``
-    re-runs of the last completed plan. Each row is the median repetition."""
+def run_size(n: int, root: Path, extra_runs: bool, repeat: int, *, prefix: str = "",
+             options: tuple[str, ...] = ()) -> list[Result]:
+    """``repeat`` first runs, each on a fresh simulator (with ``options``) and journal; for
+    N=64 also ``repeat`` re-runs of the last completed plan. Each row is the median
+    repetition, labelled ``prefix`` + ``N=n``."""
     firsts: list[Result] = []
     reruns: list[Result] = []
     for rep in range(repeat):
-        work = root / f"n{n}-{rep}"
+        work = root / f"{prefix.strip()}n{n}-{rep}"
         work.mkdir()
-        sim = start_sim(work, n)
+        sim = start_sim(work, n, options)
         try:
             plan = write_plan(work)
-            first = measure(f"N={n}", n, plan, work / "journal.sqlite", work)
+            first = measure(f"{prefix}N={n}", n, plan, work / "journal.sqlite", work)
             if extra_runs and rep == repeat - 1:
                 for _ in range(repeat):
-                    reruns.append(measure(f"N={n} re-run", n, plan, work / "journal.sqlite",
-                                          work))
+                    reruns.append(measure(f"{prefix}N={n} re-run", n, plan,
+                                          work / "journal.sqlite", work))
         finally:
             sim_cpu = _stop(sim)  # also when a run failed (then nothing is recorded)
         first.sim_cpu = sim_cpu
@@ -254,6 +264,8 @@ def main() -> int:
                         "SoftHSM2 token, and the target for their difference")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the table and the targets as GitHub Markdown")
+    parser.add_argument("--shell", action="store_true",
+                        help="also run each N against a simulator with a Zephyr shell")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -274,11 +286,17 @@ def main() -> int:
             print("running N=256 fast with the CA key in a file, then in a token ...",
                   flush=True)
             results += pkcs11_rows(root, args.repeat)
+        if args.shell:
+            for n in args.sizes:
+                print(f"running shell N={n} ...", flush=True)
+                results += run_size(n, root, extra_runs=(n == 64), repeat=args.repeat,
+                                    prefix="shell ", options=SHELL)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     base = next((r.wall for r in results if r.label == "N=1"), None)
-    rows = [_row(r, base) for r in results]
+    shell_base = next((r.wall for r in results if r.label == "shell N=1"), None)
+    rows = [_row(r, shell_base if r.label.startswith("shell ") else base) for r in results]
     print()
     print("".join(f"{name:{'<' if i == 0 else '>'}{width}}"
                   for i, (name, width, _) in enumerate(COLUMNS)))

@@ -4,6 +4,7 @@ manifest after each interruption, then let one run finish, and check that nothin
 captured key was ever replaced.
 
     python scripts/chaos.py --devices 16 --kills 10 [--sigterm-ratio 0.5] [--seed N]
+        [--sim "--interface shell --shell-wildcards off --shell-buffer 3584"]
 
 It starts `fleet sim` (ptys, --state, --log, some faults), writes a two-key plan (client key with
 CSR, endorsement key), runs `fleet run --json` K times, each time sending SIGTERM (with
@@ -48,6 +49,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -119,11 +121,11 @@ class Chaos:
         print(f"VIOLATION: {line}")
 
 
-def start_sim(work: Path, devices: int, seed: int, faults: list[str], profile: str
-              ) -> subprocess.Popen[bytes]:
+def start_sim(work: Path, devices: int, seed: int, faults: list[str], profile: str,
+              options: list[str]) -> subprocess.Popen[bytes]:
     args = [*FLEET, "sim", "--count", str(devices), "--dir", str(work / "ports"), "--state",
             str(work / "sim.json"), "--log", str(work / "sim.log"), "--seed", str(seed),
-            "--profile", profile]
+            "--profile", profile, *options]
     for fault in faults:
         args += ["--fault", fault]
     with (work / "sim.err").open("wb") as err:
@@ -528,6 +530,9 @@ def main() -> int:
     parser.add_argument("--max-delay", type=float, default=5.0,
                         help="interrupt each run after a random delay up to this many seconds")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
+    parser.add_argument("--sim", default="", metavar="OPTIONS",
+                        help="more `fleet sim` options, in one string (the line in front of the "
+                        "modems: --interface shell ...)")
     args = parser.parse_args()
     if not 0.0 <= args.sigterm_ratio <= 1.0:
         parser.error("--sigterm-ratio must be between 0 and 1")
@@ -538,11 +543,12 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fleet-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"chaos: devices={args.devices} kills={args.kills} sigterm-ratio={args.sigterm_ratio} "
-          f"seed={args.seed} profile={args.profile} faults={faults} workdir={work}")
+          f"seed={args.seed} profile={args.profile} faults={faults} sim={args.sim!r} "
+          f"workdir={work}")
     subprocess.run([*FLEET, "station-key", "init", "--out", str(work / "keys")], check=True,
                    stdout=subprocess.DEVNULL)
     chaos = Chaos(work=work, devices=args.devices, seed=args.seed)
-    sim = start_sim(work, args.devices, args.seed, faults, args.profile)
+    sim = start_sim(work, args.devices, args.seed, faults, args.profile, shlex.split(args.sim))
     plan, journal = write_plan(work), work / "journal.sqlite"
     started = time.monotonic()
     mid_step = 0

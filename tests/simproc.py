@@ -1,5 +1,6 @@
 """Run ``fleet sim`` as a subprocess for tests, and talk to its ports with PLAIN pyserial.
 
+``LINES`` names the simulator options of each interface the end-to-end tests run over.
 ``run_sim(tmp_path, count, *extra_args)`` starts
 ``python -m fleet sim --count N --dir <tmp>/ports --log <tmp>/sim.log --state <tmp>/sim.json ...``,
 waits for the ready line (failing with the simulator's stderr if it does not come), and stops it
@@ -26,7 +27,14 @@ from typing import Any
 
 import serial
 
-__all__ = ["FINAL", "SimProcess", "command", "open_port", "read_until_final", "run_sim",
+#: ``fleet sim`` options per interface: a plain AT host, and a shell built like Modem Shell
+#: (wildcards off, a command buffer that holds a certificate).
+LINES: dict[str, tuple[str, ...]] = {
+    "at": (),
+    "shell": ("--interface", "shell", "--shell-wildcards", "off", "--shell-buffer", "3584"),
+}
+
+__all__ = ["FINAL", "LINES", "SimProcess", "command", "open_port", "read_until_final", "run_sim",
            "send"]
 
 FINAL = re.compile(r"(OK|ERROR|\+CME ERROR: \d+)\Z")
@@ -198,10 +206,18 @@ def _read_line(port: serial.Serial, deadline: float) -> bytes | None:
     return line
 
 
-def command(port: serial.Serial, text: str, timeout: float = 10.0) -> list[str]:
-    """Send ``text`` + CR and return the answer lines (final line last)."""
-    send(port, text)
-    return read_until_final(port, timeout)
+def command(port: serial.Serial, text: str, timeout: float = 10.0, *,
+            shell: bool = False) -> list[str]:
+    """Send ``text`` + CR and return the answer lines (final line last). ``shell``: through a
+    Zephyr shell, typed as ``at <text>`` (``text`` without spaces or quotes), its echo, prompt
+    and colours left out of the answer."""
+    if not shell:
+        send(port, text)
+        return read_until_final(port, timeout)
+    send(port, f"at {text}")
+    lines = [re.sub(r"^[\w.-]+:~\$ ", "", re.sub(r"\x1b\[[0-9;]*m", "", line))
+             for line in read_until_final(port, timeout)]
+    return [line for line in lines if line and line != f"at {text}"]
 
 
 def send(port: serial.Serial, text: str) -> None:

@@ -16,7 +16,7 @@ from fleet.certs import LocalCa, canonical_pem
 from fleet.credentials import parse_keygen
 from tests.certhelpers import NOW, TLS, csr_answer, make_ca, script_ca_command
 from tests.runhelpers import KEYS, fleet, run_json, write_plan
-from tests.simproc import command, open_port, run_sim
+from tests.simproc import LINES, command, open_port, run_sim
 
 CA_KEYS = KEYS.replace("    if_exists: keep\n", """    if_exists: keep
     ca:
@@ -47,13 +47,14 @@ def _spki(pem: str) -> bytes:
 
 
 @pytest.mark.forged_manifests("tampered.json")
-def test_local_ca_certificates_rerun_rewrite_and_export(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", LINES)
+def test_local_ca_certificates_rerun_rewrite_and_export(tmp_path: Path, line: str) -> None:
     created = fleet("ca", "init", tmp_path / "ca", "--cn", "Line 1 test CA")
     assert created.returncode == 0, created.stderr
     ca_pem = (tmp_path / "ca" / "ca.pem").read_text()
     ca_cert = x509.load_pem_x509_certificate(ca_pem.encode())
     pubkey = tmp_path / "keys" / "station.pub.pem"
-    with run_sim(tmp_path, 4) as sim:
+    with run_sim(tmp_path, 4, *LINES[line]) as sim:
         plan = write_plan(tmp_path, ports=str(tmp_path / "ports" / "modem*"), keys=CA_KEYS)
         journal = tmp_path / "journal.sqlite"
         code, first, err = run_json(plan, journal)
@@ -96,8 +97,8 @@ def test_local_ca_certificates_rerun_rewrite_and_export(tmp_path: Path) -> None:
 
         # The certificate disappears from modem0: --check says so, a run writes the SAME one.
         with open_port(sim.ports[0]) as port:
-            assert command(port, "AT+CMEE=1") == ["OK"]
-            assert command(port, f"AT%CMNG=3,{TLS},1") == ["OK"]
+            assert command(port, "AT+CMEE=1", shell=line == "shell") == ["OK"]
+            assert command(port, f"AT%CMNG=3,{TLS},1", shell=line == "shell") == ["OK"]
         code, check, err = run_json(plan, journal, "--check")
         assert code == 0 and check["changed"] is True, err
         planned = {(p["name"], p["type"]): p["action"] for d in check["devices"]

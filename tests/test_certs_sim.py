@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -52,13 +53,17 @@ def test_client_certificate_must_match_the_key_in_its_tag(tmp_path: Path) -> Non
     assert modem.handle(f'AT%CMNG=0,7,0,"{ca_pem}"').final == Ok()
 
 
-def test_crlf_certificate_is_refused_by_mfw_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["nrf9160", "nrf9151"])
+def test_crlf_certificate_is_stored_as_written_on_every_model(tmp_path: Path,
+                                                              model: str) -> None:
     ca = _ca(tmp_path)
-    modem = _modem("nrf9151")
+    modem = _modem(model)
     answer = parse_keygen(modem.handle("AT%KEYGEN=7,2,0").lines[0])
     assert answer.csr is not None
-    pem = canonical_pem([ca.sign(answer.csr, now=NOW)])
-    assert modem.handle(f'AT%CMNG=0,7,1,"{pem.replace(chr(10), chr(13) + chr(10))}"'
-                        ).final == CmeErrorLine(code=527)
+    pem = canonical_pem([ca.sign(answer.csr, now=NOW)]).replace("\n", "\r\n")
     assert modem.handle(f'AT%CMNG=0,7,1,"{pem}"').final == Ok()
-    assert x509.load_pem_x509_certificate(modem.store.get(7, 1).content or b"")  # type: ignore[union-attr]
+    stored = modem.store.get(7, 1)
+    assert stored is not None and stored.content == pem.encode()
+    listed = modem.handle("AT%CMNG=1,7,1").lines[0]
+    assert hashlib.sha256(pem.encode()).hexdigest().upper() in listed
+    assert x509.load_pem_x509_certificate(stored.content or b"")

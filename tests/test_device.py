@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import termios
 import tty
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -207,6 +208,23 @@ async def test_open_port_over_a_pty_is_exclusive_and_talks_to_the_modem(tmp_path
         await open_port("sim://x", sim=_never)
     with pytest.raises(TransportError, match="TCP port must be a number"):
         await open_port("socket://nohost")
+
+
+@pytest.mark.parametrize(("xonxoff", "dsrdtr"), [(True, False), (False, True), (False, False)])
+async def test_the_ports_flow_control_is_what_the_plan_says(xonxoff: bool, dsrdtr: bool) -> None:
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    try:
+        stream = await open_port(path, rtscts=False, xonxoff=xonxoff, dsrdtr=dsrdtr)
+        try:
+            iflag, _, cflag = termios.tcgetattr(slave)[:3]
+            assert bool(iflag & termios.IXON) == bool(iflag & termios.IXOFF) == xonxoff
+            assert not cflag & termios.CRTSCTS  # rtscts off, with or without DSR/DTR
+        finally:
+            await stream.aclose()
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 async def _never(index: int) -> anyio.abc.ByteStream:  # pragma: no cover - never called

@@ -81,11 +81,12 @@ def log_console(data: bytes) -> bytes:
     return b"\x1b[8D\x1b[J\x1b[1;31m[00:00:01.100,000] <err> app: no AT host\x1b[m\r\n"
 
 
-async def probe(path: str) -> NoAnswer:
+async def probe(path: str, interface: str = "auto", terminator: str = "auto") -> NoAnswer:
     async def opener() -> anyio.abc.ByteStream:
         return await open_serial(path)
 
-    session = DeviceSession(opener, port=path, probe_timeout=0.3)
+    session = DeviceSession(opener, port=path, probe_timeout=0.3, interface=interface,
+                            terminator=terminator)
     await session.open()
     try:
         with pytest.raises(NoAnswer) as caught:
@@ -95,16 +96,25 @@ async def probe(path: str) -> NoAnswer:
     return caught.value
 
 
-@pytest.mark.parametrize(("peer", "kind", "words"), [
-    (None, "nothing", ("nothing received at all", *CAUSES)),
-    (garbage, "garbage", ("not AT lines", "wrong baud rate", "baudrate", "rtscts")),
-    (zephyr_shell, "shell", ("Zephyr shell", "prompt", "echoed", "`at <command>`")),
-    (log_console, "ansi", ("ANSI/VT100", "AT interface")),
+@pytest.mark.parametrize(("peer", "line", "kind", "words"), [
+    (None, ("auto", "auto"), "nothing", ("nothing received at all", "then LF, then NUL",
+                                         *CAUSES)),
+    (None, ("at", "cr"), "nothing", ("ending in cr", "`terminator` (cr now)",
+                                     "CONFIG_AT_HOST_TERMINATION", *CAUSES)),
+    (garbage, ("auto", "auto"), "garbage", ("not AT lines", "wrong baud rate", "baudrate",
+                                            "rtscts")),
+    (zephyr_shell, ("at", "cr"), "shell", ("Zephyr shell", "prompt", "echoed",
+                                           "`at <command>`", "`interface: auto`")),
+    # interface auto: the shell is asked `at AT`, which this one does not know
+    (zephyr_shell, ("auto", "auto"), "shell", ("Zephyr shell", "no `at` command",
+                                               "CONFIG_AT_SHELL")),
+    (log_console, ("auto", "auto"), "ansi", ("ANSI/VT100", "AT interface")),
 ])
 def test_the_probe_tells_what_answers_instead_of_an_at_host(
-        peer: Callable[[bytes], bytes] | None, kind: str, words: tuple[str, ...]) -> None:
+        peer: Callable[[bytes], bytes] | None, line: tuple[str, str], kind: str,
+        words: tuple[str, ...]) -> None:
     with pty_peer(peer) as path:
-        error = anyio.run(probe, path, backend="asyncio")
+        error = anyio.run(probe, path, *line, backend="asyncio")
     assert error.diagnosis.kind == kind, error
     for word in words:
         assert word in str(error), (word, str(error))

@@ -85,7 +85,7 @@ def test_signed_has_every_field() -> None:
     assert signed["summary"]["keys"]["generated"] == 4
     device = signed["devices"][0]
     assert list(device) == ["slot", "port", "imei", "device_uuid", "model", "firmware",
-                            "outcome", "error", "keys"]
+                            "interface", "terminator", "outcome", "error", "keys"]
     tls, endorsement = device["keys"]
     assert list(tls) == ["name", "sec_tag", "type", "response", "outcome", "keygen_answer",
                          "csr_pem", "public_key_pem", "cose_payload", "error", "attempts"]
@@ -468,6 +468,18 @@ def test_document_shape_failures_are_named() -> None:
     reasons = _reasons(verify(doc, trusted=None))
     assert "alg 'RS256' is not one of ES256, Ed25519" in reasons
     assert "not standard base64" in reasons
+
+
+def test_the_line_a_device_was_reached_through_is_checked_when_it_is_there() -> None:
+    signed = copy.deepcopy(DOC["signed"])
+    signed["devices"][0]["interface"] = "telnet"
+    signed["devices"][0]["terminator"] = "crcr"
+    reasons = _reasons(verify(sign(signed, STATION), trusted=None))
+    assert "interface: 'telnet' is not one of at, shell" in reasons
+    assert "terminator: 'crcr' is not one of cr, lf, crlf, nul" in reasons
+    for device in signed["devices"]:  # a manifest written before they were recorded
+        del device["interface"], device["terminator"]
+    assert verify(sign(signed, STATION), trusted=None).ok
 
 
 def test_summary_must_match_devices() -> None:

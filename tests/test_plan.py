@@ -248,6 +248,11 @@ BAD = [
     ("version: 1", "version: 1\ndefaults: {retries: 11}", 2, "less than or equal to 10"),
     ("version: 1", "version: 1\ndefaults: {concurrency: 0}", 2, "greater than or equal to 1"),
     ("version: 1", "version: 1\ndefaults: {rtscts: 1}", 2, "expected true or false"),
+    ("version: 1", "version: 1\ndefaults: {interface: telnet}", 2,
+     "must be 'auto', 'at' or 'shell'"),
+    ("version: 1", "version: 1\ndefaults: {terminator: crcr}", 2,
+     "must be 'auto', 'cr', 'lf', 'crlf' or 'nul'"),
+    ("version: 1", "version: 1\ndefaults: {xonxoff: 'on'}", 2, "expected true or false"),
     ("    keys: [tls, endorsement]", "    keys: [tls, endorsement]\n    settings:\n"
      "      concurrency: 2", L_SLOT_KEYS + 2, "concurrency is plan-wide"),
     # simulator
@@ -259,6 +264,10 @@ BAD = [
     ("slots:", "simulator:\n  model: nrf9999\nslots:", L_SLOTS + 1, "'nrf9160' or 'nrf9151'"),
     ("slots:", "simulator:\n  function_mode: 3\nslots:", L_SLOTS + 1, "not a documented"),
     ("slots:", "simulator:\n  capacity: 0\nslots:", L_SLOTS + 1, "greater than or equal to 1"),
+    ("slots:", "simulator:\n  interface: telnet\nslots:", L_SLOTS + 1, "'at' or 'shell'"),
+    ("slots:", "simulator:\n  shell_buffer: 1\nslots:", L_SLOTS + 1,
+     "greater than or equal to 2"),
+    ("slots:", "simulator:\n  prompt: ''\nslots:", L_SLOTS + 1, "at least 1 character"),
     # YAML itself
     ("    type: client_key", "    type: client_key\n   bad: indent", L_TYPE + 1,
      "YAML syntax error"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.runhelpers import fleet, run_json, wait_for, write_plan
-from tests.simproc import command, open_port, run_sim
+from tests.simproc import LINES, command, open_port, run_sim
 
 TLS = 16842753
 
@@ -45,8 +45,9 @@ def _outcomes(doc: dict) -> dict[str, dict[str, str]]:  # type: ignore[type-arg]
             for d in doc["devices"]}
 
 
-def test_sigkill_between_intent_and_answer_is_recovered(tmp_path: Path) -> None:
-    with run_sim(tmp_path, 2, "--profile", "realistic") as sim:
+@pytest.mark.parametrize("line", LINES)
+def test_sigkill_between_intent_and_answer_is_recovered(tmp_path: Path, line: str) -> None:
+    with run_sim(tmp_path, 2, *LINES[line], "--profile", "realistic") as sim:
         plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
         journal = tmp_path / "j.sqlite"
         proc = _start_run(plan, journal)
@@ -75,16 +76,18 @@ def test_sigkill_between_intent_and_answer_is_recovered(tmp_path: Path) -> None:
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_lost_answer_is_recovered_on_the_next_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", LINES)
+def test_lost_answer_is_recovered_on_the_next_run(tmp_path: Path, line: str) -> None:
     plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]",
                       defaults="{timeout_s: 2, keygen_timeout_s: 4, retries: 0}")
     journal = tmp_path / "j.sqlite"
-    with run_sim(tmp_path, 2, "--fault", "lost-answer:1@1") as sim:
+    with run_sim(tmp_path, 2, *LINES[line], "--fault", "lost-answer:1@1") as sim:
         code, doc, _ = run_json(plan, journal)
         assert code == 1
         assert _outcomes(doc)["modem1"]["tls"] == "failed"
         assert sim.faults(1) and sim.faults(1)[0]["fault"] == "lost-answer"
-    with run_sim(tmp_path, 2) as sim:  # same state: the key made by the lost %KEYGEN is kept
+    # same state: the key made by the lost %KEYGEN is kept
+    with run_sim(tmp_path, 2, *LINES[line]) as sim:
         before = len(sim.commands(0))
         code, doc, err = run_json(plan, journal)
         assert code == 0, err
@@ -144,8 +147,9 @@ def test_pre_existing_key_and_if_exists(tmp_path: Path, policy: str) -> None:
         assert doc["changed"] is False
 
 
-def test_endorsement_key_unchanged_across_runs_and_journals(tmp_path: Path) -> None:
-    with run_sim(tmp_path, 2) as sim:
+@pytest.mark.parametrize("line", LINES)
+def test_endorsement_key_unchanged_across_runs_and_journals(tmp_path: Path, line: str) -> None:
+    with run_sim(tmp_path, 2, *LINES[line]) as sim:
         plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[endorsement]")
         code, first, err = run_json(plan, tmp_path / "j.sqlite")
         assert code == 0, err
@@ -164,14 +168,15 @@ def test_endorsement_key_unchanged_across_runs_and_journals(tmp_path: Path) -> N
         assert keys3 == keys1
 
 
-def test_board_swapped_between_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", LINES)
+def test_board_swapped_between_runs(tmp_path: Path, line: str) -> None:
     plan = write_plan(tmp_path, ports=_ports(tmp_path))
     journal = tmp_path / "j.sqlite"
-    with run_sim(tmp_path, 2, "--seed", "1"):
+    with run_sim(tmp_path, 2, *LINES[line], "--seed", "1"):
         code, first, err = run_json(plan, journal)
         assert code == 0, err
     (tmp_path / "sim.json").unlink()  # new boards in the same slots
-    with run_sim(tmp_path, 2, "--seed", "2"):
+    with run_sim(tmp_path, 2, *LINES[line], "--seed", "2"):
         code, second, err = run_json(plan, journal)
         assert code == 0, err
     old = {d["imei"] for d in first["devices"]}

@@ -219,13 +219,14 @@ def test_cmng_write_list_read_delete(sim: SimProcess) -> None:
     assert stored[(101, 0)]["content"] == crlf
 
 
-def test_crlf_credential_refused_on_mfw_2(sim9151: SimProcess) -> None:
+def test_crlf_credential_stored_on_mfw_2_too(sim9151: SimProcess) -> None:
     ca = certificate_pem()
     with open_port(sim9151.ports[0]) as port:
         assert command(port, "AT+CMEE=1") == ["OK"]
         crlf = ca.replace("\n", "\r\n")
-        assert command(port, f'AT%CMNG=0,7,0,"{crlf}"') == ["+CME ERROR: 527"]
-        assert command(port, f'AT%CMNG=0,7,0,"{ca}"') == ["OK"]
+        assert command(port, f'AT%CMNG=0,7,0,"{crlf}"') == ["OK"]
+        sha = hashlib.sha256(crlf.encode()).hexdigest().upper()
+        assert command(port, "AT%CMNG=1,7,0") == [f'%CMNG: 7,0,"{sha}"', "OK"]
 
 
 def test_store_full(tmp_path: Path) -> None:

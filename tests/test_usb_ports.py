@@ -22,6 +22,7 @@ from fleet.porturl import UsbPorts, parse_port
 from fleet.usbid import UsbIdentity
 from fleet.usbports import ROOT_ENV, scan, select
 from tests.runhelpers import fleet, write_plan
+from tests.simproc import LINES, run_sim
 from tests.test_first_contact import pty_peer, zephyr_shell
 from tests.usbtree import UsbTree
 
@@ -205,18 +206,35 @@ def test_the_manifest_shape_of_usb() -> None:
         assert any(words in p for p in problems), (words, problems)
 
 
-def test_the_probe_reports_a_shell_and_a_port_it_cannot_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("interface", sorted(LINES))
+def test_the_probe_reports_the_line_found_and_a_port_it_cannot_open(tmp_path: Path,
+                                                                    interface: str) -> None:
+    tree = UsbTree(tmp_path / "root")
+    with run_sim(tmp_path, 1, *LINES[interface]) as sim:
+        tree.add_board("1-1.1", serial="S1", vid="1915", pid="520f", targets=[sim.ports[0]])
+        tree.add_board("1-1.2", serial="S2", vid="10c4", pid="ea60", bridge=True, targets=[None])
+        ports = [p.device for p in scan(tmp_path / "root").ports]
+        results = anyio.run(lambda: probe_ports(ports, probe_timeout=1.0), backend="asyncio")
+        imei = sim.modem_state(0)["imei"]
+        sent = sim.commands(0)
+    first, second = (results[p] for p in ports)
+    assert (first.answered, first.interface, first.terminator, first.imei) == (
+        True, interface, "cr", imei), first
+    writes = ("AT%KEYGEN", "AT%CMNG=0", "AT%CMNG=3", "AT+CFUN=", "AT+CMEE")
+    assert sent and not [c for c in sent if c.startswith(writes)], sent
+    assert not second.answered and second.interface is None
+    assert "cannot open" in (second.error or ""), second
+
+
+def test_the_probe_names_a_shell_that_does_not_pass_at_commands(tmp_path: Path) -> None:
     tree = UsbTree(tmp_path / "root")
     with pty_peer(zephyr_shell) as shell:
         tree.add_board("1-1.1", serial="S1", vid="1915", pid="520f", targets=[shell])
-        tree.add_board("1-1.2", serial="S2", vid="10c4", pid="ea60", bridge=True, targets=[None])
         ports = [p.device for p in scan(tmp_path / "root").ports]
         results = anyio.run(lambda: probe_ports(ports, probe_timeout=0.3), backend="asyncio")
-    first, second = (results[p] for p in ports)
-    assert (first.answered, first.interface, first.terminator) == (False, "shell", None)
-    assert "Zephyr shell" in (first.error or "")
-    assert not second.answered and second.interface is None
-    assert "cannot open" in (second.error or ""), second
+    (only,) = results.values()
+    assert not only.answered
+    assert "Zephyr shell" in (only.error or ""), only
 
 
 def test_ports_names_the_processes_holding_a_port(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from fleet.at.codec import (
     MAX_LINE_BYTES,
     HostConnection,
     HostState,
-    ModemConnection,
     encode_final,
     parse_final,
 )
@@ -34,14 +33,20 @@ from fleet.at.events import (
     InformationLine,
     NeedData,
     Ok,
+    ShellRefusal,
     StrayLine,
     Urc,
 )
+from fleet.at.line import Interface, Terminator
+from fleet.at.modem import ModemConnection
+from fleet.at.shell import LEAVE_RAW, START_RAW, ShellCommand, ShellFraming
 
 __all__ = [
+    "LEAVE_RAW",
     "MAX_COMMAND_BYTES",
     "MAX_LINE_BYTES",
     "NEED_DATA",
+    "START_RAW",
     "Arg",
     "CmeErrorLine",
     "CmsErrorLine",
@@ -54,13 +59,18 @@ __all__ = [
     "HostEvent",
     "HostState",
     "InformationLine",
+    "Interface",
     "ModemConnection",
     "Multiline",
     "NeedData",
     "Ok",
     "Op",
     "ParsedCommand",
+    "ShellCommand",
+    "ShellFraming",
+    "ShellRefusal",
     "StrayLine",
+    "Terminator",
     "Urc",
     "check_string",
     "encode_final",

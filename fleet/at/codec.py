@@ -21,8 +21,7 @@ where ``send`` refuses until ``reset`` (the port reopened), so a late answer can
 for the next command's. Lines that arrive in ERROR are :class:`StrayLine`/URC events, at most
 ``max_answer_lines`` of them (the rest are dropped: memory stays bounded).
 
-Modem side (:class:`ModemConnection`): command lines end at CR, LF or NUL outside double quotes;
-inside quotes they are part of the argument (a PEM written in one command).
+The modem side is :class:`fleet.at.modem.ModemConnection`, on the same line splitter.
 
 A line longer than ``max_line`` raises :class:`LineTooLong` from ``next_event`` at the point where
 it occurred; the rest of that line is discarded and the connection stays usable. Memory held for a
@@ -34,23 +33,24 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from collections.abc import Sequence
 
-from fleet.at.commands import MAX_COMMAND_BYTES, Command
+from fleet.at.commands import Command
 from fleet.at.events import (
     NEED_DATA,
     CmeErrorLine,
     CmsErrorLine,
-    CommandLine,
     Error,
     Final,
     HostEvent,
     InformationLine,
     NeedData,
     Ok,
+    ShellRefusal,
     StrayLine,
     Urc,
 )
+from fleet.at.line import Terminator
+from fleet.at.shell import ShellCommand, ShellFraming
 from fleet.errors import AnswerTooLong, CmeCode, LineTooLong, LocalProtocolError
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "MAX_LINE_BYTES",
     "HostConnection",
     "HostState",
-    "ModemConnection",
     "encode_final",
     "parse_final",
 ]
@@ -193,6 +192,9 @@ class _LineSplitter:
         return len(self._buf)
 
 
+_HOST_TERMINATORS = frozenset(t.bytes for t in Terminator)
+
+
 class HostState(enum.Enum):
     """Host-side connection state."""
 
@@ -229,9 +231,7 @@ class HostConnection:
     def __init__(self, *, terminator: bytes = b"\r", max_line: int = MAX_LINE_BYTES,
                  max_answer_lines: int = MAX_ANSWER_LINES,
                  max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
-        if terminator not in (b"\r", b"\r\n", b"\n"):
-            raise ValueError(f"terminator must be CR, CRLF or LF, not {terminator!r}")
-        self._terminator = terminator
+        self.terminator = terminator  #: what ends each command sent (see :attr:`terminator`)
         self._splitter = _LineSplitter(terminators=b"\r\n", quote_aware=False, max_line=max_line)
         self._events: deque[HostEvent | _TooLong | _AnswerOverflow] = deque()
         self._max_lines = max_answer_lines
@@ -239,12 +239,21 @@ class HostConnection:
         self._lines = 0  #: information lines of the pending answer (or strays in ERROR)
         self._bytes = 0
         self.state = HostState.IDLE
-        self.pending: Command | None = None
+        self.pending: Command | ShellCommand | None = None
+        #: a Zephyr shell's framing (``at '<command>'``, echo, prompt), or None: plain AT
+        self.shell: ShellFraming | None = None
 
     @property
     def terminator(self) -> bytes:
-        """What ends each command this connection sends."""
+        """The bytes that end each command: CR, LF, CR LF or NUL (the AT host's build-time
+        choice; a first-contact probe may settle it after the connection is made)."""
         return self._terminator
+
+    @terminator.setter
+    def terminator(self, value: bytes) -> None:
+        if value not in _HOST_TERMINATORS:
+            raise ValueError(f"terminator must be CR, LF, CR LF or NUL, not {value!r}")
+        self._terminator = value
 
     def _fire(self, trigger: _Trigger) -> None:
         try:
@@ -255,8 +264,11 @@ class HostConnection:
                 + (f" (waiting for the answer to {self.pending})" if self.pending else "")
             ) from None
 
-    def send(self, command: Command) -> bytes:
-        """Bytes to write for ``command``. Only one command may be pending at a time."""
+    def send(self, command: Command | ShellCommand) -> bytes:
+        """Bytes to write for ``command``. Only one command may be pending at a time. A
+        :class:`ShellCommand` only in shell mode."""
+        if isinstance(command, ShellCommand) and self.shell is None:
+            raise LocalProtocolError(f"{command}: a shell command needs shell mode")
         if self.state is HostState.ERROR:
             raise LocalProtocolError(
                 f"cannot send {command}: the connection is in ERROR since a command was "
@@ -264,6 +276,9 @@ class HostConnection:
         self._fire(_Trigger.SEND)
         self.pending = command
         self._lines = self._bytes = 0
+        if self.shell is not None:
+            return self.shell.typed(command).encode("utf-8") + self._terminator
+        assert isinstance(command, Command)
         return command.encode() + self._terminator
 
     def abandon(self) -> None:
@@ -293,6 +308,17 @@ class HostConnection:
                 self._events.append(event)
 
     def _classify(self, text: str) -> HostEvent | _AnswerOverflow | None:
+        if self.shell is not None:
+            cleaned = self.shell.clean(text, awaiting=self.state is HostState.AWAITING)
+            if cleaned is None:
+                return None
+            if isinstance(cleaned, ShellRefusal):
+                if self.state is not HostState.AWAITING:
+                    return None
+                self._fire(_Trigger.FINAL)
+                self.pending = None
+                return cleaned
+            text = cleaned
         final = parse_final(text)
         if self.state is HostState.AWAITING:
             if final is not None:
@@ -338,50 +364,3 @@ class HostConnection:
     def buffered_bytes(self) -> int:
         """Bytes of an unfinished line held in memory (at most ``max_line``)."""
         return self._splitter.pending_bytes
-
-
-class ModemConnection:
-    """The modem end of an AT serial line, used by the simulator. No I/O, no clock."""
-
-    def __init__(self, *, max_line: int = MAX_COMMAND_BYTES) -> None:
-        self._splitter = _LineSplitter(terminators=b"\r\n\x00", quote_aware=True, max_line=max_line)
-        self._events: deque[CommandLine | _TooLong] = deque()
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes received from the host."""
-        for item in self._splitter.feed(data):
-            if isinstance(item, _TooLong):
-                self._events.append(item)
-            else:
-                text = item.decode("utf-8", errors="replace").strip(" ")
-                if text:
-                    self._events.append(CommandLine(text=text))
-
-    def next_event(self) -> CommandLine | NeedData:
-        """The next command line, or ``NEED_DATA``. Raises :class:`LineTooLong` for a command
-        over the modem's limit (the modem answers that with ``ERROR``)."""
-        if not self._events:
-            return NEED_DATA
-        item = self._events.popleft()
-        if isinstance(item, _TooLong):
-            raise LineTooLong(f"command longer than {self._splitter._max} bytes discarded")
-        return item
-
-    @staticmethod
-    def frame(lines: Sequence[str]) -> bytes:
-        """Bytes for ``lines`` as the modem sends them, each ending in CR LF. Text goes out as
-        UTF-8, and a lone surrogate ``\\udcXX`` as the raw byte ``XX`` (a modem that prints bytes
-        that are not UTF-8)."""
-        if not lines:
-            return b""
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
-
-    @staticmethod
-    def response(lines: Sequence[str], final: Final) -> bytes:
-        """Bytes for a complete response: information lines, then the final line."""
-        return ModemConnection.frame([*lines, encode_final(final)])
-
-    @staticmethod
-    def urc(text: str) -> bytes:
-        """Bytes for one unsolicited result code."""
-        return ModemConnection.frame((text,))

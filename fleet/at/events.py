@@ -26,6 +26,7 @@ __all__ = [
     "InformationLine",
     "NeedData",
     "Ok",
+    "ShellRefusal",
     "StrayLine",
     "Urc",
 ]
@@ -111,6 +112,16 @@ class CmsErrorLine:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ShellRefusal:
+    """Final: a Zephyr shell refused the command instead of running it (nothing reached the
+    modem, except after ``send-failed``). ``kind``: ``not-found``, ``usage``, ``buffer``,
+    ``send-failed`` or ``error``; ``reason`` says why and what the firmware needs."""
+
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CommandLine:
     """Modem side: one complete command line received from the host (terminator removed)."""
 
@@ -118,5 +129,6 @@ class CommandLine:
 
 
 Final = Ok | Error | CmeErrorLine | CmsErrorLine
-HostEvent = InformationLine | Urc | StrayLine | Ok | Error | CmeErrorLine | CmsErrorLine
+HostEvent = (InformationLine | Urc | StrayLine | Ok | Error | CmeErrorLine | CmsErrorLine
+             | ShellRefusal)
 Event = HostEvent | CommandLine

@@ -15,9 +15,11 @@ from pathlib import Path
 import anyio
 
 from fleet import exitcodes
+from fleet.at.line import Interface, Terminator
 from fleet.faults import FAULT_NAMES, parse_fault_spec
 from fleet.nrf91 import FUNCTION_MODES, MODELS, PROFILES
 from fleet.sim import DEFAULT_CAPACITY, SimConfig
+from fleet.sim.config import DEFAULT_PROMPT, DEFAULT_SHELL_BUFFER
 from fleet.sim.server import Ready, run_server
 
 __all__ = ["parse_listen", "register", "run"]
@@ -74,6 +76,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="initial function mode of new modems (default 0)")
     parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, metavar="N",
                         help=f"credentials each modem can hold (default {DEFAULT_CAPACITY})")
+    line = parser.add_argument_group(
+        "the line", "what reads the host's bytes (docs/simulator.md: Interfaces)")
+    line.add_argument("--interface", choices=list(Interface), default="at",
+                      help="at: an AT host (default); shell: a Zephyr shell with the at command")
+    line.add_argument("--terminator", choices=list(Terminator), default="cr",
+                      help="the AT host's build-time line terminator (default cr)")
+    line.add_argument("--prompt", default=DEFAULT_PROMPT, metavar="TEXT",
+                      help=f"shell prompt (default {DEFAULT_PROMPT!r})")
+    line.add_argument("--shell-wildcards", choices=("on", "off"), default="on",
+                      help="CONFIG_SHELL_WILDCARD (default on: read commands such as AT+CFUN? "
+                      "do not reach the at command)")
+    line.add_argument("--shell-buffer", type=int, default=DEFAULT_SHELL_BUFFER, metavar="N",
+                      help=f"CONFIG_SHELL_CMD_BUFF_SIZE (default {DEFAULT_SHELL_BUFFER})")
+    line.add_argument("--unescape-lf", action="store_true",
+                      help="CONFIG_AT_SHELL_UNESCAPE_LF: \\n in AT%%CMNG=0 becomes CR LF")
+    line.add_argument("--at-cmd-mode", choices=("on", "off"), default="off",
+                      help="CONFIG_AT_SHELL_CMD_MODE: `at at_cmd_mode start` (default off)")
     parser.set_defaults(func=run)
 
 
@@ -83,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
         config = SimConfig(count=args.count, seed=args.seed, model=args.model,
                            profile=args.profile, faults=tuple(args.fault),
                            state_path=args.state, log_path=args.log,
-                           function_mode=args.function_mode, capacity=args.capacity)
+                           function_mode=args.function_mode, capacity=args.capacity,
+                           interface=Interface(args.interface),
+                           terminator=Terminator(args.terminator),
+                           prompt=args.prompt, shell_wildcards=args.shell_wildcards == "on",
+                           shell_buffer=args.shell_buffer, unescape_lf=args.unescape_lf,
+                           at_cmd_mode=args.at_cmd_mode == "on")
         if listen is not None and listen[1] + config.count - 1 > 65535:
             raise ValueError(f"--listen: ports {listen[1]}..{listen[1] + config.count - 1} "
                              "run past 65535")

@@ -94,11 +94,13 @@ class Journal(CertJournal):
     async def device_seen(self, *, imei: str, model: str, firmware: str,
                           device_uuid: str | None, run_id: str | None = None,
                           slot: str | None = None, port: str | None = None,
-                          usb: UsbIdentity | None = None) -> DeviceInfo:
+                          usb: UsbIdentity | None = None, interface: str | None = None,
+                          terminator: str | None = None) -> DeviceInfo:
         """Record the device; returns what the journal knew of it before. With ``run_id``, the
         slot's device row of the run is made in the same transaction (no outcome yet: a run
         killed from here on still reports the device, ``interrupted``), with the identity of
-        the board the slot holds and the USB identity of its port."""
+        the board the slot holds, the USB identity of its port and the line it was reached
+        through (``interface``, ``terminator``)."""
 
         def op(conn: sqlite3.Connection) -> DeviceInfo:
             now = utc_now()
@@ -120,13 +122,15 @@ class Journal(CertJournal):
                              "imei = ''", (run_id, slot))
                 conn.execute(
                     "INSERT INTO run_devices (run_id, slot, imei, port, outcome, error, "
-                    "updated_at, device_uuid, model, firmware, usb) VALUES (?, ?, ?, ?, NULL, "
-                    "NULL, ?, ?, ?, ?, ?) ON CONFLICT (run_id, slot, imei) DO UPDATE SET "
-                    "port = excluded.port, updated_at = excluded.updated_at, device_uuid = "
-                    "COALESCE(excluded.device_uuid, device_uuid), model = excluded.model, "
-                    "firmware = excluded.firmware, usb = excluded.usb",
+                    "updated_at, device_uuid, model, firmware, usb, interface, terminator) "
+                    "VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, "
+                    "slot, imei) DO UPDATE SET port = excluded.port, updated_at = "
+                    "excluded.updated_at, device_uuid = COALESCE(excluded.device_uuid, "
+                    "device_uuid), model = excluded.model, firmware = excluded.firmware, "
+                    "usb = excluded.usb, interface = excluded.interface, "
+                    "terminator = excluded.terminator",
                     (run_id, slot, imei, port, now, info.device_uuid or device_uuid, model,
-                     firmware, usb_column(usb)))
+                     firmware, usb_column(usb), interface, terminator))
             return info
 
         return await self._execute(op)
@@ -374,15 +378,16 @@ class Journal(CertJournal):
                 SlotRow(slot=r[0], port=r[1], imei=r[2] or None,
                         outcome=DeviceOutcome(r[3]) if r[3] else None, error=r[4],
                         device_uuid=r[5], model=r[6], firmware=r[7], changed=bool(r[8]),
-                        usb=usb_from_column(r[9]))
+                        usb=usb_from_column(r[9]), interface=r[10], terminator=r[11])
                 for r in conn.execute(
                     "SELECT s.slot, s.port, s.imei, s.outcome, s.error, s.device_uuid, s.model, "
                     "s.firmware, EXISTS (SELECT 1 FROM steps w WHERE w.run_id = s.run_id AND "
                     "w.slot = s.slot AND w.imei = s.imei AND w.id > ? AND w.action IN "
                     f"({writes}) AND w.outcome IS NOT 'error' AND NOT (w.action = 'keygen' "
                     f"AND w.type = {int(CredentialType.ENDORSEMENT_KEY)} AND "
-                    "COALESCE(json_extract(w.detail, '$.present_before'), 0))), s.usb "
-                    "FROM run_devices s WHERE s.run_id = ? ORDER BY s.slot, s.updated_at",
+                    "COALESCE(json_extract(w.detail, '$.present_before'), 0))), s.usb, "
+                    "s.interface, s.terminator FROM run_devices s WHERE s.run_id = ? "
+                    "ORDER BY s.slot, s.updated_at",
                     (steps_before, run_id)))
             keys = tuple(
                 KeyRow(slot=r[0], imei=r[1], key_name=r[2], sec_tag=r[3], key_type=r[4],

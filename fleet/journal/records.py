@@ -75,6 +75,8 @@ class SlotRow:
     #: a write to this device in the invocation (``RunInfo.steps_before``) may have reached it
     changed: bool
     usb: UsbIdentity | None = None  #: of the port the device was found on (a usb: form)
+    interface: str | None = None  #: how the device was reached (None: not recorded)
+    terminator: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS run_devices (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
     outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
-    device_uuid TEXT, model TEXT, firmware TEXT, usb TEXT, PRIMARY KEY (run_id, slot, imei));
+    device_uuid TEXT, model TEXT, firmware TEXT, usb TEXT, interface TEXT, terminator TEXT,
+    PRIMARY KEY (run_id, slot, imei));
 CREATE TABLE IF NOT EXISTS run_keys (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
     sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
@@ -71,6 +72,10 @@ def migrate(conn: sqlite3.Connection) -> None:
     # The USB identity of the port a slot's device was found on (a usb: form), as JSON.
     if "usb" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
         conn.execute("ALTER TABLE run_devices ADD COLUMN usb TEXT")
+    # How the device was reached (interface and line end), per run; unknown for older runs.
+    if "interface" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
+        for column in ("interface", "terminator"):
+            conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
 
 
 def record_keygen_intent(conn: sqlite3.Connection, step_id: int, imei: str,

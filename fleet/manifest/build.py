@@ -36,8 +36,8 @@ FORMAT = "fleet-manifest/1"
 
 #: The fields of one device object, in the order they are written (``usb`` follows them for a
 #: device whose port a usb: form found).
-DEVICE_FIELDS = ("slot", "port", "imei", "device_uuid", "model", "firmware", "outcome", "error",
-                 "keys")
+DEVICE_FIELDS = ("slot", "port", "imei", "device_uuid", "model", "firmware", "interface",
+                 "terminator", "outcome", "error", "keys")
 #: The fields of one key object (``extra`` entries follow them).
 KEY_FIELDS = ("name", "sec_tag", "type", "response", "outcome", "keygen_answer", "csr_pem",
               "public_key_pem", "cose_payload", "error", "attempts")
@@ -164,6 +164,8 @@ def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
         "device_uuid": device.device_uuid,
         "model": device.model,
         "firmware": device.firmware,
+        "interface": device.interface,
+        "terminator": device.terminator,
         "outcome": DeviceOutcome(device.outcome).value,
         "error": device.error,
         "keys": keys,

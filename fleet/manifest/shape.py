@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fleet.at.line import Interface, Terminator
 from fleet.manifest.build import FORMAT, RESPONSE_PAYLOAD_IDS
 from fleet.records import DeviceOutcome, KeyOutcome
 from fleet.usbid import usb_identity_problem
@@ -48,6 +49,9 @@ _KEY: Spec = (
     ("public_key_pem", "string", True), ("cose_payload", "object", True),
     ("error", "string", True), ("attempts", "integer", False),
 )
+#: Device fields that manifests written before them lack: checked when present.
+_DEVICE_LATER: Mapping[str, tuple[str, ...]] = {
+    "interface": tuple(Interface), "terminator": tuple(Terminator)}
 _DEVICE_OUTCOMES = tuple(o.value for o in DeviceOutcome)
 _KEY_OUTCOMES = tuple(o.value for o in KeyOutcome)
 
@@ -122,6 +126,9 @@ def check_device(device: Any, where: str, fail: Fail) -> tuple[bool, uuid.UUID |
     if not _fields(device, _DEVICE, where, fail):
         return False, None
     ok = _one_of(device, "outcome", _DEVICE_OUTCOMES, where, fail)
+    for name, allowed in _DEVICE_LATER.items():
+        if device.get(name) is not None:
+            ok = _one_of(device, name, allowed, where, fail) and ok
     device_uuid = None
     if device["device_uuid"] is not None:
         try:

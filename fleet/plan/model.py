@@ -138,6 +138,14 @@ class Settings:
     probe_timeout_s: Seconds = 3.0  #: wait for each of the two first-contact ``AT`` probes
     restore_function_mode: bool = True
     rtscts: bool = True
+    xonxoff: bool = False  #: software flow control (XON/XOFF)
+    dsrdtr: bool = False  #: DSR/DTR hardware flow control
+    #: who reads the port: a plain AT host, a Zephyr shell with the ``at`` command, or found
+    #: on first contact
+    interface: Literal["auto", "at", "shell"] = "auto"
+    #: the line end of the AT host (its build-time CONFIG_AT_HOST_TERMINATION), or found on
+    #: first contact
+    terminator: Literal["auto", "cr", "lf", "crlf", "nul"] = "auto"
     concurrency: Positive | None = None  #: plan-wide: at most this many slots at once (None: all)
 
 
@@ -345,6 +353,14 @@ class SimulatorSettings:
                       BeforeValidator(_as_tuple)] = ()
     function_mode: FunctionMode | None = None
     capacity: Positive | None = None
+    #: the line in front of every modem (``fleet sim --interface`` and the shell options)
+    interface: Literal["at", "shell"] = "at"
+    terminator: Literal["cr", "lf", "crlf", "nul"] = "cr"
+    prompt: Annotated[str, Field(min_length=1, max_length=32)] = "uart:~$ "
+    shell_wildcards: bool = True
+    shell_buffer: Annotated[int, Field(ge=2, le=65536)] = 256
+    unescape_lf: bool = False
+    at_cmd_mode: bool = False
     count: Annotated[int, Field(ge=0)] = 0
 
 

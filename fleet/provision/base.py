@@ -36,7 +36,7 @@ from fleet.credentials import (
     default_subject,
     parse_attest_token,
 )
-from fleet.device import DeviceSession, DeviceSwapped, Opener, Response
+from fleet.device import DeviceSession, DeviceSwapped
 from fleet.errors import (
     CmeCode,
     CmeError,
@@ -54,6 +54,7 @@ from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
 from fleet.records import DeviceRecord, KeyRecord
 from fleet.retry import RetryPolicy, Transient
+from fleet.session import Opener, Response
 
 __all__ = [
     "DeviceLost",
@@ -191,7 +192,9 @@ class DeviceWork:
                                      policy=self.policy,
                                      probe_timeout=self.settings.probe_timeout_s,
                                      baudrate=self.settings.baudrate,
-                                     rtscts=self.settings.rtscts, log=self.log)
+                                     rtscts=self.settings.rtscts,
+                                     interface=self.settings.interface,
+                                     terminator=self.settings.terminator, log=self.log)
         self.dev = DeviceState()
 
     def step(self, text: str) -> None:

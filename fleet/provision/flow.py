@@ -51,6 +51,7 @@ from fleet.errors import (
     JournalError,
     PortBusy,
     RemoteProtocolError,
+    ShellRefused,
     TransportError,
 )
 from fleet.journal import KeyResult
@@ -81,6 +82,9 @@ __all__ = ["provision_slot"]
 #: What identification retries (reopening the port first).
 _IDENTIFY_RETRYABLE = (DeviceTimeout, TransportError, RemoteProtocolError)
 _CLIENT_CERT = CredentialType.CLIENT_CERT
+#: Shell refusals that every later command of the device would meet too: the shell's wildcards
+#: without raw AT mode, a shell without the at command.
+_SHELL_STOPS_DEVICE = frozenset({"usage", "not-found"})
 
 
 class _Flow(DeviceWork):
@@ -126,10 +130,13 @@ class _Flow(DeviceWork):
         if self.job.check:
             info = await self.job.journal.device_info(identity.imei)
         else:
+            line = self.session.line
             info = await self.job.journal.device_seen(
                 imei=identity.imei, model=model, firmware=identity.firmware,
                 device_uuid=None, run_id=self.job.run_id, slot=self.slot.name,
-                port=self.slot.port, usb=self.slot.usb)
+                port=self.slot.port, usb=self.slot.usb,
+                interface=line.interface.value if line else None,
+                terminator=line.terminator.value if line else None)
         await self._prefetch_listing()
         self.dev.device_uuid = info.device_uuid
         self.dev.restore_target = info.restore_mode
@@ -216,6 +223,10 @@ class _Flow(DeviceWork):
                     return await self.key_attempt(key, attempts)
         except RETRYABLE as exc:
             return self._failed(key, f"{self.policy.gave_up(attempts)}: {exc}", attempts)
+        except ShellRefused as exc:
+            if exc.kind in _SHELL_STOPS_DEVICE:  # no command of this device would pass either
+                raise DeviceLost(str(exc)) from exc
+            return self._failed(key, str(exc), attempts)
         except CommandError as exc:
             return self._failed(key, explain_error(exc), attempts)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -477,12 +488,15 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 if outcome is DeviceOutcome.DONE:
                     outcome = DeviceOutcome.FAILED
                 error = "; ".join(filter(None, (error, f"not journaled: {exc}")))
+            line = flow.session.line if dev.imei else None
             result = SlotResult(
                 record=DeviceRecord(slot=job.slot.name, port=job.slot.port,
                                     imei=dev.imei or None, device_uuid=dev.device_uuid,
                                     model=dev.model, firmware=dev.firmware, outcome=outcome,
                                     keys=tuple(dev.keys), error=error, changed=dev.changed,
-                                    usb=job.slot.usb),
+                                    usb=job.slot.usb,
+                                    interface=line.interface.value if line else None,
+                                    terminator=line.terminator.value if line else None),
                 planned=tuple(dev.planned), journal_error=journal_error)
             job.on_result(result)
     return result

@@ -6,8 +6,9 @@
   (device identity key, endorsement key, Nordic keys...): ``514``. Other types: ``ERROR``.
   Writing over an existing (tag, type) replaces it (no extra room needed). Errors in order:
   syntax ``ERROR``, active ``518``, reserved tag (> 2147483647) ``514``, type 6-11 ``514``,
-  CR in the content on mfw 2.x ``527``, client certificate hook (:meth:`Modem.check_client_
-  certificate`), store full ``515``.
+  client certificate hook (:meth:`Modem.check_client_certificate`), store full ``515``. A PEM
+  with CRLF line ends is stored as it is on every model (Nordic's installer writes them so;
+  the one report of a 527 for one is not modelled), and lists the SHA of those bytes.
 - ``%CMNG=1[,<tag>[,<type>]]`` lists ``%CMNG: <tag>,<type>,"<SHA-256 upper hex>"`` sorted by
   (tag, type), with the modem's reserved entries when they match the filter. Any mode. The
   list-no-sha fault leaves the SHA column out; list-drop answers nothing (the port drops).
@@ -73,8 +74,6 @@ def _write(modem: ModemView, cmd: ParsedCommand) -> Reply:
     if tag > MAX_USER_SEC_TAG or type_ in _MODEM_TYPES:
         return modem.cme(CmeCode.NOT_ALLOWED)
     data = content.encode("utf-8")
-    if b"\r" in data and modem.model.rejects_crlf:
-        return modem.cme(CmeCode.INVALID_CREDENTIAL)
     if type_ == CredentialType.CLIENT_CERT:
         refusal = modem.check_client_certificate(tag, data)
         if refusal is not None:

@@ -9,15 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.at.line import Interface, Terminator
 from fleet.faults import FaultSpec, parse_fault_spec
 from fleet.nrf91 import FUNCTION_MODES, MODELS, PROFILES, Timing
 
-__all__ = ["DEFAULT_CAPACITY", "MAX_MODEMS", "SimConfig"]
+__all__ = ["DEFAULT_CAPACITY", "DEFAULT_PROMPT", "DEFAULT_SHELL_BUFFER", "MAX_MODEMS",
+           "SimConfig"]
 
 #: Credentials one modem can hold unless ``--capacity`` says otherwise.
 DEFAULT_CAPACITY = 32
 #: Most modems one simulator serves.
 MAX_MODEMS = 1024
+#: Zephyr's ``CONFIG_SHELL_PROMPT_UART`` default.
+DEFAULT_PROMPT = "uart:~$ "
+#: Zephyr's ``CONFIG_SHELL_CMD_BUFF_SIZE`` default.
+DEFAULT_SHELL_BUFFER = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +33,10 @@ class SimConfig:
     ``faults`` may be given as :class:`FaultSpec` objects or as ``"NAME:PROB[@I,J]"`` strings.
     ``capacity`` applies to every modem, also those read from the state file; ``model`` and
     ``function_mode`` only to modems created now (a state file keeps its own).
+
+    The line: ``interface`` ``at`` (an AT host built with ``terminator``) or ``shell`` (a
+    Zephyr shell with the ``at`` command: ``prompt``, ``shell_wildcards``, ``shell_buffer``,
+    ``unescape_lf``, ``at_cmd_mode``; see :mod:`fleet.sim.shell`).
     """
 
     count: int
@@ -38,6 +48,13 @@ class SimConfig:
     log_path: Path | None = None
     function_mode: int = 0
     capacity: int = DEFAULT_CAPACITY
+    interface: Interface = Interface.AT
+    terminator: Terminator = Terminator.CR
+    prompt: str = DEFAULT_PROMPT
+    shell_wildcards: bool = True
+    shell_buffer: int = DEFAULT_SHELL_BUFFER
+    unescape_lf: bool = False
+    at_cmd_mode: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int):
@@ -56,6 +73,19 @@ class SimConfig:
         if isinstance(self.capacity, bool) or not isinstance(self.capacity, int) \
                 or self.capacity < 0:
             raise ValueError(f"capacity must be an integer >= 0, not {self.capacity!r}")
+        for name, kind in (("interface", Interface), ("terminator", Terminator)):
+            value = getattr(self, name)
+            if value not in tuple(kind):
+                raise ValueError(f"unknown {name} {value!r} (known: {', '.join(kind)})")
+            object.__setattr__(self, name, kind(value))
+        if not isinstance(self.prompt, str) or not self.prompt.isprintable() \
+                or not 1 <= len(self.prompt) <= 32:
+            raise ValueError(f"prompt must be 1 to 32 printable characters, not "
+                             f"{self.prompt!r}")
+        if isinstance(self.shell_buffer, bool) or not isinstance(self.shell_buffer, int) \
+                or not 2 <= self.shell_buffer <= 65536:
+            raise ValueError(f"shell buffer must be an integer from 2 to 65536, not "
+                             f"{self.shell_buffer!r}")
         faults = tuple(parse_fault_spec(f) if isinstance(f, str) else f for f in self.faults)
         for fault in faults:
             if not isinstance(fault, FaultSpec):

@@ -6,7 +6,9 @@ How this works
 :class:`SimCore` owns every :class:`~fleet.sim.model.Modem`, one :class:`FaultDice` and one jitter
 generator per modem, the :class:`StateWriter` and the :class:`EventLog`. A transport (pty, TCP,
 in-process memory stream) wraps a connection in a :class:`Link` and awaits :meth:`SimCore.serve`,
-which reads bytes, feeds a :class:`fleet.at.ModemConnection` and, per command line:
+which reads bytes, feeds the modem's :class:`~fleet.sim.lines.ModemLine` (an AT host or a
+shell, one per modem: what a shell was switched to outlives a connection), sends what the line
+prints by itself (a shell's echo and prompt) and, per command for the modem:
 
 1. logs it; rolls silent / disconnect / reboot (each ends the command);
 2. asks the model for the reply (the faults that depend on the command - keygen-fail,
@@ -15,7 +17,8 @@ which reads bytes, feeds a :class:`fleet.at.ModemConnection` and, per command li
    from the moment the command arrived;
 4. if the state changed, waits until the state file holding the change is written
    (lost-answer drops the port here, after the key is safely stored; so does list-drop);
-5. applies urc-storm and garble to the bytes and sends them, paced in the realistic profile.
+5. frames the answer as the line prints it, applies urc-storm and garble to the bytes and sends
+   them, paced in the realistic profile.
 
 :meth:`serve` returns :attr:`Ending.DROPPED` when a fault drops the port (the transport then closes
 the connection, or makes a new pty) and :attr:`Ending.CLOSED` when the host went away.
@@ -30,11 +33,11 @@ from typing import Protocol
 import anyio
 import anyio.lowlevel
 
-from fleet.at import MAX_COMMAND_BYTES, NEED_DATA, Error, ModemConnection, encode_final
-from fleet.errors import LineTooLong
+from fleet.at import encode_final
 from fleet.nrf91 import MODELS
 from fleet.sim.config import SimConfig
 from fleet.sim.faults import SLOW_EXTRA_S, FaultDice, FaultName, garble, urc_storm
+from fleet.sim.lines import ModemLine, Output, Refused, make_line
 from fleet.sim.model import Modem
 from fleet.sim.persist import EventLog, StateWriter
 from fleet.sim.reply import SYSTEM_ENTROPY, Entropy
@@ -104,6 +107,7 @@ class SimCore:
         self.modems, self._all = load_modems(config)
         self.entropy = entropy
         self.dice = [FaultDice(config.faults, i, config.seed) for i in range(config.count)]
+        self.lines: list[ModemLine] = [make_line(config) for _ in range(config.count)]
         self._jitter = [random.Random(f"fleet-sim/timing/{config.seed}/{i}")
                         for i in range(config.count)]
         renderer = StateRenderer()
@@ -132,25 +136,19 @@ class SimCore:
 
     async def serve(self, index: int, link: Link) -> Ending:
         """Serve modem ``index`` over ``link`` until the host leaves or a fault drops it."""
-        codec = ModemConnection()
         while True:
             try:
                 data = await link.receive()
             except LinkClosed:
                 return Ending.CLOSED
-            codec.receive_data(data)
-            while True:
-                try:
-                    event = codec.next_event()
-                except LineTooLong:
-                    self.log.command(index, "", error=f"command longer than {MAX_COMMAND_BYTES} "
-                                     "bytes: discarded")
-                    if not await self._send(link, ModemConnection.response((), Error())):
+            for item in self.lines[index].receive(data):
+                if isinstance(item, Output | Refused):
+                    if isinstance(item, Refused):
+                        self.log.command(index, "", error=item.reason)
+                    if not await self._send(link, item.data):
                         return Ending.CLOSED
                     continue
-                if event is NEED_DATA:
-                    break
-                ending = await self._command(index, event.text, link)
+                ending = await self._command(index, item.text, link)
                 if ending is not None:
                     return ending
 
@@ -166,6 +164,7 @@ class SimCore:
             return Ending.DROPPED
         if dice.roll(FaultName.REBOOT):
             modem.reboot()
+            self.lines[index] = make_line(self.config)  # the firmware starts again too
             self.writer.mark_dirty()
             self.log.fault(index, FaultName.REBOOT.value, text)
             return None
@@ -194,13 +193,13 @@ class SimCore:
 
         if dice.roll(FaultName.ENDLESS_ANSWER):
             self.log.fault(index, FaultName.ENDLESS_ANSWER.value, text)
-            return await self._endless(link, reply.lines)
+            return await self._endless(link, self.lines[index], reply.lines)
+        line = self.lines[index]
         if dice.roll(FaultName.URC_STORM):
             self.log.fault(index, FaultName.URC_STORM.value, text)
-            data = ModemConnection.frame(
-                urc_storm([*reply.lines, encode_final(reply.final)], dice.rng))
+            data = line.frame(urc_storm([*reply.lines, encode_final(reply.final)], dice.rng))
         else:
-            data = ModemConnection.response(reply.lines, reply.final)
+            data = line.answer(reply.lines, reply.final)
         if dice.roll(FaultName.GARBLE):
             self.log.fault(index, FaultName.GARBLE.value, text)
             data = garble(data, dice.rng)
@@ -208,10 +207,11 @@ class SimCore:
             return Ending.CLOSED
         return None
 
-    async def _endless(self, link: Link, lines: tuple[str, ...] | list[str]) -> Ending:
+    async def _endless(self, link: Link, line: ModemLine,
+                       lines: tuple[str, ...] | list[str]) -> Ending:
         """The ``endless-answer`` fault: well-formed lines and never a final one, until the
         host goes away (a link's buffer makes the pace when the host stops reading)."""
-        block = ModemConnection.frame(lines or [_ENDLESS_LINE]) * 64
+        block = line.frame(lines or [_ENDLESS_LINE]) * 64
         while await self._send(link, block):
             await anyio.lowlevel.checkpoint()  # the other modems go on meanwhile
         return Ending.CLOSED
