@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
+__all__ = ["AttestationRecord", "CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome",
+           "KeyRecord", "RunRecord"]
 
 
 class KeyOutcome(enum.StrEnum):
@@ -72,6 +73,14 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttestationRecord:
+    """The ``%ATTESTTOKEN`` a device gave in a run (plans with ``attestation_token: true``)."""
+
+    token: str  #: ``<b64url CBOR body>.<b64url COSE_Sign1>``, as the modem sent it
+    read_at: str  #: RFC 3339, UTC
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceRecord:
     """One device (identified by IMEI) in one slot."""
 
@@ -87,6 +96,7 @@ class DeviceRecord:
     #: a write may have reached the device in this invocation (a delete that succeeded, a
     #: %KEYGEN sent, a function mode or a certificate written): Ansible's ``changed``
     changed: bool = False
+    attestation: AttestationRecord | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -73,6 +73,8 @@ class SlotRow:
     firmware: str | None
     #: a write to this device in the invocation (``RunInfo.steps_before``) may have reached it
     changed: bool
+    attestation_token: str | None = None  #: the %ATTESTTOKEN read in the run, if any
+    attestation_read_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS run_devices (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
     outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
-    device_uuid TEXT, model TEXT, firmware TEXT, PRIMARY KEY (run_id, slot, imei));
+    device_uuid TEXT, model TEXT, firmware TEXT, attestation_token TEXT,
+    attestation_read_at TEXT, PRIMARY KEY (run_id, slot, imei));
 CREATE TABLE IF NOT EXISTS run_keys (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
     sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
@@ -61,7 +62,11 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
     # Each run's device row holds the identity of the board that was in the slot (two boards
     # may report one IMEI); earlier journals kept it per IMEI only.
-    if "device_uuid" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
+    run_devices = {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}
+    for column in ("attestation_token", "attestation_read_at"):
+        if column not in run_devices:
+            conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
+    if "device_uuid" not in run_devices:
         for column in ("device_uuid", "model", "firmware"):
             conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
         conn.execute("UPDATE run_devices SET (device_uuid, model, firmware) = (SELECT "

@@ -156,7 +156,7 @@ def _key(key: KeyRecord, where: str) -> dict[str, Any]:
 
 def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
     keys = [_key(key, f"{where}.keys[{key.name}]") for key in device.keys]
-    return {
+    fields: dict[str, Any] = {
         "slot": device.slot,
         "port": device.port,
         "imei": device.imei,
@@ -167,6 +167,11 @@ def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
         "error": device.error,
         "keys": keys,
     }
+    if device.attestation is not None:  # only when the plan asked for it: older ones never say
+        fields["attestation"] = {"token": device.attestation.token,
+                                 "read_at": _utc(device.attestation.read_at,
+                                                 f"{where}.attestation.read_at")}
+    return fields
 
 
 def build_signed(run: RunRecord, *, station_public_key_pem: str) -> dict[str, Any]:

@@ -136,6 +136,8 @@ class Settings:
     probe_timeout_s: Seconds = 3.0  #: wait for each of the two first-contact ``AT`` probes
     restore_function_mode: bool = True
     rtscts: bool = True
+    #: read ``%ATTESTTOKEN`` from every device and keep it in the journal and the manifest
+    attestation_token: bool = False
     concurrency: Positive | None = None  #: plan-wide: at most this many slots at once (None: all)
 
 

@@ -54,6 +54,7 @@ from fleet.errors import (
     TransportError,
 )
 from fleet.journal import KeyResult
+from fleet.nrf91 import attestation_problem
 from fleet.plan import KeySpec, KeyType
 from fleet.provision.base import (
     DeviceLost,
@@ -144,6 +145,32 @@ class _Flow(DeviceWork):
                                                                  self.dev.attested_uuid)
                 if owner is not None:
                     raise DeviceLost(self.uuid_clash(self.dev.attested_uuid, owner))
+        if self.settings.attestation_token:
+            await self._keep_attestation_token()
+
+    async def _keep_attestation_token(self) -> None:
+        """``attestation_token: true``: the device's ``%ATTESTTOKEN`` (the one identification
+        read, or one read now), journaled for the run's record before any write. A modem
+        without one fails here, before anything is written to it (``--check`` says so too)."""
+        problem = attestation_problem(self.dev.model, self.dev.firmware)
+        if problem is not None:
+            raise DeviceLost(f"the plan asks for its attestation token, but {problem}; nothing "
+                             "was written to it")
+        if self.job.check:
+            return
+        if self.dev.attestation_token is None:
+            attested = await self.attest_with_retries()
+            if attested is None:
+                raise DeviceLost("the plan asks for its attestation token, but the modem "
+                                 "refused %ATTESTTOKEN; nothing was written to it")
+            known = self.dev.device_uuid
+            if known is not None and attested != known:
+                raise DeviceLost(self.other_board(attested, known))
+            self.dev.attested_uuid, self.dev.board_checked = attested, True
+        token = self.dev.attestation_token
+        assert token is not None  # attest() keeps the value of every UUID it returns
+        await self.job.journal.attestation(run_id=self.job.run_id, slot=self.slot.name,
+                                           imei=self.dev.imei, token=token)
 
     async def _prefetch_listing(self) -> None:
         """The one ``AT%CMNG=1`` listing every key's first inspection uses (plans with more
