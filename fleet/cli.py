@@ -25,6 +25,7 @@ _COMMANDS = {
     "station-key": "fleet.cmd.station_key",
     "ca": "fleet.cmd.ca",
     "export": "fleet.cmd.export",
+    "audit": "fleet.cmd.audit",
     "inspect": "fleet.cmd.inspect",
 }
 
