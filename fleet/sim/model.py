@@ -29,7 +29,14 @@ from fleet.at import Op, ParsedCommand, parse_command
 from fleet.credentials import ATTEST_MESSAGE_TYPE, b64url_encode, sign_cose_sign1
 from fleet.errors import CmeCode, RemoteProtocolError
 from fleet.faults import FaultName
-from fleet.nrf91 import ACTIVE_MODES, FUNCTION_MODES, CredentialType, ModelInfo, Work
+from fleet.nrf91 import (
+    ACTIVE_MODES,
+    FUNCTION_MODES,
+    CredentialType,
+    ModelInfo,
+    Work,
+    attestation_problem,
+)
 from fleet.sim.cmng import handle_cmng
 from fleet.sim.identity import (
     derive_device_uuid,
@@ -245,6 +252,8 @@ class Modem:
         return ok(f"%XMODEMUUID: {self.firmware_uuid}")
 
     def _attesttoken(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        if attestation_problem(self.cgmm, self.firmware) is not None:
+            return error()  # an nRF9160, or mfw < 2.0.0: the command does not exist there
         return ok(f'%ATTESTTOKEN: "{self.attestation_token(ctx.entropy.nonce())}"')
 
     def attestation_token(self, nonce: bytes) -> str:
