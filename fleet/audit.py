@@ -120,7 +120,10 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _devices(signed: Mapping[str, Any]) -> tuple[DeviceEntry, ...]:
+def _devices(signed: Mapping[str, Any], *, certificates: bool) -> tuple[DeviceEntry, ...]:
+    """The inventory of ``signed``'s devices; ``certificates``: read each certificate's key
+    (only for a manifest that failed verification: in one that passed, every certificate
+    carries its key)."""
     devices = []
     for device in signed.get("devices") or ():
         if not isinstance(device, dict):
@@ -131,7 +134,8 @@ def _devices(signed: Mapping[str, Any]) -> tuple[DeviceEntry, ...]:
             if digest is None or not isinstance(key.get("sec_tag"), int):
                 continue
             keys.append(KeyEntry(str(key.get("name")), key["sec_tag"], str(key.get("type")),
-                                 digest, _certificate_digest(key.get("certificate"))))
+                                 digest, _certificate_digest(key.get("certificate"))
+                                 if certificates else None))
         devices.append(DeviceEntry(str(device.get("slot")), _text(device.get("imei")),
                                    _text(device.get("device_uuid")), tuple(keys)))
     return tuple(devices)
@@ -160,7 +164,8 @@ def read_manifest_inventory(path: str, trusted: Sequence[PublicKey] | None
     run = signed.get("run") if isinstance(signed.get("run"), dict) else {}
     return ManifestInventory(
         path=path, station=_text(signed.get("station")), run_id=_text(run.get("id")),
-        ended_at=_text(run.get("ended_at")), devices=_devices(signed), problems=problems,
+        ended_at=_text(run.get("ended_at")),
+        devices=_devices(signed, certificates=bool(problems)), problems=problems,
         inventoried=True, warnings=report.warnings)
 
 

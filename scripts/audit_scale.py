@@ -3,6 +3,7 @@
 
     python scripts/audit_scale.py --dir /tmp/audit-scale                   # 100,000 devices
     python scripts/audit_scale.py --dir /tmp/a --devices 2000 --manifests 10 --no-audit
+    python scripts/audit_scale.py --dir /tmp/audit-scale --audit-only      # audit them again
 
 Writes ``--manifests`` manifests under ``DIR/manifests`` holding ``--devices`` devices in all,
 from ``--stations`` stations (each with its own test station key, ``DIR/keys/stationN.pub.pem``):
@@ -152,15 +153,20 @@ def generate(directory: Path, *, devices: int, manifests: int, stations: int, jo
 def run_audit(directory: Path, stations: int) -> int:
     keys = [arg for s in range(stations)
             for arg in ("--pubkey", str(directory / "keys" / f"station{s}.pub.pem"))]
+    load = os.getloadavg()  # the machine may be shared: the wall time depends on it
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = before.ru_utime + before.ru_stime
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "fleet", "audit", str(directory / "manifests"),
                              *keys], cwd=REPO, capture_output=True, text=True, check=False,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     elapsed = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the audit and its workers
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
     print(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "(no summary)")
-    print(f"audit: exit {result.returncode}, {elapsed:.1f} s wall, peak RSS {peak:.0f} MiB "
-          f"(largest process), {os.cpu_count()} CPUs")
+    print(f"audit: exit {result.returncode}, {elapsed:.1f} s wall, peak RSS "
+          f"{usage.ru_maxrss / 1024:.0f} MiB (largest process), {cpu:.1f} CPU s, "
+          f"{os.cpu_count()} CPUs, load average before {load[0]:.1f}")
     if result.returncode != 0:
         print(result.stdout[-4000:])
     return result.returncode
@@ -174,7 +180,11 @@ def main() -> int:
     parser.add_argument("--stations", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-audit", action="store_true", help="only generate")
+    parser.add_argument("--audit-only", action="store_true",
+                        help="only audit the manifests an earlier run generated in --dir")
     args = parser.parse_args()
+    if args.audit_only:
+        return run_audit(args.dir, args.stations)
     if args.dir.exists() and any(args.dir.iterdir()):
         parser.error(f"{args.dir} exists and is not empty")
     started = time.monotonic()

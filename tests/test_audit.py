@@ -6,7 +6,10 @@ stations) is found, with its evidence (exit 1)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from fleet.manifest import sign, write_manifest
 from fleet.nrf91 import luhn_digit
 from fleet.station_key import load_signing_key
 from tests.certhelpers import make_ca
-from tests.runhelpers import KEYS, fleet, run_json, write_plan
+from tests.runhelpers import KEYS, REPO, fleet, run_json, write_plan
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -201,3 +204,26 @@ def test_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text("{}")
     bad_key = fleet("audit", tmp_path, "--pubkey", tmp_path / "bad.pem")
     assert bad_key.returncode == 2 and "Traceback" not in bad_key.stderr
+
+
+def _scale(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "audit_scale.py"), "--dir",
+                           str(directory), *args], capture_output=True, text=True, check=False,
+                          timeout=3600)
+
+
+def test_the_scale_script_makes_manifests_that_audit_clean(tmp_path: Path) -> None:
+    result = _scale(tmp_path / "scale", "--devices", "30", "--manifests", "3", "--jobs", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "30 device record(s), 60 key(s): clean" in result.stdout
+    assert "audit: exit 0" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_an_audit_of_100000_devices_in_500_manifests(tmp_path: Path) -> None:
+    result = _scale(tmp_path / "scale")
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"audit: exit 0, ([\d.]+) s wall, peak RSS (\d+) MiB", result.stdout)
+    assert match, result.stdout
+    assert float(match[1]) < 60 and int(match[2]) < 1024, result.stdout

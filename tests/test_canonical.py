@@ -40,3 +40,10 @@ def test_the_escapes_and_orders_that_differ_elsewhere() -> None:
               "\ue000": 1, "\U0001f600": 2}
     assert canonical_bytes(signed) == rfc8785.dumps(signed)
     assert canonical_bytes({"k": "\t\n"}) == b'{"k":"\\t\\n"}'
+
+
+def test_a_circular_document_is_refused_not_a_hang() -> None:
+    signed: dict[str, Any] = {"a": []}
+    signed["a"].append(signed)
+    with pytest.raises(ManifestError):
+        canonical_bytes(signed)

@@ -81,7 +81,8 @@ def _inventories(paths: list[str], trusted_pems: list[str] | None, jobs: int) ->
         return
     import multiprocessing
 
-    context = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
+    # fork: the workers start with fleet already imported (this process has no threads)
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with context.Pool(jobs, initializer=_init_worker, initargs=(trusted_pems,)) as pool:
         yield from pool.imap(_inventory, paths, chunksize=1)
 

@@ -48,34 +48,49 @@ __all__ = [
 ALGORITHMS = (ALG_ES256, ALG_ED25519)
 
 
-def _ascii_keys(value: Any) -> bool:
-    """Whether every object key in ``value`` (plain JSON data) is ASCII."""
-    stack = [value]
+_MAX_INT = 2**53 - 1
+
+
+def _stdlib_ready(value: Any) -> bool:
+    """Whether ``value`` is made of exactly ``dict`` (ASCII ``str`` keys), ``list``, ``str``,
+    ``bool``, ``None`` and ``int`` within the exact JSON range: the data whose RFC 8785 bytes the
+    stdlib encoder gives (see :func:`_stdlib_canonical`), as :func:`json.loads` makes it."""
+    stack, seen = [value], set()
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
+        kind = type(item)
+        if kind is dict or kind is list:
+            if id(item) in seen:  # shared or circular: left to the checks of plain_json
+                return False
+            seen.add(id(item))
+        if kind is dict:
             for key, child in item.items():
-                if not key.isascii():
+                if type(key) is not str or not key.isascii():
                     return False
-                if isinstance(child, dict | list):
-                    stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(child for child in item if isinstance(child, dict | list))
+                stack.append(child)
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not -_MAX_INT <= item <= _MAX_INT:
+                return False
+        elif kind is not str and kind is not bool and item is not None:
+            return False
     return True
 
 
-def _stdlib_canonical(plain: Any) -> bytes | None:
-    r"""RFC 8785 bytes of ``plain`` by the C-accelerated ``json`` module, or None where its output
-    could differ. For plain JSON data without floats (what :func:`plain_json` returns), the
-    stdlib's compact, sorted, non-ASCII-preserving form IS the RFC 8785 form: integers print
-    alike, strings escape the same characters the same way (``"``, ``\``, ``\b \f \n \r
-    \t`` and ``\u00xx`` for the other controls, lower-case hex), and sorting by code point is
-    RFC 8785's UTF-16 order for ASCII keys. A key that is not ASCII, or a lone surrogate (not
-    UTF-8), is left to ``rfc8785``. The property test holds the two to the same bytes."""
-    if not _ascii_keys(plain):
+def _stdlib_canonical(value: Any) -> bytes | None:
+    r"""RFC 8785 bytes of ``value`` by the C-accelerated ``json`` module, or None where its output
+    could differ. For plain JSON data without floats whose keys are ASCII
+    (:func:`_stdlib_ready`), the stdlib's compact, sorted, non-ASCII-preserving form IS the RFC
+    8785 form: integers print alike, strings escape the same characters the same way (``"``,
+    ``\``, ``\b \f \n \r \t`` and ``\u00xx`` for the other controls, lower-case hex), and
+    sorting by code point is RFC 8785's UTF-16 order for ASCII keys. Anything else, or a lone
+    surrogate (not UTF-8), is left to ``rfc8785``. The property test holds the two to the same
+    bytes."""
+    if not _stdlib_ready(value):
         return None
     try:
-        return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         return None
@@ -84,10 +99,10 @@ def _stdlib_canonical(plain: Any) -> bytes | None:
 def canonical_bytes(signed: Mapping[str, Any]) -> bytes:
     """``rfc8785.dumps(signed)``, after checking ``signed`` is plain JSON data without floats."""
     try:
-        plain = plain_json(signed, "signed")
-        fast = _stdlib_canonical(plain)
+        fast = _stdlib_canonical(signed)
         if fast is not None:
             return fast
+        plain = plain_json(signed, "signed")  # names what is not plain JSON data
         data: bytes = rfc8785.dumps(plain)
     except RecursionError as exc:
         raise ManifestError("signed is nested too deeply") from exc
