@@ -32,10 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from fleet.errors import ManifestError
+from fleet.certs.pem import parse_pem_certificates, public_key_der
+from fleet.errors import CertificateError, ManifestError
 from fleet.manifest import load_document, verify
 from fleet.regular import read_regular_file
 from fleet.station_key import PublicKey
@@ -109,11 +107,10 @@ def _certificate_digest(certificate: Any) -> bytes | None:
     if not isinstance(pem, str):
         return None
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    except (ValueError, TypeError, UnicodeEncodeError):
+        return _digest(public_key_der(parse_pem_certificates(pem, "certificate",
+                                                             exactly_one=True)[0]))
+    except CertificateError:
         return None
-    return _digest(cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _text(value: Any) -> str | None:
@@ -273,6 +270,9 @@ class Auditor:
         return (device.imei or device.device_uuid or f"{seen[0]}#{device.slot}", key.sec_tag,
                 key.type)
 
+    def _finding(self, kind: str, detail: str, seen: Iterable[_Seen]) -> Finding:
+        return Finding(kind=kind, detail=detail, evidence=tuple(map(self._evidence, seen)))
+
     def findings(self) -> list[Finding]:
         """Every finding, in the order of :data:`FINDING_KINDS`."""
         found: list[Finding] = []
@@ -280,29 +280,27 @@ class Auditor:
             owners = {self._owner(s): s for s in seen}
             if len(owners) > 1:
                 names = ", ".join(f"{imei} sec_tag {tag}" for imei, tag, _ in sorted(owners))
-                found.append(Finding(kind="duplicate-key", detail=(
+                found.append(self._finding("duplicate-key", (
                     f"one public key is on {len(owners)} devices or sec_tags ({names}): a "
-                    "broken random source, or a key copied between devices"),
-                    evidence=tuple(self._evidence(s) for s in owners.values())))
+                    "broken random source, or a key copied between devices"), owners.values()))
         for device_uuid, imeis in self._by_uuid.items():
             if len(imeis) > 1:
-                found.append(Finding(kind="cloned-uuid", detail=(
+                found.append(self._finding("cloned-uuid", (
                     f"device UUID {device_uuid} is recorded under {len(imeis)} IMEIs "
                     f"({', '.join(sorted(imeis))}): a cloned module or a reprogrammed IMEI"),
-                    evidence=tuple(self._evidence(s) for s in imeis.values())))
+                    imeis.values()))
         for (identity, sec_tag, key_type), keys in self._by_tag.items():
             if len(keys) > 1:
-                found.append(Finding(kind="reprovisioned-imei", detail=(
+                found.append(self._finding("reprovisioned-imei", (
                     f"{identity} has {len(keys)} different {key_type} keys in sec_tag "
                     f"{sec_tag} across runs: each replacement needs an explanation"),
-                    evidence=tuple(self._evidence(seen[0]) for seen in keys.values())))
+                    (seen[0] for seen in keys.values())))
         found += [self._foreign_finding(at) for at in self._foreign]
         for imei, stations in self._stations.items():
             if len(stations) > 1:
-                found.append(Finding(kind="several-stations", detail=(
+                found.append(self._finding("several-stations", (
                     f"IMEI {imei} was provisioned at {len(stations)} stations "
-                    f"({', '.join(sorted(stations))})"),
-                    evidence=tuple(self._evidence(s) for s in stations.values())))
+                    f"({', '.join(sorted(stations))})"), stations.values()))
         for inventory in self.unverified:
             shown = "; ".join(inventory.problems[:_MANIFEST_PROBLEMS_SHOWN])
             more = len(inventory.problems) - _MANIFEST_PROBLEMS_SHOWN

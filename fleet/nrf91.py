@@ -16,7 +16,9 @@ from dataclasses import dataclass
 __all__ = [
     "ACTIVE_MODES",
     "ATTESTTOKEN_MIN_FIRMWARE",
+    "CMNG_SHA_MIN_FIRMWARE",
     "FUNCTION_MODES",
+    "KEYGEN_MIN_FIRMWARE",
     "MAX_MODEM_SEC_TAG",
     "MAX_USER_SEC_TAG",
     "MODELS",
@@ -28,6 +30,7 @@ __all__ = [
     "Timing",
     "Work",
     "attestation_problem",
+    "firmware_too_old",
     "firmware_version",
     "identity_text_problem",
     "luhn_digit",
@@ -98,6 +101,11 @@ def identity_text_problem(text: str) -> str | None:
     return None
 
 
+#: The oldest modem firmware with ``%KEYGEN`` (nrfcloud-utils' ``MIN_REQD_MFW_VER``).
+KEYGEN_MIN_FIRMWARE = (1, 3, 0)
+#: The oldest modem firmware whose ``%CMNG=1`` listing has the SHA-256 column that the
+#: certificate step confirms a written certificate by (``MIN_REQD_MFW_VER_FOR_VERIFY``).
+CMNG_SHA_MIN_FIRMWARE = (1, 3, 2)
 #: The oldest modem firmware that answers ``%ATTESTTOKEN`` (on nRF91x1 modems only: an nRF9160
 #: has none, whatever its firmware).
 ATTESTTOKEN_MIN_FIRMWARE = (2, 0, 0)
@@ -120,6 +128,16 @@ def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
 
 
+def firmware_too_old(firmware: str | None, minimum: tuple[int, int, int], what: str
+                     ) -> str | None:
+    """Why ``what`` cannot be done on a modem with ``firmware``, or None. A firmware string
+    without a version this can read is not refused (nrfcloud-utils goes on too)."""
+    version = firmware_version(firmware or "")
+    if version is None or version >= minimum:
+        return None
+    return f"the modem firmware is {firmware}: {what} needs modem firmware >= {_dotted(minimum)}"
+
+
 def attestation_problem(model: str | None, firmware: str | None) -> str | None:
     """Why this modem cannot give an attestation token (``%ATTESTTOKEN``), or None."""
     if model is not None and model.upper().startswith("NRF9160"):
@@ -129,10 +147,7 @@ def attestation_problem(model: str | None, firmware: str | None) -> str | None:
     if version is None:
         return (f"the modem firmware {firmware!r} has no version this check can read: "
                 f"%ATTESTTOKEN needs modem firmware >= {_dotted(ATTESTTOKEN_MIN_FIRMWARE)}")
-    if version < ATTESTTOKEN_MIN_FIRMWARE:
-        return (f"the modem firmware is {firmware}: %ATTESTTOKEN needs modem firmware >= "
-                f"{_dotted(ATTESTTOKEN_MIN_FIRMWARE)}")
-    return None
+    return firmware_too_old(firmware, ATTESTTOKEN_MIN_FIRMWARE, "%ATTESTTOKEN")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -115,3 +115,50 @@ def test_verify_refuses_a_token_of_another_device(tmp_path: Path) -> None:
     assert [c.name for c in report.failures] == ["attestation", "attestation"]
     assert f"not {one['device_uuid']}" in report.failures[0].detail
     assert attest_token_problem("x.y", None) is not None
+
+
+def _old_firmware(tmp_path: Path, firmware: str) -> None:
+    """Two simulated modems (made by a run that writes nothing), the first on ``firmware``."""
+    code, _, err = run_json(write_plan(tmp_path, ports="sim://0-1", name="probe.yaml",
+                                       extra="simulator: {state: sim.json}\n"),
+                            tmp_path / "probe.sqlite", "--check")
+    assert code == 0, err
+    state = json.loads((tmp_path / "sim.json").read_text())
+    state["modems"][0]["firmware"] = firmware
+    (tmp_path / "sim.json").write_text(json.dumps(state))
+
+
+def test_a_modem_firmware_without_keygen_fails_its_keys_before_any_write(tmp_path: Path) -> None:
+    _old_firmware(tmp_path, "mfw_nrf9160_1.2.7")
+    plan = write_plan(tmp_path, ports="sim://0-1",
+                      extra="simulator: {state: sim.json, log: sim.log}\n")
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
+    old, new = sorted(doc["devices"], key=lambda d: d["port"])
+    assert old["outcome"] == "failed" and not old["changed"]
+    assert {k["outcome"] for k in old["keys"]} == {"failed"}
+    assert all("the modem firmware is mfw_nrf9160_1.2.7: %KEYGEN needs modem firmware >= "
+               "1.3.0" in k["error"] for k in old["keys"])
+    assert new["outcome"] == "done"
+    sent = [json.loads(line) for line in (tmp_path / "sim.log").read_text().splitlines()]
+    assert not [e for e in sent if e.get("modem") == 0
+                and e.get("command", "").upper().startswith(_WRITES)]
+
+
+def test_a_firmware_without_the_cmng_sha_fails_the_key_with_a_certificate(
+        tmp_path: Path) -> None:
+    from tests.certhelpers import make_ca
+    from tests.runhelpers import KEYS
+
+    make_ca(tmp_path / "ca")
+    _old_firmware(tmp_path, "mfw_nrf9160_1.3.1")
+    keys = KEYS.replace("    if_exists: keep\n", "    if_exists: keep\n"
+                        "    ca: {cert: ca/ca.pem, key: ca/ca.key}\n")
+    plan = write_plan(tmp_path, ports="sim://0", keys=keys,
+                      extra="simulator: {state: sim.json}\n")
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
+    tls, endorsement = doc["devices"][0]["keys"]
+    assert tls["outcome"] == "failed" and "1.3.1: the certificate step" in tls["error"]
+    assert ">= 1.3.2" in tls["error"]
+    assert endorsement["outcome"] == "generated"

@@ -54,7 +54,12 @@ from fleet.errors import (
     TransportError,
 )
 from fleet.journal import KeyResult
-from fleet.nrf91 import attestation_problem
+from fleet.nrf91 import (
+    CMNG_SHA_MIN_FIRMWARE,
+    KEYGEN_MIN_FIRMWARE,
+    attestation_problem,
+    firmware_too_old,
+)
 from fleet.plan import KeySpec, KeyType
 from fleet.provision.base import (
     DeviceLost,
@@ -232,7 +237,20 @@ class _Flow(DeviceWork):
         entries = [e for e in parse_cmng_list(answer.lines) if (e.sec_tag, e.type) == where]
         return bool(entries), entries[0].sha256 if entries else None
 
+    def firmware_problem(self, key: KeySpec) -> str | None:
+        """Why this modem's firmware cannot provision ``key`` (its ``%KEYGEN``, or for a key
+        with a CA the ``%CMNG`` SHA column the certificate step relies on), or None."""
+        firmware = self.dev.firmware
+        problem = firmware_too_old(firmware, KEYGEN_MIN_FIRMWARE, "%KEYGEN")
+        if problem is None and key.ca is not None:
+            problem = firmware_too_old(firmware, CMNG_SHA_MIN_FIRMWARE, "the certificate step "
+                                       "(the SHA-256 column of the %CMNG list)")
+        return None if problem is None else f"{problem}; nothing was written for this key"
+
     async def provision_key(self, key: KeySpec) -> KeyRecord:
+        problem = self.firmware_problem(key)
+        if problem is not None:  # before any command for the key
+            return self._failed(key, problem, 0)
         attempts = 0
         try:
             async for attempt in self.policy.step():
