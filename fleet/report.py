@@ -190,10 +190,11 @@ def _attestation(row: SlotRow, device_uuid: str | None
         return None, None
     problem = attest_token_problem(row.attestation_token,
                                    None if device_uuid is None else uuid.UUID(device_uuid))
-    if problem is not None:
+    if problem is None and not row.attestation_read_at:
+        problem = "the journal holds no time it was read"
+    if problem is not None or row.attestation_read_at is None:
         return None, f"the journal's attestation token is not reported: {problem}"
-    return AttestationRecord(token=row.attestation_token,
-                             read_at=row.attestation_read_at or ""), None
+    return AttestationRecord(token=row.attestation_token, read_at=row.attestation_read_at), None
 
 
 def _uuid_or_none(text: str | None) -> str | None:

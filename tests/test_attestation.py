@@ -5,6 +5,7 @@ before anything is written to it."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,35 @@ def test_a_firmware_without_the_cmng_sha_fails_the_key_with_a_certificate(
     assert tls["outcome"] == "failed" and "1.3.1: the certificate step" in tls["error"]
     assert ">= 1.3.2" in tls["error"]
     assert endorsement["outcome"] == "generated"
+
+
+def test_a_damaged_token_in_the_journal_fails_its_device_in_the_record(tmp_path: Path) -> None:
+    import anyio
+
+    from fleet.journal import Journal, RunInfo
+    from fleet.plan import load_plan
+    from fleet.report import build_run_record
+
+    plan_path = _plan(tmp_path, "nrf9151", ports="sim://0")
+    code, doc, err = run_json(plan_path, tmp_path / "j.sqlite")
+    assert code == 0, err
+    other = parse_attest_token(json.loads(Path(doc["manifest"]).read_text())["signed"]
+                               ["devices"][0]["attestation"]["token"])
+    forged = other.value.replace(other.value[:8], "hQFQAAAA", 1)  # another device's UUID
+
+    with sqlite3.connect(tmp_path / "j.sqlite") as conn:  # changed outside fleet
+        conn.execute("UPDATE run_devices SET attestation_token = ?", (forged,))
+
+    async def record() -> Any:
+        journal = await Journal.open(tmp_path / "j.sqlite")
+        try:
+            report = await journal.run_report(doc["run_id"])
+        finally:
+            await journal.aclose()
+        run = RunInfo(run_id=doc["run_id"], started_at=doc["started_at"], resumed=False)
+        return build_run_record(report, load_plan(plan_path), run, ended_at=doc["ended_at"],
+                                complete=True)
+
+    device = anyio.run(record).devices[0]
+    assert device.attestation is None and device.outcome.value == "failed"
+    assert "the journal's attestation token is not reported: it is from device" in device.error
