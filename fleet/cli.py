@@ -26,6 +26,7 @@ _COMMANDS = {
     "ca": "fleet.cmd.ca",
     "ports": "fleet.cmd.ports",
     "export": "fleet.cmd.export",
+    "audit": "fleet.cmd.audit",
     "inspect": "fleet.cmd.inspect",
 }
 

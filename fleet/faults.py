@@ -20,6 +20,9 @@ lost-answer      a %KEYGEN that stored a new key: the key stays stored (and pers
 keygen-bad-uuid  a %KEYGEN answer: the device UUID in its COSE payload has its lowest bit flipped
                  (signed as usual, the key stored as usual): an answer that passes every local
                  check but does not belong to this device
+keygen-weak-rng  a %KEYGEN that makes a new key: the key comes from a broken random source that
+                 gives every modem the same key for one sec_tag (a duplicate key, as a factory
+                 finds it with ``fleet audit``)
 list-no-sha      a %CMNG=1 listing: its lines come without the SHA-256 column, as on firmware that
                  does not list it
 list-drop        a %CMNG=1 listing: never answered, the port drops as for disconnect
@@ -51,6 +54,7 @@ class FaultName(enum.Enum):
     KEYGEN_FAIL = "keygen-fail"
     LOST_ANSWER = "lost-answer"
     KEYGEN_BAD_UUID = "keygen-bad-uuid"
+    KEYGEN_WEAK_RNG = "keygen-weak-rng"
     LIST_NO_SHA = "list-no-sha"
     LIST_DROP = "list-drop"
     SLOW = "slow"

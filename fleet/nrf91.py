@@ -10,12 +10,16 @@ functions, importable by the plan loader without pulling in the simulator.
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
     "ACTIVE_MODES",
+    "ATTESTTOKEN_MIN_FIRMWARE",
+    "CMNG_SHA_MIN_FIRMWARE",
     "FUNCTION_MODES",
+    "KEYGEN_MIN_FIRMWARE",
     "MAX_MODEM_SEC_TAG",
     "MAX_USER_SEC_TAG",
     "MODELS",
@@ -28,6 +32,9 @@ __all__ = [
     "ModelInfo",
     "Timing",
     "Work",
+    "attestation_problem",
+    "firmware_too_old",
+    "firmware_version",
     "identity_text_problem",
     "kit_of",
     "luhn_digit",
@@ -99,6 +106,55 @@ def identity_text_problem(text: str) -> str | None:
     return None
 
 
+#: The oldest modem firmware with ``%KEYGEN`` (nrfcloud-utils' ``MIN_REQD_MFW_VER``).
+KEYGEN_MIN_FIRMWARE = (1, 3, 0)
+#: The oldest modem firmware whose ``%CMNG=1`` listing has the SHA-256 column that the
+#: certificate step confirms a written certificate by (``MIN_REQD_MFW_VER_FOR_VERIFY``).
+CMNG_SHA_MIN_FIRMWARE = (1, 3, 2)
+#: The oldest modem firmware that answers ``%ATTESTTOKEN`` (on nRF91x1 modems only: an nRF9160
+#: has none, whatever its firmware).
+ATTESTTOKEN_MIN_FIRMWARE = (2, 0, 0)
+
+# The x.y.z of a modem firmware string, as nrfcloud-utils finds it (``parse_mfw_ver``): exactly
+# one, between ``-``/``_`` or the ends (``mfw_nrf9160_1.3.0-FOTA-TEST``).
+_VERSION = re.compile(r"(?:(?<=[-_])|(?<=^))([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?=[-_]|$)")
+
+
+def firmware_version(firmware: str) -> tuple[int, int, int] | None:
+    """``mfw_nrf91x1_2.0.2`` -> ``(2, 0, 2)``; None when the string has no single x.y.z."""
+    found = _VERSION.findall(firmware.strip())
+    if len(found) != 1:
+        return None
+    major, minor, patch = found[0]
+    return int(major), int(minor), int(patch)
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+def firmware_too_old(firmware: str | None, minimum: tuple[int, int, int], what: str
+                     ) -> str | None:
+    """Why ``what`` cannot be done on a modem with ``firmware``, or None. A firmware string
+    without a version this can read is not refused (nrfcloud-utils goes on too)."""
+    version = firmware_version(firmware or "")
+    if version is None or version >= minimum:
+        return None
+    return f"the modem firmware is {firmware}: {what} needs modem firmware >= {_dotted(minimum)}"
+
+
+def attestation_problem(model: str | None, firmware: str | None) -> str | None:
+    """Why this modem cannot give an attestation token (``%ATTESTTOKEN``), or None."""
+    if model is not None and model.upper().startswith("NRF9160"):
+        return (f"this modem is an {model}: %ATTESTTOKEN needs an nRF91x1 modem (nRF9151, "
+                f"nRF9161, nRF9131) with modem firmware >= {_dotted(ATTESTTOKEN_MIN_FIRMWARE)}")
+    version = firmware_version(firmware or "")
+    if version is None:
+        return (f"the modem firmware {firmware!r} has no version this check can read: "
+                f"%ATTESTTOKEN needs modem firmware >= {_dotted(ATTESTTOKEN_MIN_FIRMWARE)}")
+    return firmware_too_old(firmware, ATTESTTOKEN_MIN_FIRMWARE, "%ATTESTTOKEN")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelInfo:
     """What ``AT+CGMM`` / ``AT+CGMR`` print for one model, and the firmware's quirks."""
@@ -106,8 +162,8 @@ class ModelInfo:
     name: str
     cgmm: str
     firmware: str
-    #: the device type in the %ATTESTTOKEN body (a simulator value: the real codes are not
-    #: documented)
+    #: the device type in the %ATTESTTOKEN body (nrfcloud-utils' ``device_type_dict``:
+    #: 1 nRF9160 SIAA, 4 nRF9161 LACA, 5 nRF9131 LACA, 6 nRF9151 LACA)
     device_type: int
 
     def __post_init__(self) -> None:
@@ -121,7 +177,7 @@ MODELS: dict[str, ModelInfo] = {
     "nrf9160": ModelInfo(name="nrf9160", cgmm="nRF9160-SICA", firmware="mfw_nrf9160_1.3.5",
                          device_type=1),
     "nrf9151": ModelInfo(name="nrf9151", cgmm="nRF9151-LACA", firmware="mfw_nrf91x1_2.0.2",
-                         device_type=2),
+                         device_type=6),
 }
 MODEL_NAMES = tuple(MODELS)
 

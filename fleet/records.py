@@ -13,7 +13,8 @@ from typing import Any
 
 from fleet.usbid import UsbIdentity
 
-__all__ = ["CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
+__all__ = ["AttestationRecord", "CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome",
+           "KeyRecord", "RunRecord"]
 
 
 class KeyOutcome(enum.StrEnum):
@@ -74,6 +75,14 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttestationRecord:
+    """The ``%ATTESTTOKEN`` a device gave in a run (plans with ``attestation_token: true``)."""
+
+    token: str  #: ``<b64url CBOR body>.<b64url COSE_Sign1>``, as the modem sent it
+    read_at: str  #: RFC 3339, UTC
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceRecord:
     """One device (identified by IMEI) in one slot."""
 
@@ -94,6 +103,7 @@ class DeviceRecord:
     #: ``lf``, ``crlf``, ``nul``); None when it was not reached
     interface: str | None = None
     terminator: str | None = None
+    attestation: AttestationRecord | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -36,6 +36,7 @@ from fleet.credentials import (
     CredentialType,
     Expectation,
     KeygenAnswer,
+    attest_token_problem,
     check_keygen,
     parse_keygen,
 )
@@ -44,6 +45,7 @@ from fleet.journal import CertState, KeyRow, RunInfo, RunReport, SlotRow
 from fleet.manifest import ANSWER_OUTCOMES, RESPONSE_PAYLOAD_IDS, answer_fields
 from fleet.plan import KeySpec, Plan, Slot
 from fleet.records import (
+    AttestationRecord,
     CertOutcome,
     DeviceOutcome,
     DeviceRecord,
@@ -170,11 +172,32 @@ def _device_record(row: SlotRow, slot: Slot | None, plan: Plan, keys: Sequence[K
     if outcome is DeviceOutcome.DONE and failed:  # a key the journal cannot vouch for
         outcome = DeviceOutcome.FAILED
         error = "; ".join(f"{k.name}: {k.error}" for k in failed)
+    device_uuid = _uuid_or_none(row.device_uuid)
+    attestation, problem = _attestation(row, device_uuid)
+    if problem is not None:
+        outcome = DeviceOutcome.FAILED
+        error = "; ".join(filter(None, (error, problem)))
     return DeviceRecord(slot=row.slot, port=row.port, imei=row.imei,
-                        device_uuid=_uuid_or_none(row.device_uuid), model=row.model,
+                        device_uuid=device_uuid, model=row.model,
                         firmware=row.firmware, outcome=outcome, keys=tuple(records),
                         error=error, changed=row.changed, usb=row.usb,
-                        interface=row.interface, terminator=row.terminator)
+                        interface=row.interface, terminator=row.terminator,
+                        attestation=attestation)
+
+
+def _attestation(row: SlotRow, device_uuid: str | None
+                 ) -> tuple[AttestationRecord | None, str | None]:
+    """The journal's attestation token of the device, checked again: one that is not this
+    device's is never reported (the device fails, saying why)."""
+    if row.attestation_token is None:
+        return None, None
+    problem = attest_token_problem(row.attestation_token,
+                                   None if device_uuid is None else uuid.UUID(device_uuid))
+    if problem is None and not row.attestation_read_at:
+        problem = "the journal holds no time it was read"
+    if problem is not None or row.attestation_read_at is None:
+        return None, f"the journal's attestation token is not reported: {problem}"
+    return AttestationRecord(token=row.attestation_token, read_at=row.attestation_read_at), None
 
 
 def _uuid_or_none(text: str | None) -> str | None:
@@ -281,6 +304,7 @@ def run_document(record: RunRecord, *, check: bool, resumed: bool, interrupted: 
             "error": device.error,
             "changed": device.changed, "keys": [_key_document(k) for k in device.keys],
             "usb": device.usb.to_dict() if device.usb is not None else None,
+            "attestation_token": device.attestation.token if device.attestation else None,
         }
         if check:
             entry["planned"] = list((planned or {}).get(device.slot, ()))

@@ -142,7 +142,10 @@ def _write_commands(sim: SimProcess) -> list[str]:
 @pytest.fixture
 def stations(tmp_path: Path) -> Iterator[list[Station]]:
     with ExitStack() as stack:
-        yield [_station(tmp_path, "line1-a", 2, stack), _station(tmp_path, "line1-b", 3, stack)]
+        # Other boards at each station (another simulator seed): the same IMEIs at two stations
+        # are a finding of the playbook's audit.
+        yield [_station(tmp_path, "line1-a", 2, stack),
+               _station(tmp_path, "line1-b", 3, stack, "--seed", "1")]
 
 
 def test_playbook_provisions_two_stations_collects_and_verifies(
@@ -159,6 +162,7 @@ def test_playbook_provisions_two_stations_collects_and_verifies(
     assert recap["localhost"]["failed"] == 0
     assert "TASK [fleet verify each station's manifest" in first.stdout
     assert first.stdout.count("ok: [localhost] => (item=") == 2, _show(first)
+    assert "TASK [fleet audit every manifest collected so far]" in first.stdout
     collected: dict[str, Path] = {}
     for station, count in zip(stations, (2, 3), strict=True):
         files = sorted((manifests / station.name).glob(f"{station.name}-*.json"))
@@ -216,7 +220,7 @@ def test_playbook_failed_station_still_collects_and_verifies_its_manifest(
     with ExitStack() as stack:
         healthy = _station(tmp_path, "line1-a", 1, stack)
         faulty = _station(tmp_path, "line1-b", 2, stack, "--fault", "keygen-fail:1@1",
-                          retries=0)
+                          "--seed", "1", retries=0)
         manifests = tmp_path / "controller" / "manifests"
         result = _playbook(tmp_path, _inventory(tmp_path, [healthy, faulty], manifests))
     assert result.returncode == 2, _show(result)  # ansible-playbook: a host failed
@@ -224,7 +228,8 @@ def test_playbook_failed_station_still_collects_and_verifies_its_manifest(
     assert recap["line1-a"]["failed"] == 0 and recap["line1-b"]["failed"] == 1, _show(result)
     assert "fleet run: 1 of 2 devices failed (the others finished): slot1 (" in result.stdout
     # The faulty station's manifest records the device that was done: collected and verified.
-    assert recap["localhost"]["failed"] == 0 and recap["localhost"]["ok"] == 1, _show(result)
+    # ... and audited with the other station's (ok: the verify loop, then the audit)
+    assert recap["localhost"]["failed"] == 0 and recap["localhost"]["ok"] == 2, _show(result)
     assert result.stdout.count("ok: [localhost] => (item=") == 2, _show(result)
     (collected,) = (manifests / "line1-b").glob("line1-b-*.json")
     signed = json.loads(collected.read_text())["signed"]

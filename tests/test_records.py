@@ -229,7 +229,7 @@ def test_a_device_uuid_known_under_another_imei_stops_the_slot_before_any_write(
         tmp_path: Path) -> None:
     journal = tmp_path / "j.sqlite"
     plan = write_plan(tmp_path, ports=_ports(tmp_path))
-    with run_sim(tmp_path, 1):
+    with run_sim(tmp_path, 1, "--model", "nrf9151"):  # %ATTESTTOKEN: nRF91x1
         code, document, err = run_json(plan, journal)
         assert code == 0, err
         old_imei = document["devices"][0]["imei"]
@@ -431,7 +431,7 @@ def test_a_board_swapped_after_a_sigkill_keeps_its_keys_in_the_record(tmp_path: 
 
 def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> None:
     plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
-                      extra="simulator: {state: sim.json}\n")
+                      extra="simulator: {state: sim.json, model: nrf9151}\n")
     journal = tmp_path / "j.sqlite"
     code, document, err = run_json(plan, journal)
     assert code == 0, err

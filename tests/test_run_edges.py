@@ -206,7 +206,7 @@ def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(tmp_path: Path
     and made again) within the same run."""
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(write_plan(tmp_path, ports="sim://0").read_text().replace(
-        "defaults:", "simulator: {state: sim.json, log: sim.log, "
+        "defaults:", "simulator: {state: sim.json, log: sim.log, model: nrf9151, "
         "faults: ['keygen-bad-uuid:1:1']}\ndefaults:"))
     journal = tmp_path / "j.sqlite"
 
@@ -243,7 +243,8 @@ def test_a_failed_listing_prefetch_is_recovered_before_the_attestation_read(
         'attributes: {CN: "{imei}"', 'attributes: {CN: "{device_uuid}"')
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(keys.replace("defaults:", "simulator: {state: sim.json, log: sim.log, "
-                                      "faults: ['list-drop:1:1']}\ndefaults:"))
+                                      "model: nrf9151, faults: ['list-drop:1:1']}\n"
+                                      "defaults:"))
     outcome = anyio.run(lambda: run_plan(load_plan(plan_path), RunOptions(
         journal=tmp_path / "j.sqlite", handle_signals=False)), backend="asyncio")
     assert _faults_fired(tmp_path / "sim.log") == [("list-drop", "AT%CMNG=1")], \

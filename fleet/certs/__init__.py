@@ -5,7 +5,8 @@ SHA-256), ``authority`` (the local CA and the external-command CA, the CSR and c
 checks), ``command`` (running a CA program), ``load`` (reading a plan's CA files), ``decide``
 (what to do with a certificate or chain: pure, table-tested), ``report`` (the ``certificate`` /
 ``ca_chain`` fields of a key), ``devca`` (``fleet ca init``), ``nrfcloud`` (``fleet export
-nrfcloud``). The device side is :mod:`fleet.provision.certs`.
+nrfcloud``), ``cells`` (the spreadsheet-safe CSV cells every export writes). The device side
+is :mod:`fleet.provision.certs`.
 """
 
 from fleet.certs.authority import (

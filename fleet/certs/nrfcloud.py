@@ -1,61 +1,67 @@
-"""nRF Cloud's bulk onboarding CSV (``onboard.csv``) from verified manifests.
+"""nRF Cloud's bulk files from verified manifests: onboarding, claiming, device info.
 
-The layout is the one Nordic's nrfcloud-utils writes (``cli_helpers.save_onboarding_csv``, used
-by ``device_credentials_installer`` and ``create_device_credentials``) and ``nrf_cloud_onboard``
-posts as ``text/csv`` to the ``POST /v1/devices`` (OnboardDevices / ProvisionDevices) endpoint:
-no header row, one row per device, five columns
+``onboard`` (``onboard.csv``) is the layout nrfcloud-utils writes (``cli_helpers.
+save_onboarding_csv``) and ``nrf_cloud_onboard --csv`` posts to ``POST /v1/devices``: no header
+row, one row per device, ``<device id>,<subtype>,<tags>,<firmware types>,<certificate PEM>``
+(``QUOTE_MINIMAL``, LF line terminator, so the multi-line PEM is quoted). Tags and firmware
+types are separated by ``|``; nrfcloud-utils' default firmware types are ``APP|MODEM``;
+nrf_cloud_onboard refuses files over 1000 rows.
 
-    <device id>,<subtype>,<tags>,<firmware types>,<certificate PEM>
+``claim`` is what ``gather_attestation_tokens`` writes, one line per device,
+``f'{imei},{uuid},{attestation_token},{datetime.now(timezone.utc).isoformat()}'`` (no header),
+and ``claim_devices --csv`` reads (``imei, uuid, attest_tok, date_time = row[:4]``, then posts
+every token): the time is when the token was read (the manifest's ``attestation.read_at``).
 
-written with Python's ``csv`` module (``QUOTE_MINIMAL``, LF line terminator, so the multi-line
-PEM is quoted). Tags and firmware types are separated by ``|`` (nRF Cloud's documentation: "If
-you want multiple tags, separate them using a pipe | character in the CSV file"); nrfcloud-utils'
-default firmware types are ``APP|MODEM``. nrf_cloud_onboard refuses files over 1000 rows.
+``devinfo`` is what ``device_credentials_installer --devinfo`` writes
+(``f'{dev_id},{mfw_ver},{imei}'``) and ``nrf_cloud_onboard --devinfo`` reads
+(``read_devinfo_csv``: ``[row[0], row[1], row[2]]``, device id, modem firmware, IMEI), to set
+each device's firmware version in its shadow and its IMEI as its name. Its device id must be
+the onboarding file's: the same ``--device-id`` choices.
 
 Device ID: nrfcloud-utils uses the CSR's common name (the modem's device UUID when ``%KEYGEN``
 gets no attributes; ``nrf-<IMEI>`` with ``--id-imei --id-str nrf-``), so the default here is the
 certificate's common name (``cn``); ``uuid``, ``imei`` and ``nrf-imei`` are the alternatives.
+``claim`` has none: nRF Cloud takes the device from its token.
 
 What is refused (:class:`fleet.errors.ExportError`, every problem named, no row written): two
 different devices (another IMEI or device UUID) that would get one device id (nRF Cloud would
 onboard one of them with the other's certificate, or refuse the file); a cell a spreadsheet would
-run as a formula (OWASP "CSV injection": first character ``=``, ``+``, ``-``, ``@``, tab or CR)
-or one with a control character; a device with a certificate but no device id; manifest content
-of an unexpected shape. The certificate column is the one cell that starts with ``-``: it must be
-exactly a PEM certificate (``-----BEGIN CERTIFICATE-----`` first), which verification parsed. One
-device in several manifests is not a conflict: the row of the run that ended last is kept.
+run as a formula or one with a control character (:mod:`fleet.certs.cells`); a device with a
+certificate but no device id; manifest content of an unexpected shape. The certificate column
+is the one cell that starts with ``-``: it must be exactly a PEM certificate (``-----BEGIN
+CERTIFICATE-----`` first), which verification parsed. One device in several manifests is not a
+conflict: the row of the run that ended last is kept. A device without what the format needs
+(a certificate, an attestation token, a firmware string; ``claim`` and ``devinfo`` also a
+``done`` outcome) is left out and named in the warnings.
 """
 
 from __future__ import annotations
 
 import csv
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from cryptography.x509.oid import NameOID
 
+from fleet.certs.cells import cell_problem, checked_cell, split_list
 from fleet.certs.pem import parse_pem_certificates
-from fleet.errors import CertificateError, ExportError
+from fleet.credentials import parse_attest_token
+from fleet.errors import CertificateError, CredentialError, ExportError
 
-__all__ = ["DEVICE_ID_MODES", "FIRMWARE_TYPES", "MAX_ROWS", "OnboardRow", "cell_problem",
-           "checked_cell", "onboarding_rows", "split_list", "write_onboarding_csv"]
+__all__ = ["DEVICE_ID_MODES", "EXPORT_FORMATS", "FIRMWARE_TYPES", "MAX_ROWS", "OnboardRow",
+           "cell_problem", "checked_cell", "export_rows", "onboarding_rows", "split_list",
+           "write_onboarding_csv", "write_rows"]
 
 DEVICE_ID_MODES = ("cn", "uuid", "imei", "nrf-imei")
+#: ``fleet export nrfcloud --format``: bulk onboarding, bulk claiming, device info.
+EXPORT_FORMATS = ("onboard", "claim", "devinfo")
 #: The firmware types nrfcloud-utils documents for ``--fwtypes``.
 FIRMWARE_TYPES = ("APP", "MODEM", "BOOT", "SOFTDEVICE", "BOOTLOADER")
 #: nrf_cloud_onboard refuses a CSV with more rows than this.
 MAX_ROWS = 1000
 _GOOD = ("issued", "unchanged", "rewritten", "pre-existing")
-_TAG = re.compile(r"[^|;,\"\x00-\x1f\x7f]+\Z")
-#: A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection").
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-#: Unicode categories of characters that change how a cell reads without showing: controls,
-#: format characters (a right-to-left override), line and paragraph separators.
-_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _PEM_START = "-----BEGIN CERTIFICATE-----"
 
 
@@ -72,43 +78,9 @@ class OnboardRow:
                 self.certificate_pem]
 
 
-def cell_problem(value: str) -> str | None:
-    """Why ``value`` must not be a CSV cell (a spreadsheet formula, a control character), or
-    ``None``."""
-    # Spreadsheets skip leading blanks and read fullwidth signs as their ASCII forms.
-    start = unicodedata.normalize("NFKC", value).lstrip()
-    if start.startswith(_FORMULA_START):
-        return (f"starts with {start[0]!r}: a spreadsheet would run it as a formula "
-                "(CSV injection)")
-    if any(unicodedata.category(c) in _INVISIBLE for c in value):
-        return "has a control or format character"
-    return None
-
-
-def checked_cell(value: str, what: str) -> str:
-    """``value`` if it can be a cell (:func:`cell_problem`), else ``ValueError`` naming ``what``."""
-    problem = cell_problem(value)
-    if problem is not None:
-        raise ValueError(f"{what}: {value!r} {problem}")
-    return value
-
-
-def split_list(text: str, what: str, *, allowed: Sequence[str] | None = None) -> str:
-    """``a|b``, ``a;b`` or ``a,b`` -> ``a|b``, each item checked (``ValueError``)."""
-    items = [item.strip() for item in re.split(r"[|;,]", text)] if text.strip() else []
-    for item in items:
-        if not _TAG.match(item):
-            raise ValueError(f"{what}: {item!r} is empty or has a control or separator "
-                             "character")
-        if allowed is not None and item not in allowed:
-            raise ValueError(f"{what}: {item!r} is not one of {', '.join(allowed)}")
-        checked_cell(item, what)
-    return "|".join(items)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Entry:
-    """One device of one manifest that has a certificate to export."""
+    """One device of one manifest that has what the export's format needs."""
 
     label: str  #: ``<manifest>: device <imei>``
     path: str
@@ -116,7 +88,10 @@ class _Entry:
     order: int  #: position among all entries (a later manifest on the command line wins a tie)
     imei: str | None
     device_uuid: str | None
-    row: OnboardRow
+    cells: tuple[str, ...]
+    device_id: str | None  #: the nRF Cloud device id the row names (None: the format has none)
+    #: what another manifest's row of the device must hold too, or a warning says so
+    witness: str | None = None
 
 
 def _text(obj: Mapping[str, Any], name: str) -> str | None:
@@ -175,12 +150,16 @@ def _device_label(path: str, device: Mapping[str, Any], index: int) -> str:
     return f"{path}: device in slot {slot}" if slot else f"{path}: devices[{index}]"
 
 
+class _Skip(Exception):
+    """The device is left out of the export (named on stderr)."""
+
+
 class _Collector:
     """Walks the manifests, keeping every entry, every skipped device and every problem."""
 
-    def __init__(self, *, device_id: str, subtype: str, tags: str, firmware_types: str,
-                 key_name: str | None) -> None:
-        self.mode, self.key_name = device_id, key_name
+    def __init__(self, *, export_format: str, device_id: str, subtype: str, tags: str,
+                 firmware_types: str, key_name: str | None) -> None:
+        self.format, self.mode, self.key_name = export_format, device_id, key_name
         self.cells = (subtype, tags, firmware_types)
         self.entries: list[_Entry] = []
         self.warnings: list[str] = []
@@ -205,32 +184,82 @@ class _Collector:
                 or not isinstance(device_uuid, str | None)):
             self.problems.append(f"{label}: keys, imei or device_uuid of an unexpected type")
             return
-        pem, why = _pick(keys, self.key_name)
-        if pem is None:
+        row = {"onboard": self._onboard, "claim": self._claim, "devinfo": self._devinfo}
+        try:
+            cells, ident, witness = row[self.format](device, keys)
+        except _Skip as why:
             self.warnings.append(f"{label}: skipped: {why}")
             return
-        if not pem.startswith(_PEM_START):
-            self.problems.append(f"{label}: the certificate does not start with {_PEM_START}")
+        except ExportError as exc:
+            self.problems += [f"{label}: {problem}" for problem in exc.problems]
             return
+        self.entries.append(_Entry(
+            label=label, path=path, ended=ended, order=len(self.entries), imei=imei or None,
+            device_uuid=device_uuid or None, cells=cells, device_id=ident, witness=witness))
+
+    def _ident(self, device: Mapping[str, Any], pem: str) -> str:
         try:
             ident = _device_id(self.mode, device, pem)
         except CertificateError as exc:
-            self.problems.append(f"{label}: {exc}")
-            return
+            raise ExportError([str(exc)]) from exc
         if not ident:
-            self.problems.append(f"{label}: has a certificate but no {self.mode} to make its "
-                                 "device id (choose another --device-id)")
-            return
+            raise ExportError([f"has a certificate but no {self.mode} to make its device id "
+                               "(choose another --device-id)"])
         problem = cell_problem(ident)
         if problem is not None:
-            self.problems.append(f"{label}: device id ({self.mode}) {ident!r} {problem}")
-            return
-        subtype, tags, firmware_types = self.cells
-        self.entries.append(_Entry(
-            label=label, path=path, ended=ended, order=len(self.entries), imei=imei or None,
-            device_uuid=device_uuid or None,
-            row=OnboardRow(device_id=ident, subtype=subtype, tags=tags,
-                           firmware_types=firmware_types, certificate_pem=pem)))
+            raise ExportError([f"device id ({self.mode}) {ident!r} {problem}"])
+        return ident
+
+    def _onboard(self, device: Mapping[str, Any], keys: list[Any]
+                 ) -> tuple[tuple[str, ...], str, str]:
+        pem, why = _pick(keys, self.key_name)
+        if pem is None:
+            raise _Skip(why)
+        if not pem.startswith(_PEM_START):
+            raise ExportError([f"the certificate does not start with {_PEM_START}"])
+        ident = self._ident(device, pem)
+        return (ident, *self.cells, pem), ident, pem
+
+    @staticmethod
+    def _done(device: Mapping[str, Any]) -> None:
+        if device.get("outcome") != "done":
+            raise _Skip(f"its outcome is {device.get('outcome')!r}, not done")
+
+    def _claim(self, device: Mapping[str, Any], keys: list[Any]
+               ) -> tuple[tuple[str, ...], None, None]:
+        self._done(device)
+        attestation = device.get("attestation")
+        if not isinstance(attestation, Mapping):
+            raise _Skip("no attestation token (its plan did not set attestation_token: true)")
+        imei, token, read_at = (_text(device, "imei"), _text(attestation, "token"),
+                                _text(attestation, "read_at"))
+        if imei is None or token is None or read_at is None:
+            raise ExportError(["an attestation without a token, a read_at time or an IMEI"])
+        try:
+            device_uuid = str(parse_attest_token(token).device_uuid)
+            moment = datetime.fromisoformat(read_at)
+        except (CredentialError, ValueError) as exc:
+            raise ExportError([f"its attestation does not decode: {exc}"]) from exc
+        # gather_attestation_tokens writes datetime.now(timezone.utc).isoformat()
+        cells = (imei, device_uuid, token, moment.astimezone(UTC).isoformat())
+        return _checked(cells, ("IMEI", "device UUID", "token", "time")), None, None
+
+    def _devinfo(self, device: Mapping[str, Any], keys: list[Any]
+                 ) -> tuple[tuple[str, ...], str, None]:
+        self._done(device)
+        firmware = _text(device, "firmware")
+        if firmware is None:
+            raise _Skip("no modem firmware recorded")
+        pem = ""
+        if self.mode == "cn":
+            picked, why = _pick(keys, self.key_name)
+            if picked is None:
+                raise _Skip(f"{why} to take its device id (cn) from: choose another "
+                            "--device-id")
+            pem = picked
+        ident = self._ident(device, pem)
+        cells = (ident, firmware, _text(device, "imei") or "")
+        return _checked(cells, ("device id", "modem firmware", "IMEI")), ident, None
 
     def latest_per_device(self) -> list[_Entry]:
         """One entry per device (IMEI, else device UUID): the one whose run ended last."""
@@ -249,8 +278,7 @@ class _Collector:
                                      f"{listing}: these are not one device")
                 continue
             latest = max(group, key=lambda e: (e.ended, e.order))
-            older = [e.path for e in group
-                     if e.row.certificate_pem != latest.row.certificate_pem]
+            older = [e.path for e in group if e.witness != latest.witness]
             if older:
                 self.warnings.append(
                     f"{latest.label}: exported with the certificate of this manifest, whose run "
@@ -269,7 +297,8 @@ class _Collector:
     def unique_ids(self, kept: list[_Entry]) -> None:
         by_id: dict[str, list[_Entry]] = {}
         for entry in kept:
-            by_id.setdefault(entry.row.device_id, []).append(entry)
+            if entry.device_id is not None:
+                by_id.setdefault(entry.device_id, []).append(entry)
         for ident, same in by_id.items():
             if len(same) > 1:
                 self.problems.append(
@@ -279,17 +308,29 @@ class _Collector:
                     "with {imei}, or choose another --device-id)")
 
 
-def onboarding_rows(manifests: Iterable[tuple[str, Mapping[str, Any]]], *, device_id: str,
-                    subtype: str, tags: str, firmware_types: str, key_name: str | None = None
-                    ) -> tuple[list[OnboardRow], list[str]]:
-    """One row per device with a certificate in the (already verified) manifests, and warnings
-    for the devices left out. A device in several manifests gets the row of the manifest whose
-    run ended last. Raises :class:`ExportError` naming every problem (module docstring) instead
-    of returning rows that would onboard a device wrongly."""
+def _checked(cells: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    problems = [f"{name} {cell!r} {problem}" for name, cell in zip(names, cells, strict=True)
+                if (problem := cell_problem(cell)) is not None]
+    if problems:
+        raise ExportError(problems)
+    return cells
+
+
+def export_rows(manifests: Iterable[tuple[str, Mapping[str, Any]]], *, export_format: str,
+                device_id: str = "cn", subtype: str = "", tags: str = "",
+                firmware_types: str = "", key_name: str | None = None
+                ) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The rows of ``export_format`` (:data:`EXPORT_FORMATS`) for the (already verified)
+    manifests, one per device that has what the format needs, and warnings naming the devices
+    left out. A device in several manifests gets the row of the manifest whose run ended last.
+    Raises :class:`ExportError` naming every problem (module docstring) instead of returning
+    rows that would onboard or claim a device wrongly."""
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"export format {export_format!r} is not one of {EXPORT_FORMATS}")
     if device_id not in DEVICE_ID_MODES:
         raise ValueError(f"device id mode {device_id!r} is not one of {DEVICE_ID_MODES}")
-    collector = _Collector(device_id=device_id, subtype=subtype, tags=tags,
-                           firmware_types=firmware_types, key_name=key_name)
+    collector = _Collector(export_format=export_format, device_id=device_id, subtype=subtype,
+                           tags=tags, firmware_types=firmware_types, key_name=key_name)
     for what, value in (("subtype", subtype), ("tags", tags), ("firmware types", firmware_types)):
         problem = cell_problem(value)
         if problem is not None:
@@ -300,16 +341,33 @@ def onboarding_rows(manifests: Iterable[tuple[str, Mapping[str, Any]]], *, devic
     collector.unique_ids(kept)
     if collector.problems:
         raise ExportError(collector.problems)
-    rows = [entry.row for entry in kept]
+    rows = [entry.cells for entry in kept]
     warnings = collector.warnings
-    if len(rows) > MAX_ROWS:
+    if export_format == "onboard" and len(rows) > MAX_ROWS:
         warnings.append(f"{len(rows)} rows: nRF Cloud's onboarding takes at most {MAX_ROWS} "
                         "per file (split it)")
     return rows, warnings
 
 
-def write_onboarding_csv(rows: Iterable[OnboardRow], stream: TextIO) -> None:
-    """Write ``rows`` as nrfcloud-utils does: no header, ``QUOTE_MINIMAL``, LF endings."""
+def onboarding_rows(manifests: Iterable[tuple[str, Mapping[str, Any]]], *, device_id: str,
+                    subtype: str, tags: str, firmware_types: str, key_name: str | None = None
+                    ) -> tuple[list[OnboardRow], list[str]]:
+    """:func:`export_rows` of the onboarding format, as :class:`OnboardRow` records."""
+    rows, warnings = export_rows(manifests, export_format="onboard", device_id=device_id,
+                                 subtype=subtype, tags=tags, firmware_types=firmware_types,
+                                 key_name=key_name)
+    return [OnboardRow(device_id=r[0], subtype=r[1], tags=r[2], firmware_types=r[3],
+                       certificate_pem=r[4]) for r in rows], warnings
+
+
+def write_rows(rows: Iterable[Sequence[str]], stream: TextIO) -> None:
+    """Write ``rows`` as nrfcloud-utils does: no header, ``QUOTE_MINIMAL``, LF endings (its
+    claim and device-info files are written line by line with the same result: none of their
+    cells needs quoting)."""
     writer = csv.writer(stream, delimiter=",", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    for row in rows:
-        writer.writerow(row.as_list())
+    writer.writerows(rows)
+
+
+def write_onboarding_csv(rows: Iterable[OnboardRow], stream: TextIO) -> None:
+    """Write onboarding ``rows`` as nrfcloud-utils does (:func:`write_rows`)."""
+    write_rows((row.as_list() for row in rows), stream)

@@ -26,6 +26,7 @@ __all__ = [
     "parse_pem_certificates",
     "pem_sha256",
     "public_key_der",
+    "serial_and_issuer",
     "summarize",
 ]
 
@@ -94,10 +95,17 @@ class CertSummary:
     not_after: str  #: RFC 3339 UTC with Z
 
 
+def serial_and_issuer(cert: x509.Certificate) -> tuple[str, str]:
+    """``cert``'s serial (lower-case hex) and issuer (RFC 4514), as a :class:`CertSummary` has
+    them."""
+    return format(cert.serial_number, "x"), cert.issuer.rfc4514_string()
+
+
 def summarize(cert: x509.Certificate) -> CertSummary:
     """The :class:`CertSummary` of ``cert``."""
     pem = canonical_pem([cert])
+    serial, issuer = serial_and_issuer(cert)
     return CertSummary(
-        pem=pem, sha256=pem_sha256(pem), serial=format(cert.serial_number, "x"),
-        issuer=cert.issuer.rfc4514_string(), subject=cert.subject.rfc4514_string(),
+        pem=pem, sha256=pem_sha256(pem), serial=serial,
+        issuer=issuer, subject=cert.subject.rfc4514_string(),
         not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -1,13 +1,14 @@
-"""``fleet export nrfcloud MANIFEST... > onboard.csv``: nRF Cloud's bulk onboarding CSV.
+"""``fleet export nrfcloud MANIFEST... [--format onboard|claim|devinfo] > FILE``: nRF Cloud's
+bulk onboarding CSV, the attestation-token claim CSV, or the device-info CSV.
 
 Every manifest is first verified exactly as ``fleet verify`` does (``--pubkey`` as there); one that
 does not verify stops the export (exit 1, the reasons on stderr, nothing on stdout). Then one row
-per device with a certificate is printed (layout: :mod:`fleet.certs.nrfcloud`); devices without
-one are named on stderr. An export that would not be correct (two devices with one device id, a
-cell a spreadsheet would run as a formula...: :mod:`fleet.certs.nrfcloud`) is refused the same
-way: exit 1, every device concerned and the reason on stderr, nothing on stdout. Exit 2 for a
-usage error (an unreadable or non-JSON manifest, a bad option or --pubkey, a --subtype or --tags
-value a spreadsheet would run as a formula).
+per device that has what the format needs is printed (layouts: :mod:`fleet.certs.nrfcloud`);
+the devices left out are named on stderr. An export that would not be correct (two devices with
+one device id, a cell a spreadsheet would run as a formula...: :mod:`fleet.certs.nrfcloud`) is
+refused the same way: exit 1, every device concerned and the reason on stderr, nothing on
+stdout. Exit 2 for a usage error (an unreadable or non-JSON manifest, a bad option or --pubkey,
+a --subtype or --tags value a spreadsheet would run as a formula).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pathlib import Path
 from fleet import exitcodes
 from fleet.certs.nrfcloud import (
     DEVICE_ID_MODES,
+    EXPORT_FORMATS,
     FIRMWARE_TYPES,
     checked_cell,
-    onboarding_rows,
+    export_rows,
     split_list,
-    write_onboarding_csv,
+    write_rows,
 )
 from fleet.cmd.verify import load_trusted
 from fleet.errors import ExportError, ManifestError
@@ -37,20 +39,29 @@ __all__ = ["register", "run_nrfcloud"]
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export verified manifests for a cloud (nRF Cloud onboarding CSV)",
-        description="Export the certificates recorded in verified manifests.",
+        help="export verified manifests for a cloud (nRF Cloud onboarding, claim and device "
+        "info CSVs)",
+        description="Export what verified manifests record in a cloud's bulk formats.",
     )
     targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
     nrf = targets.add_parser(
         "nrfcloud",
-        help="nRF Cloud's bulk onboarding CSV on stdout (one row per device)",
-        description="Verify each manifest like `fleet verify`, then print nRF Cloud's bulk "
-        "onboarding CSV (as Nordic's nrfcloud-utils writes onboard.csv: no header; device id, "
-        "subtype, tags, firmware types, certificate PEM) with one row per device that has a "
-        "certificate. Post it with nrfcloud-utils: nrf_cloud_onboard --api-key KEY --csv "
-        "onboard.csv",
+        help="nRF Cloud's bulk onboarding, claim or device info CSV on stdout (one row per "
+        "device)",
+        description="Verify each manifest like `fleet verify`, then print one of nRF Cloud's "
+        "bulk files (--format), one row per device that has what the format needs. The "
+        "default, onboard, is the bulk onboarding CSV (as Nordic's nrfcloud-utils writes "
+        "onboard.csv: no header; device id, subtype, tags, firmware types, certificate PEM): "
+        "post it with nrf_cloud_onboard --api-key KEY --csv onboard.csv. claim is the "
+        "attestation token CSV for claim_devices --csv; devinfo the device info CSV for "
+        "nrf_cloud_onboard --devinfo.",
     )
     nrf.add_argument("manifests", metavar="MANIFEST", nargs="+", type=Path)
+    nrf.add_argument("--format", choices=EXPORT_FORMATS, default="onboard",
+                     help="onboard: the bulk onboarding CSV (nrf_cloud_onboard --csv); claim: "
+                     "imei,uuid,attestation_token,time as gather_attestation_tokens writes it "
+                     "(claim_devices --csv); devinfo: device id,modem firmware,imei "
+                     "(nrf_cloud_onboard --devinfo) (default: onboard)")
     nrf.add_argument("--pubkey", metavar="FILE", type=Path, action="append", default=[],
                      help="a trusted station public key (PEM), as for `fleet verify`")
     nrf.add_argument("--device-id", choices=DEVICE_ID_MODES, default="cn",
@@ -105,8 +116,9 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
     if failed:
         return exitcodes.FAILED
     try:
-        rows, warnings = onboarding_rows(documents, device_id=args.device_id, subtype=subtype,
-                                         tags=tags, firmware_types=fw_types, key_name=args.key)
+        rows, warnings = export_rows(documents, export_format=args.format,
+                                     device_id=args.device_id, subtype=subtype, tags=tags,
+                                     firmware_types=fw_types, key_name=args.key)
     except ExportError as exc:
         for problem in exc.problems:
             print(f"{prog}: {problem}", file=sys.stderr)
@@ -116,7 +128,7 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     out = io.StringIO()
-    write_onboarding_csv(rows, out)
+    write_rows(rows, out)
     sys.stdout.write(out.getvalue())
     print(f"{prog}: {len(rows)} device(s) exported", file=sys.stderr)
     return exitcodes.OK

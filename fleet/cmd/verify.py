@@ -68,6 +68,8 @@ def _print_human(result: dict[str, Any]) -> None:
     trust = "trusted key" if result["trusted_signers"] else "embedded station key (NOT TRUSTED)"
     certificates = (f", {result['certificates']} certificate(s)" if result.get("certificates")
                     else "")
+    if result.get("tokens"):
+        certificates += f", {result['tokens']} attestation token(s)"
     print(f"{path}: OK: {result['devices']} device(s), {result['answers']} %KEYGEN answer(s)"
           f"{certificates} re-checked, signed by {trust} {signers}")
     if result["partial"]:

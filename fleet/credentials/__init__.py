@@ -3,7 +3,12 @@
 No I/O. Every failure is a :class:`fleet.errors.CredentialError` naming what is wrong.
 """
 
-from fleet.credentials.attest import AttestToken, parse_attest_token
+from fleet.credentials.attest import (
+    ATTEST_MESSAGE_TYPE,
+    AttestToken,
+    attest_token_problem,
+    parse_attest_token,
+)
 from fleet.credentials.attributes import (
     KEYGEN_ATTRIBUTES,
     SubjectPairs,
@@ -52,6 +57,7 @@ from fleet.credentials.modem import (
 )
 
 __all__ = [
+    "ATTEST_MESSAGE_TYPE",
     "DEFAULT_KEY_USAGE",
     "KEYGEN_ATTRIBUTES",
     "KEY_USAGE_NAMES",
@@ -67,6 +73,7 @@ __all__ = [
     "KeygenPayload",
     "SubjectPairs",
     "add_sigalg_null",
+    "attest_token_problem",
     "attributes_subject",
     "b64url_decode",
     "b64url_encode",

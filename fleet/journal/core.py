@@ -333,6 +333,13 @@ class Journal(CertJournal):
             "UPDATE keys SET cmng_sha = ? WHERE imei = ? AND sec_tag = ? AND type = ?",
             (sha, imei, sec_tag, key_type)))
 
+    async def attestation(self, *, run_id: str, slot: str, imei: str, token: str) -> None:
+        """Keep the ``%ATTESTTOKEN`` just read from the device in the slot's row of the run
+        (a later invocation of the run replaces it with the one it reads)."""
+        await self._execute(lambda c: c.execute(
+            "UPDATE run_devices SET attestation_token = ?, attestation_read_at = ? WHERE "
+            "run_id = ? AND slot = ? AND imei = ?", (token, utc_now(), run_id, slot, imei)))
+
     # --- per-run results -----------------------------------------------------------------------
 
     async def slot_result(self, *, run_id: str, slot: str, port: str, imei: str | None,
@@ -377,12 +384,14 @@ class Journal(CertJournal):
             slots = tuple(
                 SlotRow(slot=r[0], port=r[1], imei=r[2] or None,
                         outcome=DeviceOutcome(r[3]) if r[3] else None, error=r[4],
-                        device_uuid=r[5], model=r[6], firmware=r[7], changed=bool(r[8]),
-                        usb=usb_from_column(r[9]), interface=r[10], terminator=r[11])
+                        device_uuid=r[5], model=r[6], firmware=r[7], attestation_token=r[8],
+                        attestation_read_at=r[9], changed=bool(r[10]),
+                        usb=usb_from_column(r[11]), interface=r[12], terminator=r[13])
                 for r in conn.execute(
                     "SELECT s.slot, s.port, s.imei, s.outcome, s.error, s.device_uuid, s.model, "
-                    "s.firmware, EXISTS (SELECT 1 FROM steps w WHERE w.run_id = s.run_id AND "
-                    "w.slot = s.slot AND w.imei = s.imei AND w.id > ? AND w.action IN "
+                    "s.firmware, s.attestation_token, s.attestation_read_at, EXISTS (SELECT 1 "
+                    "FROM steps w WHERE w.run_id = s.run_id AND w.slot = s.slot AND "
+                    "w.imei = s.imei AND w.id > ? AND w.action IN "
                     f"({writes}) AND w.outcome IS NOT 'error' AND NOT (w.action = 'keygen' "
                     f"AND w.type = {int(CredentialType.ENDORSEMENT_KEY)} AND "
                     "COALESCE(json_extract(w.detail, '$.present_before'), 0))), s.usb, "

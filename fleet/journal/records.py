@@ -77,6 +77,8 @@ class SlotRow:
     usb: UsbIdentity | None = None  #: of the port the device was found on (a usb: form)
     interface: str | None = None  #: how the device was reached (None: not recorded)
     terminator: str | None = None
+    attestation_token: str | None = None  #: the %ATTESTTOKEN read in the run, if any
+    attestation_read_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS run_devices (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, port TEXT NOT NULL,
     outcome TEXT, error TEXT, updated_at TEXT NOT NULL,
     device_uuid TEXT, model TEXT, firmware TEXT, usb TEXT, interface TEXT, terminator TEXT,
-    PRIMARY KEY (run_id, slot, imei));
+    attestation_token TEXT, attestation_read_at TEXT, PRIMARY KEY (run_id, slot, imei));
 CREATE TABLE IF NOT EXISTS run_keys (
     run_id TEXT NOT NULL, slot TEXT NOT NULL, imei TEXT NOT NULL, key_name TEXT NOT NULL,
     sec_tag INTEGER NOT NULL, type INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT,
@@ -55,27 +55,32 @@ KEY_COLUMNS = ("state, answer, cmng_sha, pending_step, pending_present_before, c
                 "public_key_pem, cose_payload")
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns later versions use to a journal made by an earlier one."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    have = _columns(conn, "keys")
     for column in ("csr_pem", "public_key_pem", "cose_payload"):
         if column not in have:
             conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
     # Each run's device row holds the identity of the board that was in the slot (two boards
     # may report one IMEI); earlier journals kept it per IMEI only.
-    if "device_uuid" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
+    if "device_uuid" not in _columns(conn, "run_devices"):
         for column in ("device_uuid", "model", "firmware"):
             conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
         conn.execute("UPDATE run_devices SET (device_uuid, model, firmware) = (SELECT "
                      "d.device_uuid, d.model, d.firmware FROM devices d WHERE "
                      "d.imei = run_devices.imei)")
-    # The USB identity of the port a slot's device was found on (a usb: form), as JSON.
-    if "usb" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
-        conn.execute("ALTER TABLE run_devices ADD COLUMN usb TEXT")
-    # How the device was reached (interface and line end), per run; unknown for older runs.
-    if "interface" not in {row[1] for row in conn.execute("PRAGMA table_info(run_devices)")}:
-        for column in ("interface", "terminator"):
-            conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
+    # Then, in the order they came: the USB identity of the port a slot's device was found on
+    # (a usb: form, as JSON); how the device was reached (interface and line end); the
+    # %ATTESTTOKEN read in the run (attestation_token: true) and when. Unknown for older runs.
+    for group in (("usb",), ("interface", "terminator"),
+                  ("attestation_token", "attestation_read_at")):
+        if group[0] not in _columns(conn, "run_devices"):
+            for column in group:
+                conn.execute(f"ALTER TABLE run_devices ADD COLUMN {column} TEXT")
 
 
 def record_keygen_intent(conn: sqlite3.Connection, step_id: int, imei: str,

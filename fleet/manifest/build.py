@@ -172,6 +172,10 @@ def _device(device: DeviceRecord, where: str) -> dict[str, Any]:
     }
     if device.usb is not None:  # only for a port a usb: form found: earlier manifests lack it
         fields["usb"] = device.usb.to_dict()
+    if device.attestation is not None:  # only when the plan asked for it: older ones never say
+        fields["attestation"] = {"token": device.attestation.token,
+                                 "read_at": _utc(device.attestation.read_at,
+                                                 f"{where}.attestation.read_at")}
     return fields
 
 

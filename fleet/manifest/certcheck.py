@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from fleet.certs.pem import parse_pem_certificates, pem_sha256, public_key_der, summarize
+from fleet.certs.pem import parse_pem_certificates, pem_sha256, public_key_der, serial_and_issuer
 from fleet.errors import CertificateError
 from fleet.records import CertOutcome
 
@@ -79,11 +79,11 @@ def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add) -> in
     compare(expected is not None and public_key_der(parsed) == expected,
             "certificate carries the key's public key",
             "its public key is not the key's public_key_pem (the CSR's)")
-    summary = summarize(parsed)
-    compare(cert.get("serial") == summary.serial and cert.get("issuer") == summary.issuer,
-            f"certificate serial {summary.serial}, issuer {summary.issuer}",
+    serial, issuer = serial_and_issuer(parsed)
+    compare(cert.get("serial") == serial and cert.get("issuer") == issuer,
+            f"certificate serial {serial}, issuer {issuer}",
             f"serial/issuer recorded ({cert.get('serial')!r}, {cert.get('issuer')!r}) are not "
-            f"the certificate's ({summary.serial!r}, {summary.issuer!r})")
+            f"the certificate's ({serial!r}, {issuer!r})")
     if cert["outcome"] != "pre-existing":
         compare(cert.get("sha256") == pem_sha256(pem),
                 "certificate sha256 is the SHA-256 of its pem",

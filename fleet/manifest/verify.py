@@ -10,7 +10,8 @@ and checked (digest, CSR self-signature, sec_tag, payload id, device UUID), and 
 from it (``csr_pem``, ``public_key_pem``, ``cose_payload``) must equal what it yields (``csr_pem``
 is the CSR without the modem's NULL parameter, or exactly the modem's bytes: both PEMs of the
 answer's body are accepted, nothing else); a key's ``certificate`` must carry that public key
-and match its recorded SHA-256 (:mod:`fleet.manifest.certcheck`).
+and match its recorded SHA-256 (:mod:`fleet.manifest.certcheck`); a device's attestation
+token must carry its device UUID (:mod:`fleet.manifest.attestcheck`).
 
 The result is a :class:`VerifyReport` with one :class:`VerifyCheck` per check (passed or failed,
 each failure with its reason and where it is) and the warnings; :func:`verify` never raises for a
@@ -27,6 +28,7 @@ from typing import Any
 
 from fleet.credentials import check_keygen, parse_keygen
 from fleet.errors import CredentialError, ManifestError
+from fleet.manifest.attestcheck import check_attestation
 from fleet.manifest.build import ANSWER_OUTCOMES, FORMAT, RESPONSE_PAYLOAD_IDS, answer_fields
 from fleet.manifest.certcheck import check_certificate_fields
 from fleet.manifest.shape import check_device, check_key, check_signed, check_summary
@@ -74,6 +76,7 @@ class VerifyReport:
     devices: int = 0
     answers: int = 0  #: %KEYGEN answers re-checked
     certificates: int = 0  #: client certificates re-checked
+    tokens: int = 0  #: attestation tokens re-checked
 
     @property
     def ok(self) -> bool:
@@ -92,6 +95,7 @@ class VerifyReport:
             "devices": self.devices,
             "answers": self.answers,
             "certificates": self.certificates,
+            "tokens": self.tokens,
             "failures": [check.line() for check in self.failures],
             "warnings": list(self.warnings),
             "checks": [check.to_dict() for check in self.checks],
@@ -108,6 +112,7 @@ class _Report:
     devices: int = 0
     answers: int = 0
     certificates: int = 0
+    tokens: int = 0
 
     def add(self, name: str, ok: bool, detail: str, where: str = "") -> None:
         self.checks.append(VerifyCheck(name=name, ok=ok, detail=detail, where=where))
@@ -120,6 +125,7 @@ class _Report:
             checks=tuple(self.checks), warnings=tuple(self.warnings), complete=self.complete,
             signers=tuple(self.signers), trusted_signers=tuple(self.trusted_signers),
             devices=self.devices, answers=self.answers, certificates=self.certificates,
+            tokens=self.tokens,
         )
 
 
@@ -318,6 +324,7 @@ def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
         if not readable:
             all_ok = False
             continue
+        report.tokens += check_attestation(device, device_uuid, where, report.add)
         seen: dict[str, uuid.UUID] = {}
         for key_index, key in enumerate(device["keys"]):
             name = key.get("name") if isinstance(key, Mapping) else None

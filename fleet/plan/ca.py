@@ -9,7 +9,8 @@ that a run never discovers a broken CA after it has made keys. Each problem is r
 line of the field it concerns (which keys may have a CA, and with which key usage, is the key
 spec's rule: :class:`~fleet.plan.model.KeySpec`). Paths are relative to the plan's directory; a
 command is an argv list or a string split with :func:`shlex.split` (never a shell), and runs in
-the plan's directory.
+the plan's directory. A ``chain:`` may instead name one of the bundled nRF Cloud chains
+(:mod:`fleet.certs.bundled`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic.dataclasses import dataclass
 
 from fleet.at import Command, Multiline
 from fleet.certs.authority import CaPrivateKey, Chain, CommandCa, ExternalCaKey, LocalCa
+from fleet.certs.bundled import BUNDLED_CHAINS, bundled_chain
 from fleet.certs.load import load_ca_certificate, load_ca_key, load_certificate, load_chain
 from fleet.errors import ArgumentError, CertificateError, TokenError
 from fleet.hsm.uri import Pkcs11Uri, is_pkcs11_uri, parse_pkcs11_uri
@@ -78,7 +80,7 @@ def build_ca(ctx: Context, where: Path_, raw: Any) -> LocalCa | CommandCa | None
             ok = False
     chain = None
     if doc.chain is not None:
-        chain = _chain(ctx, where, ctx.path(doc.chain))
+        chain = _chain(ctx, where, doc.chain)
         ok = ok and chain is not None
     if local:
         return _local(ctx, where, doc, chain) if ok else None
@@ -97,7 +99,15 @@ def build_ca(ctx: Context, where: Path_, raw: Any) -> LocalCa | CommandCa | None
                      chain=chain)
 
 
-def _chain(ctx: Context, where: Path_, path: Path) -> Chain | None:
+def _chain(ctx: Context, where: Path_, text: str) -> Chain | None:
+    """The ``chain:``: a bundled chain's name (:mod:`fleet.certs.bundled`), or a file."""
+    path = ctx.path(text)
+    if text in BUNDLED_CHAINS:
+        if path.exists():
+            ctx.at((*where, "chain"), f"{text!r} is both a bundled chain and the file {path}: "
+                   f"write ./{text} for the file")
+            return None
+        return bundled_chain(text)
     try:
         chain = load_chain(path)
     except CertificateError as exc:

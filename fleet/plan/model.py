@@ -146,6 +146,8 @@ class Settings:
     #: the line end of the AT host (its build-time CONFIG_AT_HOST_TERMINATION), or found on
     #: first contact
     terminator: Literal["auto", "cr", "lf", "crlf", "nul"] = "auto"
+    #: read ``%ATTESTTOKEN`` from every device and keep it in the journal and the manifest
+    attestation_token: bool = False
     concurrency: Positive | None = None  #: plan-wide: at most this many slots at once (None: all)
 
 

@@ -173,6 +173,7 @@ class DeviceState:
     #: why this is not the board the journal knows under its IMEI (found before a write)
     other_board: str | None = None
     board_checked: bool = False  #: %ATTESTTOKEN compared with the journal's UUID
+    attestation_token: str | None = None  #: the last %ATTESTTOKEN value the device gave
     keys: list[KeyRecord] = field(default_factory=list)
     planned: list[dict[str, Any]] = field(default_factory=list)
 
@@ -251,9 +252,11 @@ class DeviceWork:
             self.log.warning("device UUID not readable with %ATTESTTOKEN", error=str(exc))
             return None
         try:
-            return str(parse_attest_token(answer.first("%ATTESTTOKEN:")).device_uuid)
+            token = parse_attest_token(answer.first("%ATTESTTOKEN:"))
         except CredentialError as exc:
             raise Transient(f"%ATTESTTOKEN answer does not decode: {exc}") from exc
+        self.dev.attestation_token = token.value
+        return str(token.device_uuid)
 
     async def attest_with_retries(self) -> str | None:
         """:meth:`attest`, recovering the session first when it needs it."""
@@ -274,6 +277,11 @@ class DeviceWork:
                 f"journal, but it reported IMEI {self.dev.imei} (a cloned or reprogrammed "
                 "IMEI?): stopping this slot")
 
+    def other_board(self, attested: str, known: str) -> str:
+        return (f"this board's device UUID {attested} is not {known}, the one the journal "
+                f"holds for IMEI {self.dev.imei}: another board with the same IMEI (a cloned "
+                "module or an unprogrammed IMEI?); nothing was written to it")
+
     async def confirm_board(self) -> None:
         """Before the first write to a device whose UUID the journal holds: ``%ATTESTTOKEN``
         must report that UUID. Another board with the same IMEI (a cloned module, an
@@ -286,11 +294,7 @@ class DeviceWork:
                 attested = await self.attest_with_retries()
                 self.dev.attested_uuid = attested
                 if attested is not None and attested != known:
-                    self.dev.other_board = (
-                        f"this board's device UUID {attested} is not {known}, the one the "
-                        f"journal holds for IMEI {self.dev.imei}: another board with the same "
-                        "IMEI (a cloned module or an unprogrammed IMEI?); nothing was written "
-                        "to it")
+                    self.dev.other_board = self.other_board(attested, known)
         if self.dev.other_board is not None:
             raise DeviceLost(self.dev.other_board)
 

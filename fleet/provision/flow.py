@@ -55,6 +55,12 @@ from fleet.errors import (
     TransportError,
 )
 from fleet.journal import KeyResult
+from fleet.nrf91 import (
+    CMNG_SHA_MIN_FIRMWARE,
+    KEYGEN_MIN_FIRMWARE,
+    attestation_problem,
+    firmware_too_old,
+)
 from fleet.plan import KeySpec, KeyType
 from fleet.provision.base import (
     DeviceLost,
@@ -151,6 +157,32 @@ class _Flow(DeviceWork):
                                                                  self.dev.attested_uuid)
                 if owner is not None:
                     raise DeviceLost(self.uuid_clash(self.dev.attested_uuid, owner))
+        if self.settings.attestation_token:
+            await self._keep_attestation_token()
+
+    async def _keep_attestation_token(self) -> None:
+        """``attestation_token: true``: the device's ``%ATTESTTOKEN`` (the one identification
+        read, or one read now), journaled for the run's record before any write. A modem
+        without one fails here, before anything is written to it (``--check`` says so too)."""
+        problem = attestation_problem(self.dev.model, self.dev.firmware)
+        if problem is not None:
+            raise DeviceLost(f"the plan asks for its attestation token, but {problem}; nothing "
+                             "was written to it")
+        if self.job.check:
+            return
+        if self.dev.attestation_token is None:
+            attested = await self.attest_with_retries()
+            if attested is None:
+                raise DeviceLost("the plan asks for its attestation token, but the modem "
+                                 "refused %ATTESTTOKEN; nothing was written to it")
+            known = self.dev.device_uuid
+            if known is not None and attested != known:
+                raise DeviceLost(self.other_board(attested, known))
+            self.dev.attested_uuid, self.dev.board_checked = attested, True
+        token = self.dev.attestation_token
+        assert token is not None  # attest() keeps the value of every UUID it returns
+        await self.job.journal.attestation(run_id=self.job.run_id, slot=self.slot.name,
+                                           imei=self.dev.imei, token=token)
 
     async def _prefetch_listing(self) -> None:
         """The one ``AT%CMNG=1`` listing every key's first inspection uses (plans with more
@@ -212,7 +244,20 @@ class _Flow(DeviceWork):
         entries = [e for e in parse_cmng_list(answer.lines) if (e.sec_tag, e.type) == where]
         return bool(entries), entries[0].sha256 if entries else None
 
+    def firmware_problem(self, key: KeySpec) -> str | None:
+        """Why this modem's firmware cannot provision ``key`` (its ``%KEYGEN``, or for a key
+        with a CA the ``%CMNG`` SHA column the certificate step relies on), or None."""
+        firmware = self.dev.firmware
+        problem = firmware_too_old(firmware, KEYGEN_MIN_FIRMWARE, "%KEYGEN")
+        if problem is None and key.ca is not None:
+            problem = firmware_too_old(firmware, CMNG_SHA_MIN_FIRMWARE, "the certificate step "
+                                       "(the SHA-256 column of the %CMNG list)")
+        return None if problem is None else f"{problem}; nothing was written for this key"
+
     async def provision_key(self, key: KeySpec) -> KeyRecord:
+        problem = self.firmware_problem(key)
+        if problem is not None:  # before any command for the key
+            return self._failed(key, problem, 0)
         attempts = 0
         try:
             async for attempt in self.policy.step():

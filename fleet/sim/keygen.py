@@ -19,7 +19,8 @@ Checks, in the order the simulator applies them (the first that fails answers):
 
 The keygen-fail fault is applied between 4/5/6 and 7: ``523``, nothing stored. The keygen-bad-uuid
 fault changes the answer of 5 or 7: the COSE payload names the device UUID with its lowest bit
-flipped.
+flipped. The keygen-weak-rng fault makes 7's key from a fixed seed and the sec_tag, the same on
+every modem.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from fleet.faults import FaultName
 from fleet.nrf91 import MAX_MODEM_SEC_TAG, MAX_USER_SEC_TAG, CredentialType, Work
 from fleet.sim.reply import Entropy, Faults, ModemView, Reply, error, ok
 from fleet.sim.store import Credential
+
+#: The private value keygen-weak-rng's keys are made from (plus the sec_tag).
+_WEAK_SEED = 0x5EED_0000
 
 __all__ = ["handle_keygen"]
 
@@ -116,7 +120,10 @@ def handle_keygen(modem: ModemView, cmd: ParsedCommand, entropy: Entropy,
     if faults(FaultName.KEYGEN_FAIL):
         return modem.cme(CmeCode.KEYGEN_FAILED, fault=FaultName.KEYGEN_FAIL)
 
-    key = entropy.new_key()
+    weak = faults(FaultName.KEYGEN_WEAK_RNG)
+    # A random source stuck at one value: the same key for the tag on every modem.
+    key = ec.derive_private_key(_WEAK_SEED + sec_tag, ec.SECP256R1()) if weak \
+        else entropy.new_key()
     if make_csr:
         try:
             body = build_csr(key, device_uuid=modem.device_uuid, attributes=attributes,
@@ -128,7 +135,8 @@ def handle_keygen(modem: ModemView, cmd: ParsedCommand, entropy: Entropy,
         body = public_key_der(key)
         payload_id = PAYLOAD_ID_PUBLIC_KEY
     _store(modem, sec_tag, key_type, key)
-    return _answer(modem, body, payload_id, sec_tag, entropy, faults, made=True)
+    return _answer(modem, body, payload_id, sec_tag, entropy, faults, made=True,
+                   fault=FaultName.KEYGEN_WEAK_RNG if weak else None)
 
 
 def _store(modem: ModemView, sec_tag: int, key_type: int, key: ec.EllipticCurvePrivateKey) -> None:
@@ -137,10 +145,10 @@ def _store(modem: ModemView, sec_tag: int, key_type: int, key: ec.EllipticCurveP
 
 
 def _answer(modem: ModemView, body: bytes, payload_id: int, sec_tag: int, entropy: Entropy,
-            faults: Faults, *, made: bool) -> Reply:
+            faults: Faults, *, made: bool, fault: FaultName | None = None) -> Reply:
     device_uuid = modem.device_uuid
-    fault = FaultName.KEYGEN_BAD_UUID if faults(FaultName.KEYGEN_BAD_UUID) else None
-    if fault is not None:
+    if faults(FaultName.KEYGEN_BAD_UUID):
+        fault = FaultName.KEYGEN_BAD_UUID
         device_uuid = uuid.UUID(int=device_uuid.int ^ 1)
     value = build_keygen_answer(body, payload_id=payload_id, device_uuid=device_uuid,
                                 sec_tag=sec_tag, identity_key=modem.identity_key,

@@ -26,10 +26,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.at import Op, ParsedCommand, parse_command
-from fleet.credentials import b64url_encode, sign_cose_sign1
+from fleet.credentials import ATTEST_MESSAGE_TYPE, b64url_encode, sign_cose_sign1
 from fleet.errors import CmeCode, RemoteProtocolError
 from fleet.faults import FaultName
-from fleet.nrf91 import ACTIVE_MODES, FUNCTION_MODES, CredentialType, ModelInfo, Work
+from fleet.nrf91 import (
+    ACTIVE_MODES,
+    FUNCTION_MODES,
+    CredentialType,
+    ModelInfo,
+    Work,
+    attestation_problem,
+)
 from fleet.sim.cmng import handle_cmng
 from fleet.sim.identity import (
     derive_device_uuid,
@@ -45,7 +52,6 @@ __all__ = ["Modem"]
 
 
 _SELF_DESCRIBE = 55799
-_ATTEST_MESSAGE_TYPE = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +252,8 @@ class Modem:
         return ok(f"%XMODEMUUID: {self.firmware_uuid}")
 
     def _attesttoken(self, cmd: ParsedCommand, ctx: _Context) -> Reply:
+        if attestation_problem(self.cgmm, self.firmware) is not None:
+            return error()  # an nRF9160, or mfw < 2.0.0: the command does not exist there
         return ok(f'%ATTESTTOKEN: "{self.attestation_token(ctx.entropy.nonce())}"')
 
     def attestation_token(self, nonce: bytes) -> str:
@@ -253,12 +261,12 @@ class Modem:
         firmware UUID, nonce]``; the COSE payload (tag 55799) is ``[1, device UUID,
         SHA-256(body), nonce]``, signed with the identity key (the payload layout is this
         simulator's choice: only the body's layout is documented)."""
-        body = cbor2.dumps([_ATTEST_MESSAGE_TYPE, self.device_uuid.bytes, self.model.device_type,
+        body = cbor2.dumps([ATTEST_MESSAGE_TYPE, self.device_uuid.bytes, self.model.device_type,
                             self.firmware_uuid.bytes, nonce])
         digest = hashes.Hash(hashes.SHA256())
         digest.update(body)
         payload = cbor2.dumps(cbor2.CBORTag(_SELF_DESCRIBE, [
-            _ATTEST_MESSAGE_TYPE, self.device_uuid.bytes, digest.finalize(), nonce]))
+            ATTEST_MESSAGE_TYPE, self.device_uuid.bytes, digest.finalize(), nonce]))
         return b64url_encode(body) + "." + b64url_encode(sign_cose_sign1(payload,
                                                                          self.identity_key))
 
