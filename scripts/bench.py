@@ -173,7 +173,7 @@ def run_size(n: int, root: Path, extra_runs: bool, repeat: int, *, prefix: str =
     for rep in range(repeat):
         work = root / f"{prefix.strip()}n{n}-{rep}"
         work.mkdir()
-        sim = start_sim(work, n, options)
+        sim = start_sim(work, n, options=options)
         try:
             plan = write_plan(work)
             first = measure(f"{prefix}N={n}", n, plan, work / "journal.sqlite", work)
