@@ -339,13 +339,12 @@ def test_the_module_may_come_from_the_environment(softhsm: SoftHsm, tmp_path: Pa
 
 # --- a token that goes away --------------------------------------------------------------------
 
-def test_a_token_removed_during_the_run_leaves_the_manifest_to_the_next_run(
-        softhsm: SoftHsm, tmp_path: Path) -> None:
-    """The key is opened before the devices; the token is unplugged as soon as the first
-    device has finished; the devices' work is journaled, the manifest cannot be signed (exit
-    1, the reason given) and, with the token back, the next run signs it and sends no write."""
-    pubkey = _station_key(softhsm, tmp_path)
-    plan = load_plan(_plan(tmp_path, softhsm.uri("station")))
+def _run_unplugging_once_a_device_is_done(softhsm: SoftHsm, plan: Any, tmp_path: Path,
+                                          concurrency: int | None = None
+                                          ) -> tuple[Any, list[Path]]:
+    """Run ``plan`` in this process (the manifest writer prepared first, as `fleet run`
+    does), unplugging the token as soon as the first device has finished; the outcome and
+    where the token's files went."""
     writer = prepare_manifest(plan)
     unplugged: list[Path] = []
 
@@ -353,10 +352,21 @@ def test_a_token_removed_during_the_run_leaves_the_manifest_to_the_next_run(
         if status.outcome and not unplugged:
             unplugged.append(softhsm.remove())
 
-    outcome = anyio.run(lambda: run_plan(plan, RunOptions(journal=tmp_path / "j.sqlite",
-                                                          handle_signals=False),
-                                         on_progress=on_progress, manifest_writer=writer),
-                        backend="asyncio")
+    options = RunOptions(journal=tmp_path / "j.sqlite", concurrency=concurrency,
+                         handle_signals=False)
+    outcome = anyio.run(lambda: run_plan(plan, options, on_progress=on_progress,
+                                         manifest_writer=writer), backend="asyncio")
+    return outcome, unplugged
+
+
+def test_a_token_removed_during_the_run_leaves_the_manifest_to_the_next_run(
+        softhsm: SoftHsm, tmp_path: Path) -> None:
+    """The key is opened before the devices; the token is unplugged as soon as the first
+    device has finished; the devices' work is journaled, the manifest cannot be signed (exit
+    1, the reason given) and, with the token back, the next run signs it and sends no write."""
+    pubkey = _station_key(softhsm, tmp_path)
+    plan = load_plan(_plan(tmp_path, softhsm.uri("station")))
+    outcome, unplugged = _run_unplugging_once_a_device_is_done(softhsm, plan, tmp_path)
     assert unplugged
     assert outcome.exit_code == 1
     assert outcome.manifest is None
@@ -386,17 +396,8 @@ def test_a_ca_token_removed_during_the_run_fails_the_devices_left_and_the_next_r
                  timeout=60).returncode == 0
     plan = load_plan(_plan(tmp_path, str(tmp_path / "keys" / "station.pem"),
                            keys=_ca_keys(tmp_path, softhsm.uri("ca")), slot_keys="[tls]"))
-    writer = prepare_manifest(plan)
-    unplugged: list[Path] = []
-
-    def on_progress(status: Any) -> None:
-        if status.outcome and not unplugged:
-            unplugged.append(softhsm.remove())
-
-    outcome = anyio.run(lambda: run_plan(plan, RunOptions(journal=tmp_path / "j.sqlite",
-                                                          concurrency=1, handle_signals=False),
-                                         on_progress=on_progress, manifest_writer=writer),
-                        backend="asyncio")
+    outcome, unplugged = _run_unplugging_once_a_device_is_done(softhsm, plan, tmp_path,
+                                                               concurrency=1)
     assert outcome.exit_code == 1
     first, second = outcome.record.devices
     assert first.outcome.value == "done"
