@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -159,9 +160,9 @@ def _running(journal: Path) -> bool:
 
 
 def test_a_link_to_a_live_runs_journal_is_refused(tmp_path: Path) -> None:
-    # One slot at a time, about 3.5 s each: the run lasts about 35 s, long enough for the four
-    # refused runs below also on a loaded machine (each starts a fleet process).
-    plan = _plan(tmp_path, sim=SIM.replace("fast", "realistic"), ports="sim://0-9",
+    # One slot at a time, about 3.5 s each: the run would last minutes, so it is still live
+    # for the four refused runs below however loaded the machine is; then it is stopped.
+    plan = _plan(tmp_path, sim=SIM.replace("fast", "realistic"), ports="sim://0-99",
                  defaults="{timeout_s: 5, keygen_timeout_s: 10, retries: 2, concurrency: 1}")
     journal = tmp_path / "j.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
@@ -177,10 +178,12 @@ def test_a_link_to_a_live_runs_journal_is_refused(tmp_path: Path) -> None:
                 assert code == 2, err
                 assert f"in use by another fleet run (pid {proc.pid})" in err, err
                 assert doc["failed"] is True
+        assert proc.poll() is None, "the first run ended before the refused runs were done"
     finally:
+        proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert json.loads(out)["failed"] is False
+    assert proc.returncode == 3, err
+    assert json.loads(out)["interrupted"] is True
     assert len(list((tmp_path / "out").iterdir())) == 1  # one run, one manifest
 
 

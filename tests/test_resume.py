@@ -22,9 +22,9 @@ def _ports(tmp_path: Path) -> str:
     return str(tmp_path / "ports" / "modem*")
 
 
-def _start_run(plan: Path, journal: Path) -> subprocess.Popen[bytes]:
+def _start_run(plan: Path, journal: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "fleet", "run", str(plan), "--journal",
-                             str(journal), "--json"], stdout=subprocess.DEVNULL,
+                             str(journal), "--json", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 
@@ -190,10 +190,12 @@ def test_board_swapped_between_runs(tmp_path: Path, line: str) -> None:
 
 
 def test_two_concurrent_runs_on_one_journal(tmp_path: Path) -> None:
-    with run_sim(tmp_path, 2, "--profile", "realistic") as sim:
+    # One board at a time, about 3.5 s each: the first run is still live when the second is
+    # refused however loaded the machine is; then it is stopped, and a third run finishes.
+    with run_sim(tmp_path, 12, "--profile", "realistic") as sim:
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
         journal = tmp_path / "j.sqlite"
-        proc = _start_run(plan, journal)
+        proc = _start_run(plan, journal, "--concurrency", "1")
         try:
             wait_for(lambda: _open_keygen_intents(journal) >= 1, "the first run's %KEYGEN")
             commands_before = len(sim.log_lines())
@@ -204,10 +206,13 @@ def test_two_concurrent_runs_on_one_journal(tmp_path: Path) -> None:
             # The second run sent nothing: only the first run's commands continue.
             new = sim.log_lines()[commands_before:]
             assert not [r for r in new if r.get("command", "").upper().startswith("AT+CGSN")]
+            assert proc.poll() is None, "the first run ended before the second was refused"
         finally:
-            assert proc.wait(120) == 0
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(120) == 3
         code, doc, _ = run_json(plan, journal)
-        assert code == 0 and doc["changed"] is False
+        assert code == 0
+        assert [d["outcome"] for d in doc["devices"]] == ["done"] * 12
 
 
 def test_a_port_held_by_another_run_fails_only_that_slot(tmp_path: Path) -> None:
