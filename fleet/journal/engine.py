@@ -2,9 +2,8 @@
 group commits.
 
 Concurrent callers queue operations; when no batch is running, one of them takes the whole queue
-and runs its statements in one transaction on the loop's thread and its COMMIT in a worker
-thread (one connection, so one writer; why split so: see ``_run_batch``); the others wait for
-that batch to end - all woken at once by
+and runs it in one transaction on the loop's thread (one connection, so one writer; why not a
+worker thread: see ``_run_batch``); the others wait for that batch to end - all woken at once by
 one event, not handed a lock one by one, which with hundreds of slots would cost a loop iteration
 each - and every caller returns only after the COMMIT that contains its operation. Each call is
 shielded from cancellation, so a Ctrl-C never leaves half an operation. A journal is locked
@@ -132,31 +131,25 @@ class JournalEngine:
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("ROLLBACK")
 
-    async def _run_batch(self, batch: list[_Op]) -> None:
-        """One transaction for the whole batch: its statements on the event loop's thread, the
-        COMMIT of a batch that wrote something in a worker thread.
+    def _run_batch(self, batch: list[_Op]) -> None:
+        """One transaction for the whole batch, on the event loop's thread.
 
-        Measured at 256 slots: with every statement in a worker thread, each one waited for the
-        busy loop to hand back the GIL, so a journal write took 50-130 ms and slots spent more
-        time waiting on the journal than on their modems; the statements take tens of
-        microseconds each, so they run here. The COMMIT is the fsync (a few milliseconds on
-        this kind of disk, more on an SD card): in a worker thread the loop goes on serving the
-        other slots meanwhile, for one GIL hand-over per batch, and the operations queued
-        during it make the next batch. A batch that only read commits here (no fsync). BEGIN
-        IMMEDIATE cannot wait for another fleet run: the journal's lock keeps them out (a
-        foreign program writing to it could make it wait up to the 5 s busy timeout)."""
-        conn = self._conn
+        Measured at 256 slots: in a worker thread, every statement waited for the busy loop to
+        hand back the GIL and every batch for the loop to pick up the thread's result, so a
+        journal write took 50-130 ms and slots spent more time waiting on the journal than on
+        their modems. Here a batch blocks the loop for its statements (tens of microseconds
+        each) and one fsync at COMMIT (about a millisecond on an SSD, more on an SD card): the
+        serial ports buffer meanwhile and command timeouts are seconds, so nothing is lost, and
+        the fsync is shared by every operation of the batch. BEGIN IMMEDIATE cannot wait for
+        another fleet run: the journal's lock keeps them out (a foreign program writing to
+        it could make it wait up to the 5 s busy timeout)."""
         try:
-            changes = conn.total_changes
-            conn.execute(self._begin)
+            self._conn.execute(self._begin)
             if not self._apply(batch):
-                conn.execute("ROLLBACK")
-                conn.execute(self._begin)
+                self._conn.execute("ROLLBACK")
+                self._conn.execute(self._begin)
                 self._apply_isolated(batch)
-            if conn.total_changes == changes:
-                conn.execute("COMMIT")
-            else:
-                await anyio.to_thread.run_sync(conn.execute, "COMMIT")
+            self._conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
             self._rollback()
@@ -191,7 +184,7 @@ class JournalEngine:
                     # Let the operations queued in this turn of the loop join the batch.
                     await anyio.lowlevel.checkpoint()
                     batch, self._pending = self._pending, []
-                    await self._run_batch(batch)
+                    self._run_batch(batch)
                 finally:
                     for other in batch:
                         if not other.done:  # the batch itself failed unexpectedly
