@@ -166,12 +166,19 @@ def _session(uri: Pkcs11Uri, *, rw: bool = False) -> _Session:
         except p11.PKCS11Error as exc:
             raise TokenError(f"cannot open a session with PKCS#11 token {uri.token_name()} "
                              f"({_name(exc)})") from None
-        made = _Session(session=session)
-        _SESSIONS[key] = made
-        return made
+    else:
+        session = _log_in(token, uri, rw=rw)
+    made = _Session(session=session)
+    _SESSIONS[key] = made
+    return made
+
+
+def _log_in(token: Any, uri: Pkcs11Uri, *, rw: bool) -> Any:
+    """A session of ``token`` logged in with the PIN ``uri`` names: tried once, never again
+    after a wrong PIN."""
     pin = _read_pin(uri)
     try:
-        session = token.open(rw=rw, user_pin=pin)
+        return token.open(rw=rw, user_pin=pin)
     except (p11.PinIncorrect, p11.PinLenRange, p11.PinInvalid):
         raise TokenError(f"wrong PIN for PKCS#11 token {uri.token_name()} (from "
                          f"{_pin_source(uri)}); not retried, because a token locks its PIN "
@@ -185,9 +192,6 @@ def _session(uri: Pkcs11Uri, *, rw: bool = False) -> _Session:
     except p11.PKCS11Error as exc:
         raise TokenError(f"cannot log in to PKCS#11 token {uri.token_name()} "
                          f"({_name(exc)})") from None
-    made = _Session(session=session)
-    _SESSIONS[key] = made
-    return made
 
 
 def close_all() -> None:
