@@ -74,6 +74,12 @@ def _station_key(hsm: SoftHsm, tmp_path: Path, label: str = "station") -> Path:
     return tmp_path / "keys" / "station.pub.pem"
 
 
+def _token_ca(hsm: SoftHsm, tmp_path: Path) -> None:
+    """`fleet ca init DIR --pkcs11` of a CA whose key is the token's ``ca``, in ``tmp_path/ca``."""
+    result = fleet("ca", "init", tmp_path / "ca", "--pkcs11", hsm.uri("ca"), timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def _plan(tmp_path: Path, signing_key: str, *, ports: str = "sim://0-1", keys: str | None = None,
           slot_keys: str = "[tls, endorsement]") -> Path:
     kwargs = {"keys": keys} if keys is not None else {}
@@ -208,8 +214,7 @@ def test_a_run_signs_its_manifest_in_the_token_and_verify_accepts_it(
 def test_a_run_with_the_ca_key_in_the_token_issues_every_certificate(
         softhsm: SoftHsm, tmp_path: Path) -> None:
     pubkey = _station_key(softhsm, tmp_path)
-    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
-                 timeout=60).returncode == 0
+    _token_ca(softhsm, tmp_path)
     plan = _plan(tmp_path, softhsm.uri("station"), ports="sim://0-2",
                  keys=_ca_keys(tmp_path, softhsm.uri("ca")), slot_keys="[tls]")
     code, doc, err = run_json(plan, tmp_path / "j.sqlite", timeout=120)
@@ -259,8 +264,7 @@ def test_the_pin_may_come_from_a_file(softhsm: SoftHsm, tmp_path: Path,
 def test_a_wrong_pin_is_refused_once_before_any_device(
         softhsm: SoftHsm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     _station_key(softhsm, tmp_path)
-    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
-                 timeout=60).returncode == 0
+    _token_ca(softhsm, tmp_path)
     if where == "station":
         plan = _plan(tmp_path, softhsm.uri("station"))
     else:
@@ -285,8 +289,7 @@ def test_a_wrong_pin_is_refused_once_before_any_device(
 def test_a_missing_object_is_refused_before_any_device(
         softhsm: SoftHsm, tmp_path: Path, where: str) -> None:
     _station_key(softhsm, tmp_path)
-    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
-                 timeout=60).returncode == 0
+    _token_ca(softhsm, tmp_path)
     if where == "station":
         plan = _plan(tmp_path, softhsm.uri("nope"))
     else:
@@ -392,8 +395,7 @@ def test_a_ca_token_removed_during_the_run_fails_the_devices_left_and_the_next_r
     manifest, signed by a file key, records it); with the token back the next run issues it."""
     init = fleet("station-key", "init", "--out", tmp_path / "keys", timeout=60)
     assert init.returncode == 0, init.stderr
-    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
-                 timeout=60).returncode == 0
+    _token_ca(softhsm, tmp_path)
     plan = load_plan(_plan(tmp_path, str(tmp_path / "keys" / "station.pem"),
                            keys=_ca_keys(tmp_path, softhsm.uri("ca")), slot_keys="[tls]"))
     outcome, unplugged = _run_unplugging_once_a_device_is_done(softhsm, plan, tmp_path,
@@ -416,8 +418,7 @@ def test_a_ca_token_removed_during_the_run_fails_the_devices_left_and_the_next_r
 def test_a_ca_key_in_the_token_that_is_not_the_certificates_is_a_plan_error(
         softhsm: SoftHsm, tmp_path: Path) -> None:
     _station_key(softhsm, tmp_path)
-    assert fleet("ca", "init", tmp_path / "ca", "--pkcs11", softhsm.uri("ca"),
-                 timeout=60).returncode == 0
+    _token_ca(softhsm, tmp_path)
     plan = _plan(tmp_path, softhsm.uri("station"), ports="sim://0",
                  keys=_ca_keys(tmp_path, softhsm.uri("station")), slot_keys="[tls]")
     code, _, err = run_json(plan, tmp_path / "j.sqlite", timeout=60)
