@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fleet.jsontype import json_type
+
 __all__ = ["LOCATION", "USB_FIELDS", "UsbIdentity", "usb_identity_problem"]
 
 #: The fields of a manifest's ``usb`` object, with their JSON types and whether null is allowed.
@@ -58,23 +60,15 @@ class UsbIdentity:
         return cls(**{name: data[name] for name, _, _ in USB_FIELDS})
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    return {int: "integer", str: "string"}.get(type(value), type(value).__name__)
-
-
 def usb_identity_problem(data: Any) -> str | None:
     """What is wrong with a ``usb`` object (missing or mistyped fields, a VID that is not four
     hex digits, a location that is no USB port path), or None."""
     if not isinstance(data, Mapping):
-        return f"expected an object, got {_json_type(data)}"
+        return f"expected an object, got {json_type(data)}"
     for name, kind, nullable in USB_FIELDS:
         if name not in data:
             return f"missing field {name!r}"
-        actual = _json_type(data[name])
+        actual = json_type(data[name])
         if actual != kind and not (nullable and actual == "null"):
             return f"{name}: expected {kind}{' or null' if nullable else ''}, got {actual}"
     for name in ("vid", "pid"):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleet.at.line import Interface, Terminator
+from fleet.jsontype import json_type
 from fleet.manifest.build import FORMAT, RESPONSE_PAYLOAD_IDS
 from fleet.records import DeviceOutcome, KeyOutcome
 from fleet.usbid import usb_identity_problem
@@ -56,27 +57,9 @@ _DEVICE_OUTCOMES = tuple(o.value for o in DeviceOutcome)
 _KEY_OUTCOMES = tuple(o.value for o in KeyOutcome)
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
-
-
 def _fields(obj: Any, spec: Spec, where: str, fail: Fail) -> bool:
     if not isinstance(obj, Mapping):
-        fail("shape", f"expected an object, got {_json_type(obj)}", where)
+        fail("shape", f"expected an object, got {json_type(obj)}", where)
         return False
     ok = True
     for name, kind, nullable in spec:
@@ -84,7 +67,7 @@ def _fields(obj: Any, spec: Spec, where: str, fail: Fail) -> bool:
             fail("shape", f"missing field {name!r}", where)
             ok = False
             continue
-        actual = _json_type(obj[name])
+        actual = json_type(obj[name])
         if actual != kind and not (nullable and actual == "null"):
             fail("shape", f"{name}: expected {kind}{' or null' if nullable else ''}, "
                  f"got {actual}", where)
@@ -114,8 +97,8 @@ def check_signed(signed: Mapping[str, Any], fail: Fail) -> bool:
     keys = signed.get("summary", {}).get("keys") if ok else None
     if isinstance(keys, Mapping):
         for name, count in keys.items():
-            if _json_type(count) != "integer":
-                fail("shape", f"keys.{name}: expected integer, got {_json_type(count)}",
+            if json_type(count) != "integer":
+                fail("shape", f"keys.{name}: expected integer, got {json_type(count)}",
                      "signed.summary")
                 ok = False
     return ok
