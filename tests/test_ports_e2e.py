@@ -92,6 +92,8 @@ def test_ports_probe_lists_every_port_with_its_kit_and_the_imeis(station: Statio
     before = len(station.sim.log_lines())
     code, out, err = station.fleet("ports", "--probe", "--json")
     assert code == 0, err
+    # Said before the wait, on stderr: the JSON document on stdout is the only output there.
+    assert "fleet ports: probing 16 port(s) at once" in err, err
     ports = json.loads(out)["ports"]
     assert len(ports) == KITS * 3 + BOARDS
     dks = [p for p in ports if p["kit"] == "nRF9160 DK"]

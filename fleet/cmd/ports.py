@@ -167,9 +167,15 @@ def run(args: argparse.Namespace) -> int:
         from fleet.fdio import raise_fd_limit
         from fleet.logs import configure_logging
         from fleet.portprobe import probe_ports
+        from fleet.probe import TERMINATOR_WAIT_S
 
         configure_logging(level="error")  # what matters is in the listing
         raise_fd_limit()
+        if candidates:  # the answer comes at the end, when the slowest port has given up
+            print(f"fleet ports: probing {len(candidates)} port(s) at once with read-only "
+                  "commands; a port where nothing answers gives up after about "
+                  f"{args.probe_timeout + 2 * TERMINATOR_WAIT_S:.0f} s", file=sys.stderr,
+                  flush=True)
         probes = anyio.run(lambda: probe_ports(
             [p.device for p in candidates], baudrate=args.baudrate, rtscts=not args.no_rtscts,
             probe_timeout=args.probe_timeout), backend="asyncio")
