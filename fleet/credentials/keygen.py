@@ -96,7 +96,7 @@ def extract_keygen_value(text: str) -> str:
         text = match.group(1)
     elif len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
-    return re.sub(r"\s+", "", text)
+    return "".join(text.split())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +140,9 @@ class CsrInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeygenAnswer:
-    """A decoded ``%KEYGEN`` answer. ``body`` holds the exact bytes the modem sent."""
+    """A decoded ``%KEYGEN`` answer. ``body`` holds the exact bytes the modem sent. What is
+    derived from it (digest, PEMs) is computed once, by :func:`parse_keygen`: the run's record,
+    its self-check and ``fleet verify`` / ``fleet audit`` all read the same answer."""
 
     value: str
     body: bytes
@@ -149,6 +151,16 @@ class KeygenAnswer:
     payload: KeygenPayload
     public_key: ec.EllipticCurvePublicKey
     csr_info: CsrInfo | None = None
+    body_sha256: bytes
+    #: DER SubjectPublicKeyInfo of :attr:`public_key`
+    public_key_der: bytes
+    public_key_pem: str
+    #: PEM of :attr:`csr_der`: the CSR to hand to consumers (``cryptography`` >= 49 loads it;
+    #: it refuses the modem's own bytes)
+    csr_pem: str | None
+    #: PEM of the CSR exactly as the modem made it (NULL parameter kept): the bytes the COSE
+    #: digest covers
+    raw_csr_pem: str | None
 
     @property
     def kind(self) -> str:
@@ -181,34 +193,11 @@ class KeygenAnswer:
         return self.csr_info is not None and self.csr_info.signature_valid
 
     @property
-    def body_sha256(self) -> bytes:
-        return hashlib.sha256(self.body).digest()
-
-    @property
-    def public_key_pem(self) -> str:
-        return self.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii")
-
-    @property
     def csr_der(self) -> bytes | None:
         """The CSR's DER as standard libraries load it: the modem's explicit NULL parameter
         dropped from the signature algorithm (same key, same signed CertificationRequestInfo,
         the signature still valid); the body unchanged when it has no NULL."""
         return None if self.csr_info is None else self.csr_info.der
-
-    @property
-    def csr_pem(self) -> str | None:
-        """PEM of :attr:`csr_der`: the CSR to hand to consumers (``cryptography`` >= 49 loads
-        it; it refuses the modem's own bytes)."""
-        der = self.csr_der
-        return None if der is None else _csr_pem(der)
-
-    @property
-    def raw_csr_pem(self) -> str | None:
-        """PEM of the CSR exactly as the modem made it (NULL parameter kept): the bytes the COSE
-        digest covers."""
-        return None if self.csr_info is None else _csr_pem(self.body)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (field names follow vectors/keygen-csr-seed.json)."""
@@ -272,8 +261,7 @@ def _parse_keygen_value(value: str) -> KeygenAnswer:
         key = info.csr.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise CredentialError("CSR: public key is not an EC key")
-        return KeygenAnswer(value=value, body=body, cose_raw=cose_raw, cose=cose,
-                            payload=payload, public_key=key, csr_info=info)
+        return _answer(value, body, cose_raw, cose, payload, key, info)
     if payload.payload_id == PAYLOAD_ID_PUBLIC_KEY:
         try:
             public = serialization.load_der_public_key(body)
@@ -281,11 +269,24 @@ def _parse_keygen_value(value: str) -> KeygenAnswer:
             raise CredentialError(f"body: not a DER public key ({exc})") from exc
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise CredentialError("body: public key is not an EC key")
-        return KeygenAnswer(value=value, body=body, cose_raw=cose_raw, cose=cose,
-                            payload=payload, public_key=public)
+        return _answer(value, body, cose_raw, cose, payload, public, None)
     raise CredentialError(
         f"COSE payload: unknown payload id {payload.payload_id} (expected 8 or 9)"
     )
+
+
+def _answer(value: str, body: bytes, cose_raw: bytes, cose: CoseSign1, payload: KeygenPayload,
+            public_key: ec.EllipticCurvePublicKey, info: CsrInfo | None) -> KeygenAnswer:
+    return KeygenAnswer(
+        value=value, body=body, cose_raw=cose_raw, cose=cose, payload=payload,
+        public_key=public_key, csr_info=info, body_sha256=hashlib.sha256(body).digest(),
+        public_key_der=public_key.public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo),
+        public_key_pem=public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii"),
+        csr_pem=None if info is None else _csr_pem(info.der),
+        raw_csr_pem=None if info is None else _csr_pem(body))
 
 
 def _csr_pem(der: bytes) -> str:
