@@ -30,7 +30,9 @@ __all__ = [
     "summarize",
 ]
 
-_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*?\n(.*?)-----END \1-----", re.S)
+#: A PEM block. Its body is base64 and line breaks, never a ``-``: matching up to the first one
+#: keeps the scan linear (a lazy ``.*?`` up to the END line costs more than the DER decode).
+_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----[ \t\r]*\n([^-]*)-----END \1-----")
 
 
 def parse_pem_certificates(text: str, what: str, *, exactly_one: bool = False
@@ -44,7 +46,9 @@ def parse_pem_certificates(text: str, what: str, *, exactly_one: bool = False
         shown = text.strip()[:60]
         raise CertificateError(f"{what}: no PEM certificate found"
                                + (f" (starts with {shown!r})" if shown else " (empty)"))
-    leftover = _BLOCK.sub("", text)
+    leftover = "".join(text[start:end] for start, end in zip(
+        [0] + [m.end() for m in blocks], [m.start() for m in blocks] + [len(text)],
+        strict=True))
     if leftover.strip():
         raise CertificateError(f"{what}: unexpected text outside the PEM blocks: "
                                f"{leftover.strip()[:60]!r}")
