@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.certs.pem import parse_pem_certificates, public_key_der
-from fleet.errors import CertificateError, ManifestError
-from fleet.manifest import load_document, verify
+from fleet.errors import CertificateError
+from fleet.manifest import verify_file
 from fleet.regular import read_regular_file
 from fleet.station_key import PublicKey
 
@@ -146,11 +146,7 @@ def read_manifest_inventory(path: str, trusted: Sequence[PublicKey] | None
         data = read_regular_file(path)
     except OSError as exc:
         return ManifestInventory(path=path, problems=(f"cannot read: {exc.strerror or exc}",))
-    try:
-        document: Mapping[str, Any] | None = load_document(data)
-    except ManifestError:
-        document = None  # verify() names what is wrong with it
-    report = verify(data if document is None else document, trusted=trusted)
+    report, document = verify_file(data, trusted=trusted)
     problems = tuple(check.line() for check in report.failures)
     if report.ok or not problems:
         problems = () if report.ok else ("no check ran",)

@@ -30,7 +30,7 @@ from fleet.certs.nrfcloud import (
 )
 from fleet.cmd.verify import load_trusted
 from fleet.errors import ExportError, ManifestError
-from fleet.manifest import NOT_TRUSTED_WARNING, json_syntax_problem, load_document, verify
+from fleet.manifest import NOT_TRUSTED_WARNING, json_syntax_problem, verify_file
 from fleet.regular import read_regular_file
 
 __all__ = ["register", "run_nrfcloud"]
@@ -101,7 +101,7 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"{prog}: {path}: {problem}", file=sys.stderr)
             return exitcodes.USAGE
-        report = verify(data, trusted=trusted if args.pubkey else None)
+        report, document = verify_file(data, trusted=trusted if args.pubkey else None)
         for warning in report.warnings:
             if warning == NOT_TRUSTED_WARNING:
                 warning += "; pass --pubkey to check it"
@@ -112,7 +112,8 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
                 print(f"{path}: {check.line()}", file=sys.stderr)
             print(f"{prog}: {path} does not verify: nothing exported", file=sys.stderr)
             continue
-        documents.append((str(path), load_document(data)))  # verify() parsed it already
+        assert document is not None  # it verified
+        documents.append((str(path), document))
     if failed:
         return exitcodes.FAILED
     try:

@@ -36,6 +36,7 @@ from fleet.manifest.verify import (
     VerifyReport,
     verify,
     verify_contents,
+    verify_file,
 )
 
 __all__ = [
@@ -60,5 +61,6 @@ __all__ = [
     "signature",
     "verify",
     "verify_contents",
+    "verify_file",
     "write_manifest",
 ]

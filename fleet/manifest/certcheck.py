@@ -2,8 +2,9 @@
 
 How this works: a key's ``certificate`` (present when its plan spec has a CA) must be an object
 with a known ``outcome``; when it carries a ``pem``, that PEM must decode to exactly one
-certificate whose public key is the key's (``public_key_pem``, itself re-derived from the
-``%KEYGEN`` answer by :mod:`fleet.manifest.verify`), whose serial and issuer are the ones
+certificate whose public key is the key's (that of its ``%KEYGEN`` answer, which
+:mod:`fleet.manifest.verify` decodes, or the recorded ``public_key_pem`` of a key without
+one), whose serial and issuer are the ones
 recorded, and whose SHA-256 is the recorded ``sha256`` (the bytes written to the modem; a
 ``pre-existing`` certificate is shown as the modem read it back, so only its key is compared).
 An outcome that claims a certificate on the device without a PEM fails. ``ca_chain`` needs a
@@ -42,9 +43,12 @@ def _public_key_der(pem: Any) -> bytes | None:
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add) -> int:
+def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add, *,
+                             answer_key_der: bytes | None = None) -> int:
     """Check ``key["certificate"]`` and ``key["ca_chain"]`` when present; returns the number of
-    certificates checked (0 or 1)."""
+    certificates checked (0 or 1). ``answer_key_der``: the public key (DER) of the key's
+    decoded ``%KEYGEN`` answer, which the certificate must carry; without one, the key's
+    ``public_key_pem``."""
     chain = key.get("ca_chain")
     if chain is not None:
         if not isinstance(chain, Mapping) or chain.get("outcome") not in _OUTCOMES:
@@ -75,7 +79,7 @@ def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add) -> in
     def compare(ok: bool, good: str, bad: str) -> None:
         add("certificate", ok, good if ok else f"certificate: {bad}", where)
 
-    expected = _public_key_der(key.get("public_key_pem"))
+    expected = answer_key_der or _public_key_der(key.get("public_key_pem"))
     compare(expected is not None and public_key_der(parsed) == expected,
             "certificate carries the key's public key",
             "its public key is not the key's public_key_pem (the CSR's)")

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.credentials import check_keygen, parse_keygen
+from fleet.credentials import KeygenAnswer, check_keygen, parse_keygen
 from fleet.errors import CredentialError, ManifestError
 from fleet.manifest.attestcheck import check_attestation
 from fleet.manifest.build import ANSWER_OUTCOMES, FORMAT, RESPONSE_PAYLOAD_IDS, answer_fields
@@ -36,7 +36,8 @@ from fleet.manifest.signing import ALGORITHMS, canonical_bytes, decode_sig, sign
 from fleet.manifest.store import load_document, nesting_problem
 from fleet.station_key import PublicKey, algorithm, keyid, public_key_from_pem
 
-__all__ = ["NOT_TRUSTED_WARNING", "VerifyCheck", "VerifyReport", "verify", "verify_contents"]
+__all__ = ["NOT_TRUSTED_WARNING", "VerifyCheck", "VerifyReport", "verify", "verify_contents",
+           "verify_file"]
 
 _KEYID = re.compile(r"[0-9a-f]{64}\Z")
 NOT_TRUSTED_WARNING = (
@@ -137,19 +138,34 @@ def verify(
     ``trusted=None`` checks the signature with the embedded station key only and adds a warning
     that the signer is not trusted; an empty sequence trusts nobody (always a failure).
     """
-    report = _Report()
     if isinstance(document, bytes | str):
-        try:
-            doc: Mapping[str, Any] = load_document(document)
-        except ManifestError as exc:
-            report.fail("json", str(exc))
-            return report.build()
-    else:
-        doc = document
-        problem = nesting_problem(doc)
-        if problem is not None:
-            report.fail("json", problem)
-            return report.build()
+        return verify_file(document, trusted=trusted)[0]
+    problem = nesting_problem(document)
+    if problem is not None:
+        report = _Report()
+        report.fail("json", problem)
+        return report.build()
+    return _verify_document(document, trusted)
+
+
+def verify_file(
+    data: bytes | str, *, trusted: Sequence[PublicKey] | None
+) -> tuple[VerifyReport, dict[str, Any] | None]:
+    """:func:`verify` of a manifest file's contents, and the document parsed from them (None
+    when they are not a manifest's JSON), for a caller that reads the document too."""
+    try:
+        document = load_document(data)
+    except ManifestError as exc:
+        report = _Report()
+        report.fail("json", str(exc))
+        return report.build(), None
+    return _verify_document(document, trusted), document
+
+
+def _verify_document(doc: Mapping[str, Any], trusted: Sequence[PublicKey] | None
+                     ) -> VerifyReport:
+    """Every check of :func:`verify` on a document already known to nest within bounds."""
+    report = _Report()
     signed, signatures = _check_top(doc, report)
     shape_ok = False
     data: bytes | None = None
@@ -332,10 +348,12 @@ def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
             if not check_key(key, key_where, report.fail):
                 all_ok = False
                 continue
-            payload_uuid = _check_answer(key, device_uuid, key_where, report)
-            report.certificates += check_certificate_fields(key, key_where, report.add)
-            if payload_uuid is not None:
-                seen[key["name"]] = payload_uuid
+            answer = _check_answer(key, device_uuid, key_where, report)
+            report.certificates += check_certificate_fields(
+                key, key_where, report.add,
+                answer_key_der=None if answer is None else answer.public_key_der)
+            if answer is not None:
+                seen[key["name"]] = answer.payload.device_uuid
         if len(set(seen.values())) > 1:
             listing = ", ".join(f"{name}: {value}" for name, value in seen.items())
             report.fail("device_uuid", f"the answers of one device carry different device UUIDs "
@@ -346,7 +364,9 @@ def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
 
 def _check_answer(
     key: Mapping[str, Any], device_uuid: uuid.UUID | None, where: str, report: _Report
-) -> uuid.UUID | None:
+) -> KeygenAnswer | None:
+    """Check the key's ``keygen_answer`` and what the manifest derived from it; the decoded
+    answer (None: there is none, or it does not decode)."""
     text = key["keygen_answer"]
     if text is None:
         if key["outcome"] in ANSWER_OUTCOMES:
@@ -389,4 +409,4 @@ def _check_answer(
             compare(name, key[name] in accepted, f"{name} is what the answer yields",
                     "not what the keygen_answer yields" if key[name] is not None
                     else "null, but the keygen_answer yields one")
-    return payload.device_uuid
+    return answer
