@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtensionOID
 
 from fleet.credentials.attributes import SubjectPairs, subject_pairs
@@ -128,6 +129,7 @@ class CsrInfo:
     later): subject, KeyUsage and whether the self-signature verifies."""
 
     csr: x509.CertificateSigningRequest
+    public_key: CertificatePublicKeyTypes
     #: the DER ``csr`` was loaded from: the body, or a copy of it without the NULL parameter
     der: bytes
     null_parameter: bool
@@ -239,14 +241,20 @@ class KeygenAnswer:
 def parse_keygen(text: str) -> KeygenAnswer:
     """Decode a ``%KEYGEN`` answer (line, quoted or bare value). Raises CredentialError.
 
-    Results are cached (answers are immutable and parsing one takes about a millisecond; a run
-    decodes each answer for its output, its manifest and the manifest's self-check).
+    Results are cached (answers are immutable and decoding one takes about half a millisecond;
+    a run decodes each answer for its output, its manifest and the manifest's self-check).
     """
     return _parse_keygen_value(extract_keygen_value(text))
 
 
-@functools.lru_cache(maxsize=2048)
-def _parse_keygen_value(value: str) -> KeygenAnswer:
+def decode_keygen(text: str) -> KeygenAnswer:
+    """:func:`parse_keygen` without keeping the result: for a reader that sees each answer once
+    (``fleet verify`` and ``fleet audit`` of manifest files), where a cache only holds on to
+    thousands of answers' objects, which the cycle collector then walks again and again."""
+    return _decode_keygen_value(extract_keygen_value(text))
+
+
+def _decode_keygen_value(value: str) -> KeygenAnswer:
     parts = value.split(".")
     if len(parts) != 2 or not parts[0] or not parts[1]:
         raise CredentialError(
@@ -258,7 +266,7 @@ def _parse_keygen_value(value: str) -> KeygenAnswer:
     payload = decode_keygen_payload(cose.payload_raw)
     if payload.payload_id == PAYLOAD_ID_CSR:
         info = _read_csr(body)
-        key = info.csr.public_key()
+        key = info.public_key
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise CredentialError("CSR: public key is not an EC key")
         return _answer(value, body, cose_raw, cose, payload, key, info)
@@ -275,31 +283,32 @@ def _parse_keygen_value(value: str) -> KeygenAnswer:
     )
 
 
+_parse_keygen_value = functools.lru_cache(maxsize=2048)(_decode_keygen_value)
+
+
 def _answer(value: str, body: bytes, cose_raw: bytes, cose: CoseSign1, payload: KeygenPayload,
             public_key: ec.EllipticCurvePublicKey, info: CsrInfo | None) -> KeygenAnswer:
+    public_der = public_key.public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     return KeygenAnswer(
         value=value, body=body, cose_raw=cose_raw, cose=cose, payload=payload,
         public_key=public_key, csr_info=info, body_sha256=hashlib.sha256(body).digest(),
-        public_key_der=public_key.public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo),
-        public_key_pem=public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii"),
-        csr_pem=None if info is None else _csr_pem(info.der),
-        raw_csr_pem=None if info is None else _csr_pem(body))
+        public_key_der=public_der, public_key_pem=_pem("PUBLIC KEY", public_der),
+        csr_pem=None if info is None else _pem("CERTIFICATE REQUEST", info.der),
+        raw_csr_pem=None if info is None else _pem("CERTIFICATE REQUEST", body))
 
 
-def _csr_pem(der: bytes) -> str:
+def _pem(label: str, der: bytes) -> str:
+    """PEM as OpenSSL (and ``cryptography``'s ``public_bytes``) writes it: 64-column base64."""
     b64 = base64.b64encode(der).decode("ascii")
     lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
-    return ("-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(lines)
-            + "\n-----END CERTIFICATE REQUEST-----\n")
+    return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
 
 
 def _read_csr(body: bytes) -> CsrInfo:
     csr, der, quirk = _load_csr(body)
     try:
-        csr.public_key()
+        public_key = csr.public_key()
         subject = csr.subject
         try:
             ext = csr.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE)
@@ -309,6 +318,7 @@ def _read_csr(body: bytes) -> CsrInfo:
             usage = ext.value if isinstance(ext.value, x509.KeyUsage) else None
         return CsrInfo(
             csr=csr,
+            public_key=public_key,
             der=der,
             null_parameter=quirk,
             subject=",".join(rdn.rfc4514_string() for rdn in subject.rdns),

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from fleet.credentials import KeygenAnswer, check_keygen, parse_keygen
+from fleet.credentials import KeygenAnswer, check_keygen, decode_keygen, parse_keygen
 from fleet.errors import CredentialError, ManifestError
 from fleet.manifest.attestcheck import check_attestation
 from fleet.manifest.build import ANSWER_OUTCOMES, FORMAT, RESPONSE_PAYLOAD_IDS, answer_fields
@@ -46,11 +46,11 @@ NOT_TRUSTED_WARNING = (
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifyCheck:
+class VerifyCheck(NamedTuple):
     """One check: ``name`` (``shape``, ``signature``, ``trust``, ``digest``...), whether it
     passed, a human ``detail`` (the reason, for a failure) and ``where`` it applies
-    (``""`` for the whole manifest, ``"signature 1"``, ``"device <imei> key <name>"``)."""
+    (``""`` for the whole manifest, ``"signature 1"``, ``"device <imei> key <name>"``).
+    A named tuple: a manifest of 200 devices makes about 4,000 of them."""
 
     name: str
     ok: bool
@@ -183,7 +183,7 @@ def _verify_document(doc: Mapping[str, Any], trusted: Sequence[PublicKey] | None
             report.complete = run["complete"]
     _check_signatures(signed, signatures or [], data, trusted, report)
     if signed is not None and shape_ok:
-        _check_devices(signed, report)
+        _check_devices(signed, report, decode_keygen)
     return report.build()
 
 
@@ -197,7 +197,7 @@ def verify_contents(signed: Mapping[str, Any]) -> VerifyReport:
         report.fail("json", problem)
     elif check_signed(signed, report.fail):
         report.add("shape", True, f"document shape is {FORMAT}")
-        _check_devices(signed, report)
+        _check_devices(signed, report, parse_keygen)  # a run's answers: decoded already
     return report.build()
 
 
@@ -330,7 +330,12 @@ def _device_label(device: Mapping[str, Any], index: int) -> str:
     return f"devices[{index}]"
 
 
-def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
+#: How :func:`_check_devices` decodes a ``keygen_answer``: cached or not (see
+#: :func:`fleet.credentials.decode_keygen`).
+_Decode = Callable[[str], KeygenAnswer]
+
+
+def _check_devices(signed: Mapping[str, Any], report: _Report, decode: _Decode) -> None:
     devices = signed["devices"]
     report.devices = len(devices)
     all_ok = True
@@ -348,7 +353,7 @@ def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
             if not check_key(key, key_where, report.fail):
                 all_ok = False
                 continue
-            answer = _check_answer(key, device_uuid, key_where, report)
+            answer = _check_answer(key, device_uuid, key_where, report, decode)
             report.certificates += check_certificate_fields(
                 key, key_where, report.add,
                 answer_key_der=None if answer is None else answer.public_key_der)
@@ -363,7 +368,8 @@ def _check_devices(signed: Mapping[str, Any], report: _Report) -> None:
 
 
 def _check_answer(
-    key: Mapping[str, Any], device_uuid: uuid.UUID | None, where: str, report: _Report
+    key: Mapping[str, Any], device_uuid: uuid.UUID | None, where: str, report: _Report,
+    decode: _Decode,
 ) -> KeygenAnswer | None:
     """Check the key's ``keygen_answer`` and what the manifest derived from it; the decoded
     answer (None: there is none, or it does not decode)."""
@@ -375,7 +381,7 @@ def _check_answer(
         return None
     report.answers += 1
     try:
-        answer = parse_keygen(text)
+        answer = decode(text)
     except CredentialError as exc:
         report.fail("answer", f"keygen_answer does not decode: {exc}", where)
         return None
