@@ -30,7 +30,7 @@ import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleet.certs.pem import parse_pem_certificates, public_key_der
 from fleet.errors import CertificateError
@@ -50,8 +50,7 @@ _MANIFEST_PROBLEMS_SHOWN = 5
 _PEM_BEGIN, _PEM_END = "-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----"
 
 
-@dataclass(frozen=True, slots=True)
-class KeyEntry:
+class KeyEntry(NamedTuple):
     """One key with a public key: ``(name, sec_tag, type, key digest, certificate's key digest
     or None)`` (digests: the first 16 bytes of SHA-256 of the DER SubjectPublicKeyInfo)."""
 
@@ -62,8 +61,10 @@ class KeyEntry:
     certificate_key: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceEntry:
+class DeviceEntry(NamedTuple):
+    """One device of a manifest. This and :class:`KeyEntry` are tuples of strings, numbers and
+    bytes, which the cycle collector stops tracking: an audit keeps 100,000 of them."""
+
     slot: str
     imei: str | None
     device_uuid: str | None
@@ -198,7 +199,8 @@ class Finding:
 
 
 # Where one device or key was seen: (manifest index, device index in that manifest's list,
-# key index or -1). Kept instead of Evidence objects: a few small integers per key.
+# key index or -1). Kept instead of Evidence objects: a few small integers per key, in tuples
+# (not lists), as the devices and keys are, so the cycle collector leaves them alone.
 _Seen = tuple[int, int, int]
 
 
@@ -218,9 +220,10 @@ class Auditor:
     unverified: list[ManifestInventory] = field(default_factory=list)
     devices: int = 0
     keys: int = 0
-    _by_key: dict[bytes, list[_Seen]] = field(default_factory=dict)
+    _by_key: dict[bytes, tuple[_Seen, ...]] = field(default_factory=dict)
     _by_uuid: dict[str, dict[str, _Seen]] = field(default_factory=dict)
-    _by_tag: dict[tuple[str, int, str], dict[bytes, list[_Seen]]] = field(default_factory=dict)
+    _by_tag: dict[tuple[str, int, str], dict[bytes, tuple[_Seen, ...]]] = field(
+        default_factory=dict)
     _stations: dict[str, dict[str, _Seen]] = field(default_factory=dict)
     _foreign: list[_Seen] = field(default_factory=list)
 
@@ -245,9 +248,9 @@ class Auditor:
             for k_index, key in enumerate(device.keys):
                 self.keys += 1
                 at: _Seen = (index, d_index, k_index)
-                self._by_key.setdefault(key.key, []).append(at)
-                self._by_tag.setdefault((identity, key.sec_tag, key.type), {}).setdefault(
-                    key.key, []).append(at)
+                self._by_key[key.key] = (*self._by_key.get(key.key, ()), at)
+                tag = self._by_tag.setdefault((identity, key.sec_tag, key.type), {})
+                tag[key.key] = (*tag.get(key.key, ()), at)
                 if key.certificate_key is not None and key.certificate_key != key.key:
                     self._foreign.append(at)
 
@@ -311,7 +314,7 @@ class Auditor:
         manifest = self.manifests[seen[0]]
         key = manifest.devices[seen[1]].keys[seen[2]]
         assert key.certificate_key is not None
-        owners = self._by_key.get(key.certificate_key, [])
+        owners = self._by_key.get(key.certificate_key, ())
         whose = (f"it carries the key of {', '.join(sorted({self._owner(s)[0] for s in owners}))}"
                  if owners else "it carries a key no inventoried device has")
         return Finding(kind="foreign-certificate", detail=(
