@@ -35,6 +35,7 @@ from fleet.manifest import (
     sign,
     verify,
     verify_contents,
+    verify_file,
     write_manifest,
 )
 from fleet.records import DeviceOutcome, KeyOutcome
@@ -195,6 +196,22 @@ def test_round_trip_es256() -> None:
     assert {"shape", "signature", "station_key", "trust", "digest", "csr_signature", "sec_tag",
             "payload_id", "device_uuid", "csr_pem", "public_key_pem", "cose_payload",
             "summary"} <= names
+
+
+def test_verify_file_gives_the_report_of_verify_and_the_document_it_parsed() -> None:
+    data = json.dumps(DOC, indent=2).encode()
+    report, document = verify_file(data, trusted=[STATION.public_key()])
+    assert report == verify(data, trusted=[STATION.public_key()])
+    assert report.ok, _reasons(report)
+    assert document == DOC
+
+
+@pytest.mark.parametrize("data", [b"{", b"[1]", b"\xff", b'{"a": ' * 70 + b"1" + b"}" * 70])
+def test_verify_file_of_what_is_no_manifest_gives_no_document(data: bytes) -> None:
+    report, document = verify_file(data, trusted=None)
+    assert document is None
+    assert _failed(report) == {"json"}
+    assert report == verify(data, trusted=None)
 
 
 def test_round_trip_ed25519() -> None:
