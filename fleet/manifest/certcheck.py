@@ -82,7 +82,8 @@ def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add, *,
     expected = answer_key_der or _public_key_der(key.get("public_key_pem"))
     compare(expected is not None and public_key_der(parsed) == expected,
             "certificate carries the key's public key",
-            "its public key is not the key's public_key_pem (the CSR's)")
+            "its public key is not the key's (the one its %KEYGEN answer holds)" if answer_key_der
+            else "its public key is not the key's public_key_pem")
     serial, issuer = serial_and_issuer(parsed)
     compare(cert.get("serial") == serial and cert.get("issuer") == issuer,
             f"certificate serial {serial}, issuer {issuer}",
