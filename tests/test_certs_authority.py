@@ -139,6 +139,13 @@ def test_pem_is_canonical_lf_only_and_strict(ca: LocalCa) -> None:
         serialization.NoEncryption()).decode()
     with pytest.raises(CertificateError, match="only CERTIFICATE"):
         parse_pem_certificates(pem + key_pem, "x")
+    between = pem + "a note between the blocks\n" + pem
+    with pytest.raises(CertificateError, match="outside the PEM blocks: 'a note between"):
+        parse_pem_certificates(between, "x")
+    body = pem.splitlines()[1]
+    with pytest.raises(CertificateError, match="no PEM certificate"):  # '-' is no base64
+        parse_pem_certificates(pem.replace(body, body[:10] + "-" + body[11:]), "x")
+    assert len(parse_pem_certificates(pem + "\n" + pem + "\n", "x")) == 2
     summary = summarize(ca.certificate)
     assert summary.serial == format(ca.certificate.serial_number, "x")
     assert summary.issuer == "CN=Test CA" and summary.not_after.endswith("Z")
