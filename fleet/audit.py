@@ -62,8 +62,8 @@ class KeyEntry(NamedTuple):
 
 
 class DeviceEntry(NamedTuple):
-    """One device of a manifest. This and :class:`KeyEntry` are tuples of strings, numbers and
-    bytes, which the cycle collector stops tracking: an audit keeps 100,000 of them."""
+    """One device of a manifest (this and :class:`KeyEntry` are named tuples: the workers
+    pickle 100,000 of them back to the auditing process)."""
 
     slot: str
     imei: str | None
@@ -200,7 +200,7 @@ class Finding:
 
 # Where one device or key was seen: (manifest index, device index in that manifest's list,
 # key index or -1). Kept instead of Evidence objects: a few small integers per key, in tuples
-# (not lists), as the devices and keys are, so the cycle collector leaves them alone.
+# (not lists): a tuple of numbers is one the cycle collector stops tracking.
 _Seen = tuple[int, int, int]
 
 
