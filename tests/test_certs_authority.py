@@ -143,8 +143,12 @@ def test_pem_is_canonical_lf_only_and_strict(ca: LocalCa) -> None:
     with pytest.raises(CertificateError, match="outside the PEM blocks: 'a note between"):
         parse_pem_certificates(between, "x")
     body = pem.splitlines()[1]
-    with pytest.raises(CertificateError, match="no PEM certificate"):  # '-' is no base64
+    with pytest.raises(CertificateError, match="certificate 1 does not decode"):  # '-'
         parse_pem_certificates(pem.replace(body, body[:10] + "-" + body[11:]), "x")
+    headed = pem.replace("-----\n", "-----\nProc-Type: 4,X\n\n", 1)  # RFC 1421 headers
+    assert canonical_pem(parse_pem_certificates(headed, "x")) == pem
+    assert canonical_pem(parse_pem_certificates(
+        pem.replace("-----\n", "-----\v\n", 1), "x")) == pem
     assert len(parse_pem_certificates(pem + "\n" + pem + "\n", "x")) == 2
     summary = summarize(ca.certificate)
     assert summary.serial == format(ca.certificate.serial_number, "x")

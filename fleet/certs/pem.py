@@ -30,9 +30,7 @@ __all__ = [
     "summarize",
 ]
 
-#: A PEM block. Its body is base64 and line breaks, never a ``-``: matching up to the first one
-#: keeps the scan linear (a lazy ``.*?`` up to the END line costs more than the DER decode).
-_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----[ \t\r]*\n([^-]*)-----END \1-----")
+_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*?\n(.*?)-----END \1-----", re.S)
 
 
 def parse_pem_certificates(text: str, what: str, *, exactly_one: bool = False
