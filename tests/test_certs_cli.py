@@ -154,7 +154,15 @@ def test_verify_checks_the_certificate(ca: LocalCa) -> None:
         return [c.line() for c in verify(sign(signed, key), trusted=None).failures]
 
     assert report(lambda c: {"certificate": c}) == []
-    other_pem = _certified(device_record(1), ca).keys[0].extra["certificate"]["pem"]
+    other = _certified(device_record(1), ca).keys[0]
+    tls = device.keys[0]
+    swapped = replace(tls, public_key_pem=other.public_key_pem)  # not what the answer yields
+    signed = build_signed(run_record((replace(device, keys=(swapped, *device.keys[1:])),)),
+                          station_public_key_pem=public_key_pem(key))
+    failures = [c.line() for c in verify(sign(signed, key), trusted=None).failures]
+    assert any("public_key_pem: not what the keygen_answer yields" in f for f in failures)
+    assert any("not the key's public_key_pem" in f for f in failures)
+    other_pem = other.extra["certificate"]["pem"]
     assert any("not the key's" in f for f in report(
         lambda c: {"certificate": {**c, "pem": other_pem}}))
     assert any("not the SHA-256" in f for f in report(

@@ -2,9 +2,8 @@
 
 How this works: a key's ``certificate`` (present when its plan spec has a CA) must be an object
 with a known ``outcome``; when it carries a ``pem``, that PEM must decode to exactly one
-certificate whose public key is the key's (that of its ``%KEYGEN`` answer, which
-:mod:`fleet.manifest.verify` decodes, or the recorded ``public_key_pem`` of a key without
-one), whose serial and issuer are the ones
+certificate whose public key is the key's (``public_key_pem``, itself re-derived from the
+``%KEYGEN`` answer by :mod:`fleet.manifest.verify`), whose serial and issuer are the ones
 recorded, and whose SHA-256 is the recorded ``sha256`` (the bytes written to the modem; a
 ``pre-existing`` certificate is shown as the modem read it back, so only its key is compared).
 An outcome that claims a certificate on the device without a PEM fails. ``ca_chain`` needs a
@@ -19,7 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from fleet.certs.pem import parse_pem_certificates, pem_sha256, public_key_der, serial_and_issuer
+from fleet.certs.pem import parse_pem_certificates, pem_sha256, serial_and_issuer
+from fleet.certs.pem import public_key_der as certificate_key_der
 from fleet.errors import CertificateError
 from fleet.records import CertOutcome
 
@@ -44,11 +44,10 @@ def _public_key_der(pem: Any) -> bytes | None:
 
 
 def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add, *,
-                             answer_key_der: bytes | None = None) -> int:
+                             public_key_der: bytes | None = None) -> int:
     """Check ``key["certificate"]`` and ``key["ca_chain"]`` when present; returns the number of
-    certificates checked (0 or 1). ``answer_key_der``: the public key (DER) of the key's
-    decoded ``%KEYGEN`` answer, which the certificate must carry; without one, the key's
-    ``public_key_pem``."""
+    certificates checked (0 or 1). ``public_key_der``: the DER of ``key["public_key_pem"]``
+    when the caller has it already (it is then not decoded again)."""
     chain = key.get("ca_chain")
     if chain is not None:
         if not isinstance(chain, Mapping) or chain.get("outcome") not in _OUTCOMES:
@@ -79,11 +78,10 @@ def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add, *,
     def compare(ok: bool, good: str, bad: str) -> None:
         add("certificate", ok, good if ok else f"certificate: {bad}", where)
 
-    expected = answer_key_der or _public_key_der(key.get("public_key_pem"))
-    compare(expected is not None and public_key_der(parsed) == expected,
+    expected = public_key_der or _public_key_der(key.get("public_key_pem"))
+    compare(expected is not None and certificate_key_der(parsed) == expected,
             "certificate carries the key's public key",
-            "its public key is not the key's (the one its %KEYGEN answer holds)" if answer_key_der
-            else "its public key is not the key's public_key_pem")
+            "its public key is not the key's public_key_pem (the CSR's)")
     serial, issuer = serial_and_issuer(parsed)
     compare(cert.get("serial") == serial and cert.get("issuer") == issuer,
             f"certificate serial {serial}, issuer {issuer}",

@@ -354,9 +354,10 @@ def _check_devices(signed: Mapping[str, Any], report: _Report, decode: _Decode) 
                 all_ok = False
                 continue
             answer = _check_answer(key, device_uuid, key_where, report, decode)
-            report.certificates += check_certificate_fields(
-                key, key_where, report.add,
-                answer_key_der=None if answer is None else answer.public_key_der)
+            known = (answer.public_key_der if answer is not None
+                     and key["public_key_pem"] == answer.public_key_pem else None)
+            report.certificates += check_certificate_fields(key, key_where, report.add,
+                                                            public_key_der=known)
             if answer is not None:
                 seen[key["name"]] = answer.payload.device_uuid
         if len(set(seen.values())) > 1:
