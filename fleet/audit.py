@@ -199,8 +199,7 @@ class Finding:
 
 
 # Where one device or key was seen: (manifest index, device index in that manifest's list,
-# key index or -1). Kept instead of Evidence objects: a few small integers per key, in tuples
-# (not lists): a tuple of numbers is one the cycle collector stops tracking.
+# key index or -1). Kept instead of Evidence objects: a few small integers per key.
 _Seen = tuple[int, int, int]
 
 
@@ -220,10 +219,9 @@ class Auditor:
     unverified: list[ManifestInventory] = field(default_factory=list)
     devices: int = 0
     keys: int = 0
-    _by_key: dict[bytes, tuple[_Seen, ...]] = field(default_factory=dict)
+    _by_key: dict[bytes, list[_Seen]] = field(default_factory=dict)
     _by_uuid: dict[str, dict[str, _Seen]] = field(default_factory=dict)
-    _by_tag: dict[tuple[str, int, str], dict[bytes, tuple[_Seen, ...]]] = field(
-        default_factory=dict)
+    _by_tag: dict[tuple[str, int, str], dict[bytes, list[_Seen]]] = field(default_factory=dict)
     _stations: dict[str, dict[str, _Seen]] = field(default_factory=dict)
     _foreign: list[_Seen] = field(default_factory=list)
 
@@ -248,9 +246,9 @@ class Auditor:
             for k_index, key in enumerate(device.keys):
                 self.keys += 1
                 at: _Seen = (index, d_index, k_index)
-                self._by_key[key.key] = (*self._by_key.get(key.key, ()), at)
-                tag = self._by_tag.setdefault((identity, key.sec_tag, key.type), {})
-                tag[key.key] = (*tag.get(key.key, ()), at)
+                self._by_key.setdefault(key.key, []).append(at)
+                self._by_tag.setdefault((identity, key.sec_tag, key.type), {}).setdefault(
+                    key.key, []).append(at)
                 if key.certificate_key is not None and key.certificate_key != key.key:
                     self._foreign.append(at)
 
@@ -314,7 +312,7 @@ class Auditor:
         manifest = self.manifests[seen[0]]
         key = manifest.devices[seen[1]].keys[seen[2]]
         assert key.certificate_key is not None
-        owners = self._by_key.get(key.certificate_key, ())
+        owners = self._by_key.get(key.certificate_key, [])
         whose = (f"it carries the key of {', '.join(sorted({self._owner(s)[0] for s in owners}))}"
                  if owners else "it carries a key no inventoried device has")
         return Finding(kind="foreign-certificate", detail=(
