@@ -143,8 +143,9 @@ class CsrInfo:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeygenAnswer:
     """A decoded ``%KEYGEN`` answer. ``body`` holds the exact bytes the modem sent. What is
-    derived from it (digest, PEMs) is computed once, by :func:`parse_keygen`: the run's record,
-    its self-check and ``fleet verify`` / ``fleet audit`` all read the same answer."""
+    derived from it (digest, public key DER and PEM, CSR PEMs) is computed once, when it is
+    decoded: a run's record and its self-check read the answer :func:`parse_keygen` cached,
+    and ``fleet verify`` reads each of its fields more than once."""
 
     value: str
     body: bytes
