@@ -147,16 +147,19 @@ class _LineSplitter:
             self._append(data[pos:stop], out)
             if match is None:
                 break
-            char = data[stop : stop + 1]
+            self._special_byte(data[stop], out)
             pos = stop + 1
-            if char == b'"':
-                self._in_quotes = not self._in_quotes
-                self._append(char, out)
-            elif self._in_quotes:
-                self._append(char, out)
-            else:
-                self._finish(out)
         return out
+
+    def _special_byte(self, char: int, out: list[bytes | _TooLong]) -> None:
+        """One byte ``_special`` stopped at: a double quote, or a line end."""
+        if char == 0x22:
+            self._in_quotes = not self._in_quotes
+            self._append(b'"', out)
+        elif self._in_quotes:
+            self._append(bytes((char,)), out)
+        else:
+            self._finish(out)
 
     def _append(self, chunk: bytes, out: list[bytes | _TooLong]) -> None:
         if not chunk:

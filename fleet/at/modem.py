@@ -29,35 +29,20 @@ class _AtHostSplitter(_LineSplitter):
     """``lib/at_host``'s receive loop for one build-time terminator (see the module's text): the
     host codec's splitter (its buffer bound, its quotes) with at_host's rules for each byte."""
 
-    _SPECIAL = re.compile(rb'[\x00\r\n"\x08\x7f]')
-
     def __init__(self, terminator: Terminator, *, max_line: int) -> None:
         super().__init__(terminators=b"\r\n\x00", quote_aware=True, max_line=max_line)
+        self._special = re.compile(rb'[\x00\r\n"\x08\x7f]')  # and backspace, DEL
         self._terminator = terminator
 
-    def feed(self, data: bytes) -> list[bytes | _TooLong]:
-        out: list[bytes | _TooLong] = []
-        pos, end = 0, len(data)
-        while pos < end:
-            match = self._SPECIAL.search(data, pos)
-            stop = match.start() if match else end
-            self._append(data[pos:stop], out)
-            if match is None:
-                break
-            char = data[stop]
-            pos = stop + 1
-            if char in (0x08, 0x7F):
-                del self._buf[-1:]
-            elif char == 0x22:
-                self._in_quotes = not self._in_quotes
-                self._append(b'"', out)
-            elif self._in_quotes:
-                self._append(bytes((char,)), out)
-            elif ends_command(self._terminator, char, self._buf):
-                self._finish(out)
-            elif char != 0:  # a NUL that ends nothing is dropped
-                self._append(bytes((char,)), out)
-        return out
+    def _special_byte(self, char: int, out: list[bytes | _TooLong]) -> None:
+        if char in (0x08, 0x7F):
+            del self._buf[-1:]
+        elif char == 0x22 or self._in_quotes:
+            super()._special_byte(char, out)
+        elif ends_command(self._terminator, char, self._buf):
+            self._finish(out)
+        elif char != 0:  # a NUL that ends nothing is dropped
+            self._append(bytes((char,)), out)
 
     def _finish(self, out: list[bytes | _TooLong]) -> None:
         if not any(byte > 0x20 for byte in self._buf):
@@ -71,7 +56,7 @@ class ModemConnection:
     def __init__(self, *, max_line: int = MAX_COMMAND_BYTES,
                  terminator: Terminator | None = None) -> None:
         self._max_line = max_line
-        self._splitter: _LineSplitter | _AtHostSplitter = (
+        self._splitter: _LineSplitter = (
             _LineSplitter(terminators=b"\r\n\x00", quote_aware=True, max_line=max_line)
             if terminator is None else _AtHostSplitter(terminator, max_line=max_line))
         self._events: deque[CommandLine | _TooLong] = deque()
