@@ -18,8 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from fleet.certs.pem import parse_pem_certificates, pem_sha256, serial_and_issuer
-from fleet.certs.pem import public_key_der as certificate_key_der
+from fleet.certs.pem import parse_pem_certificates, pem_sha256, public_key_der, serial_and_issuer
 from fleet.errors import CertificateError
 from fleet.records import CertOutcome
 
@@ -44,9 +43,9 @@ def _public_key_der(pem: Any) -> bytes | None:
 
 
 def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add, *,
-                             public_key_der: bytes | None = None) -> int:
+                             known_der: bytes | None = None) -> int:
     """Check ``key["certificate"]`` and ``key["ca_chain"]`` when present; returns the number of
-    certificates checked (0 or 1). ``public_key_der``: the DER of ``key["public_key_pem"]``
+    certificates checked (0 or 1). ``known_der``: the DER of ``key["public_key_pem"]``
     when the caller has it already (it is then not decoded again)."""
     chain = key.get("ca_chain")
     if chain is not None:
@@ -78,8 +77,8 @@ def check_certificate_fields(key: Mapping[str, Any], where: str, add: Add, *,
     def compare(ok: bool, good: str, bad: str) -> None:
         add("certificate", ok, good if ok else f"certificate: {bad}", where)
 
-    expected = public_key_der or _public_key_der(key.get("public_key_pem"))
-    compare(expected is not None and certificate_key_der(parsed) == expected,
+    expected = known_der or _public_key_der(key.get("public_key_pem"))
+    compare(expected is not None and public_key_der(parsed) == expected,
             "certificate carries the key's public key",
             "its public key is not the key's public_key_pem (the CSR's)")
     serial, issuer = serial_and_issuer(parsed)

@@ -357,7 +357,7 @@ def _check_devices(signed: Mapping[str, Any], report: _Report, decode: _Decode) 
             known = (answer.public_key_der if answer is not None
                      and key["public_key_pem"] == answer.public_key_pem else None)
             report.certificates += check_certificate_fields(key, key_where, report.add,
-                                                            public_key_der=known)
+                                                            known_der=known)
             if answer is not None:
                 seen[key["name"]] = answer.payload.device_uuid
         if len(set(seen.values())) > 1:
