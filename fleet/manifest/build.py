@@ -26,6 +26,7 @@ __all__ = [
     "DEVICE_FIELDS",
     "FORMAT",
     "KEY_FIELDS",
+    "MAX_JSON_INT",
     "RESPONSE_PAYLOAD_IDS",
     "answer_fields",
     "build_signed",
@@ -48,7 +49,8 @@ ANSWER_OUTCOMES = frozenset({KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutc
 RESPONSE_PAYLOAD_IDS: Mapping[str, int] = {"csr": PAYLOAD_ID_CSR,
                                            "public_key": PAYLOAD_ID_PUBLIC_KEY}
 
-_MAX_INT = 2**53 - 1  # RFC 8785 / I-JSON: integers beyond this are not exact in JSON
+#: RFC 8785 / I-JSON: integers beyond this are not exact in JSON
+MAX_JSON_INT = 2**53 - 1
 
 
 def answer_fields(answer: KeygenAnswer) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def _plain(value: Any, where: str, path: tuple[str | int, ...]) -> Any:
     if isinstance(value, str):
         return str(value)
     if isinstance(value, int):
-        if not -_MAX_INT <= value <= _MAX_INT:
+        if not -MAX_JSON_INT <= value <= MAX_JSON_INT:
             raise ManifestError(f"{_where(where, path)}: integer {value} is outside the exact "
                                 "JSON range")
         return int(value)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleet.errors import ManifestError
-from fleet.manifest.build import plain_json
+from fleet.manifest.build import MAX_JSON_INT, plain_json
 from fleet.station_key import (
     ALG_ED25519,
     ALG_ES256,
@@ -48,9 +48,6 @@ __all__ = [
 ALGORITHMS = (ALG_ES256, ALG_ED25519)
 
 
-_MAX_INT = 2**53 - 1
-
-
 def _stdlib_ready(value: Any) -> bool:
     """Whether ``value`` is made of exactly ``dict`` (ASCII ``str`` keys), ``list``, ``str``,
     ``bool``, ``None`` and ``int`` within the exact JSON range: the data whose RFC 8785 bytes the
@@ -71,7 +68,7 @@ def _stdlib_ready(value: Any) -> bool:
         elif kind is list:
             stack.extend(item)
         elif kind is int:
-            if not -_MAX_INT <= item <= _MAX_INT:
+            if not -MAX_JSON_INT <= item <= MAX_JSON_INT:
                 return False
         elif kind is not str and kind is not bool and item is not None:
             return False
