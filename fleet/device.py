@@ -157,19 +157,22 @@ class DeviceSession(LineSession):
         not come back and :class:`DeviceSwapped` when another board answers."""
         await self.close()
         attempts = 0
+
+        async def reopen(number: int) -> str:
+            nonlocal attempts
+            attempts = number
+            try:
+                await self.open()
+                await self.probe()
+                await self.enable_cme_codes(timeout=timeout)
+                return await self.read_imei(timeout=timeout)
+            except BaseException as exc:
+                self.log.info("reopen failed", attempt=number, error=str(exc))
+                await self.close()
+                raise
+
         try:
-            async for attempt in self.policy.reopening():
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    try:
-                        await self.open()
-                        await self.probe()
-                        await self.enable_cme_codes(timeout=timeout)
-                        imei = await self.read_imei(timeout=timeout)
-                    except BaseException as exc:
-                        self.log.info("reopen failed", attempt=attempts, error=str(exc))
-                        await self.close()
-                        raise
+            imei = await self.policy.reopening(reopen)
         except PortBusy:
             raise
         except REOPEN_RETRYABLE as exc:

@@ -7,10 +7,19 @@ A :class:`RetryPolicy` is plain data built from a slot's plan settings
 (:meth:`RetryPolicy.from_settings`): ``attempts`` of a retried step (``retries + 1``),
 ``reopen_attempts`` of one recovery (close, reopen, probe, re-identify), a per-device
 ``deadline`` on its clock, and the :func:`backoff` parameters. tenacity is the mechanism: every
-place that tries something again asks the policy for a :class:`tenacity.AsyncRetrying`
-(:meth:`RetryPolicy.step`, :meth:`RetryPolicy.reopening`, :meth:`RetryPolicy.after_active_state`)
-and loops over it. The policy holds the ``sleep`` callable and the ``clock`` it uses, so tests
-pass fakes and no test sleeps to see a backoff or a deadline.
+place that tries something again hands the policy an attempt, an async function of the attempt's
+number (1, 2, ...), and the policy runs it under a :class:`tenacity.AsyncRetrying`
+(:meth:`RetryPolicy.step`, :meth:`RetryPolicy.reopening`, :meth:`RetryPolicy.opening`,
+:meth:`RetryPolicy.after_active_state`): the attempt's result, or the error of the last try. The
+policy holds the ``sleep`` callable and the ``clock`` it uses, so tests pass fakes and no test
+sleeps to see a backoff or a deadline.
+
+Why attempts are functions, not ``async for attempt in retrying`` loops: that form keeps the
+call's state on the retrying object, which the state points back at, so every loop would leave a
+reference cycle (some 40 objects) that only the cycle collector frees. A run makes a few loops
+per device; at hundreds of devices their garbage set off full collections on the event loop's
+thread in the middle of the ``%KEYGEN`` answers. Run as a call (and with each iteration's
+actions let go, :class:`_Retrying`), a step's objects go as soon as it ends.
 
 The deadline never cuts work that succeeds: it is checked only when a try has failed, and no
 new try (step or reopen) starts once the next one could not begin before it.
@@ -28,7 +37,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import tenacity
@@ -49,6 +58,7 @@ __all__ = [
     "REOPEN_RETRYABLE",
     "RETRYABLE",
     "RETRY_CODES",
+    "Attempt",
     "Clock",
     "RetryPolicy",
     "Sleep",
@@ -97,6 +107,23 @@ class _Deadline(tenacity.stop.stop_base):
 
 Sleep = Callable[[float], Awaitable[Any]]
 Clock = Callable[[], float]
+T = TypeVar("T")
+#: One try of a step: an async function of the try's number (1 for the first).
+Attempt = Callable[[int], Awaitable[T]]
+
+
+class _Retrying(tenacity.AsyncRetrying):
+    """tenacity's AsyncRetrying, letting go of each iteration's actions once it has run.
+
+    tenacity keeps the actions it decided on (bound methods of the retrying object) in its
+    ``iter_state`` until the next iteration, so a finished call would leave the object in a
+    reference cycle with itself."""
+
+    async def iter(self, retry_state: tenacity.RetryCallState) -> Any:
+        try:
+            return await super().iter(retry_state)
+        finally:
+            self.iter_state.reset()
 
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 8.0) -> float:
@@ -144,8 +171,8 @@ class RetryPolicy:
         """The next try (after its wait) could not start before the deadline."""
         return self.clock() + self.wait(state.attempt_number + 1) >= self.deadline
 
-    def _retrying(self, attempts: int, retry: tenacity.retry_base) -> tenacity.AsyncRetrying:
-        return tenacity.AsyncRetrying(
+    def _retrying(self, attempts: int, retry: tenacity.retry_base) -> _Retrying:
+        return _Retrying(
             stop=tenacity.stop_after_attempt(attempts) | _Deadline(self._late),
             wait=lambda state: self.wait(state.attempt_number + 1),
             retry=retry,
@@ -153,31 +180,46 @@ class RetryPolicy:
             reraise=True,
         )
 
-    def step(self, retry_on: tuple[type[Exception], ...] = RETRYABLE) -> tenacity.AsyncRetrying:
+    @staticmethod
+    async def _run(retrying: _Retrying, attempt: Attempt[T]) -> T:
+        number = 0
+
+        async def once() -> T:
+            nonlocal number
+            number += 1
+            return await attempt(number)
+
+        result: T = await retrying(once)
+        return result
+
+    async def step(self, attempt: Attempt[T],
+                   retry_on: tuple[type[Exception], ...] = RETRYABLE) -> T:
         """A retried step (identify, a key, a certificate, ``%ATTESTTOKEN``): ``attempts``
         tries, backoff between them, on the errors of ``retry_on`` (never PortBusy)."""
-        return self._retrying(self.attempts, tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, retry_on) and not isinstance(exc, PortBusy)))
+        return await self._run(self._retrying(self.attempts, tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, retry_on) and not isinstance(exc, PortBusy))), attempt)
 
-    def reopening(self) -> tenacity.AsyncRetrying:
+    async def reopening(self, attempt: Attempt[T]) -> T:
         """One recovery: ``reopen_attempts`` tries of reopening the port (backoff between)."""
-        return self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, REOPEN_RETRYABLE) and not isinstance(exc, PortBusy)))
+        return await self._run(self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, REOPEN_RETRYABLE) and not isinstance(exc, PortBusy))),
+            attempt)
 
-    def opening(self) -> tenacity.AsyncRetrying:
+    async def opening(self, attempt: Attempt[T]) -> T:
         """The first opening of a port: ``reopen_attempts`` tries while it cannot be opened
         (a port that opens but where nothing answers is not tried again: it is diagnosed)."""
-        return self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, TransportError) and not isinstance(exc, PortBusy)))
+        return await self._run(self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, TransportError) and not isinstance(exc, PortBusy))),
+            attempt)
 
-    def after_active_state(self) -> tenacity.AsyncRetrying:
-        """A write refused with 518 (active state): the caller takes the modem offline and
-        sends it once more."""
-        return tenacity.AsyncRetrying(
+    async def after_active_state(self, attempt: Attempt[T]) -> T:
+        """A write refused with 518 (active state): the attempt takes the modem offline and
+        sends it once more (its number is 2 then)."""
+        return await self._run(_Retrying(
             stop=tenacity.stop_after_attempt(2),
             retry=tenacity.retry_if_exception(
                 lambda exc: isinstance(exc, CmeError) and exc.code == CmeCode.ACTIVE_STATE),
-            sleep=self.sleep, reraise=True)
+            sleep=self.sleep, reraise=True), attempt)
 
     def gave_up(self, attempts: int) -> str:
         """How a step that ran out of tries says so."""

@@ -3,13 +3,17 @@ values, the device's deadline cutting retries short, and the reopen count of a s
 
 from __future__ import annotations
 
+import functools
+import gc
+from collections.abc import Awaitable, Callable
+
 import anyio.abc
 import pytest
 
 from fleet.device import DeviceSession
 from fleet.errors import CmeCode, CmeError, CommandError, DeviceTimeout, PortBusy, TransportError
 from fleet.plan import Settings
-from fleet.retry import RETRY_CODES, RetryPolicy, Transient, backoff
+from fleet.retry import RETRY_CODES, Attempt, RetryPolicy, Transient, backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -34,18 +38,21 @@ def policy(fake: FakeTime, **settings: object) -> RetryPolicy:
                                      sleep=fake.sleep, clock=fake.clock)
 
 
-async def run_failing(retrying: object, fake: FakeTime, error: Exception,
-                      cost: float = 0.0) -> int:
-    """Loop over ``retrying`` with a body that takes ``cost`` seconds and raises ``error``;
-    the number of attempts made."""
-    attempts = 0
+async def run_failing(run: Callable[[Attempt[None]], Awaitable[None]], fake: FakeTime,
+                      error: Exception, cost: float = 0.0) -> int:
+    """Run an attempt that takes ``cost`` seconds and raises ``error`` under ``run`` (one of a
+    policy's steps); the number of attempts made, which were numbered 1, 2, ..."""
+    numbers: list[int] = []
+
+    async def attempt(number: int) -> None:
+        numbers.append(number)
+        fake.now += cost
+        raise error
+
     with pytest.raises(type(error)):
-        async for attempt in retrying:  # type: ignore[attr-defined]
-            with attempt:
-                attempts += 1
-                fake.now += cost
-                raise error
-    return attempts
+        await run(attempt)
+    assert numbers == list(range(1, len(numbers) + 1))
+    return len(numbers)
 
 
 def test_backoff_is_a_pure_doubling_with_a_cap() -> None:
@@ -64,7 +71,7 @@ def test_defaults_from_the_plan_settings() -> None:
 async def test_a_step_makes_retries_plus_one_attempts_with_backoff_between() -> None:
     fake = FakeTime()
     rules = policy(fake, retries=3)
-    assert await run_failing(rules.step(), fake, DeviceTimeout("no answer")) == 4
+    assert await run_failing(rules.step, fake, DeviceTimeout("no answer")) == 4
     assert fake.sleeps == [0.5, 1.0, 2.0]
     assert rules.gave_up(4) == "gave up after 4 attempt(s)"
 
@@ -72,10 +79,10 @@ async def test_a_step_makes_retries_plus_one_attempts_with_backoff_between() -> 
 async def test_errors_that_are_not_retryable_end_the_step_at_once() -> None:
     fake = FakeTime()
     rules = policy(fake)
-    assert await run_failing(rules.step(), fake, CommandError("AT%KEYGEN", "ERROR")) == 1
-    assert await run_failing(rules.step(), fake, PortBusy("held")) == 1
-    assert await run_failing(rules.step(), fake, Transient("523")) == 4
-    assert await run_failing(rules.step(retry_on=(DeviceTimeout,)), fake,
+    assert await run_failing(rules.step, fake, CommandError("AT%KEYGEN", "ERROR")) == 1
+    assert await run_failing(rules.step, fake, PortBusy("held")) == 1
+    assert await run_failing(rules.step, fake, Transient("523")) == 4
+    assert await run_failing(functools.partial(rules.step, retry_on=(DeviceTimeout,)), fake,
                              TransportError("gone")) == 1
 
 
@@ -83,30 +90,59 @@ async def test_the_deadline_cuts_retries_short() -> None:
     fake = FakeTime()
     rules = policy(fake, retries=10, device_deadline_s=30)
     # each attempt takes 10 s: the 4th could start only at 31.5 s (30 + 0.5 + 1), past 30 s
-    assert await run_failing(rules.step(), fake, DeviceTimeout("no answer"), cost=10) == 3
+    assert await run_failing(rules.step, fake, DeviceTimeout("no answer"), cost=10) == 3
     assert fake.sleeps == [0.5, 1.0]
     assert rules.gave_up(3) == "gave up after 3 attempt(s) (the device's deadline passed)"
     # once it has passed, a failed try is never tried again
-    assert await run_failing(rules.step(), fake, DeviceTimeout("no answer")) == 1
-    assert await run_failing(rules.reopening(), fake, DeviceTimeout("no answer")) == 1
+    assert await run_failing(rules.step, fake, DeviceTimeout("no answer")) == 1
+    assert await run_failing(rules.reopening, fake, DeviceTimeout("no answer")) == 1
 
 
 async def test_a_recovery_reopens_the_port_reopen_attempts_times() -> None:
     fake = FakeTime()
     rules = policy(fake, reopen_attempts=3)
-    assert await run_failing(rules.reopening(), fake, TransportError("gone")) == 3
+    assert await run_failing(rules.reopening, fake, TransportError("gone")) == 3
     assert fake.sleeps == [0.5, 1.0]
-    assert await run_failing(rules.reopening(), fake, PortBusy("held")) == 1
+    assert await run_failing(rules.reopening, fake, PortBusy("held")) == 1
 
 
 async def test_a_write_refused_as_active_is_sent_once_more() -> None:
     fake = FakeTime()
     rules = policy(fake)
     refused = CmeError("AT%CMNG=0,1,1", CmeCode.ACTIVE_STATE)
-    assert await run_failing(rules.after_active_state(), fake, refused) == 2
+    assert await run_failing(rules.after_active_state, fake, refused) == 2
     full = CmeError("AT%CMNG=0,1,1", CmeCode.MEMORY_FULL)
-    assert await run_failing(rules.after_active_state(), fake, full) == 1
+    assert await run_failing(rules.after_active_state, fake, full) == 1
     assert set(fake.sleeps) <= {0.0}  # no backoff: the modem was only taken offline
+
+
+async def test_a_step_returns_its_attempts_result_and_leaves_no_garbage_cycle() -> None:
+    # A run makes a few steps per device: garbage that only the cycle collector frees would
+    # pile up into full collections on the event loop's thread.
+    fake = FakeTime()
+    rules = policy(fake)
+    failures = [DeviceTimeout("no answer")]
+
+    async def flaky(number: int) -> int:
+        if failures:
+            raise failures.pop()
+        return number
+
+    async def at_once(number: int) -> int:
+        return number
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert await rules.step(flaky) == 2
+        assert fake.sleeps == [0.5]
+        assert [await rules.step(at_once) for _ in range(20)] == [1] * 20
+        assert await rules.reopening(at_once) == 1
+        assert await rules.opening(at_once) == 1
+        assert await rules.after_active_state(at_once) == 1
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 async def test_a_session_recovery_follows_the_policy_and_names_the_last_error() -> None:

@@ -260,12 +260,13 @@ class DeviceWork:
 
     async def attest_with_retries(self) -> str | None:
         """:meth:`attest`, recovering the session first when it needs it."""
-        async for attempt in self.policy.step():
-            with attempt:
-                if self.session.needs_recover:
-                    await self.recover()
-                return await self.attest()
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+        async def attempt(number: int) -> str | None:
+            if self.session.needs_recover:
+                await self.recover()
+            return await self.attest()
+
+        return await self.policy.step(attempt)
 
     async def with_openers(self, reason: str) -> str:
         """``reason``, and the other processes that hold the port open now, if any."""

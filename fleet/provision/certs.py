@@ -135,14 +135,17 @@ class _Step:
     async def run(self) -> str | None:
         """Do the step with retries; the reason it failed, or None. The outcome is journaled."""
         attempts = 0
+
+        async def attempt(number: int) -> None:
+            nonlocal attempts
+            attempts = number
+            session = self.flow.session
+            if not session.is_open or session.needs_recover:
+                await self.flow.recover()
+            await self.attempt(number)
+
         try:
-            async for attempt in self.flow.policy.step():
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    session = self.flow.session
-                    if not session.is_open or session.needs_recover:
-                        await self.flow.recover()
-                    await self.attempt(attempts)
+            await self.flow.policy.step(attempt)
             return None
         except RETRYABLE as exc:
             reason = f"{self.flow.policy.gave_up(attempts)}: {exc}"
@@ -307,16 +310,17 @@ class _Step:
         known = self.known[cert_type]
         assert known is not None and known.pem is not None
         command = Command.set("%CMNG", 0, self.key.sec_tag, cert_type, Multiline(known.pem))
+        detail = {"credential_type": cert_type, "sha256": known.sha256, "serial": known.serial}
         self.flow.step(f"{self.key.name}: write {'certificate' if cert_type else 'CA chain'}")
         await self.flow.ensure_offline()
-        async for send in self.flow.policy.after_active_state():  # 518: offline, once more
-            with send:
-                if send.retry_state.attempt_number > 1:
-                    await self.flow.ensure_offline(force=True)
-                await self.flow.write(command, action=action, key=self.key, attempt=attempt,
-                                      timeout=self.flow.settings.timeout_s,
-                                      detail={"credential_type": cert_type,
-                                              "sha256": known.sha256, "serial": known.serial})
+
+        async def send(number: int) -> None:
+            if number > 1:
+                await self.flow.ensure_offline(force=True)
+            await self.flow.write(command, action=action, key=self.key, attempt=attempt,
+                                  timeout=self.flow.settings.timeout_s, detail=detail)
+
+        await self.flow.policy.after_active_state(send)  # 518: offline, once more
         self.flow.dev.changed = True
 
     # --- record --------------------------------------------------------------------------------

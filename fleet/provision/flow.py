@@ -40,7 +40,7 @@ from fleet.credentials import (
     parse_keygen,
     verify_keygen,
 )
-from fleet.device import DeviceSwapped, NoAnswer
+from fleet.device import DeviceSwapped, Identity, NoAnswer
 from fleet.errors import (
     CmeCode,
     CmeError,
@@ -107,27 +107,30 @@ class _Flow(DeviceWork):
 
     async def open_and_identify(self) -> None:
         timeout = self.settings.timeout_s
+
+        async def open_port(number: int) -> None:
+            await self.session.close()
+            await self.session.open()
+            self.step("probe (AT)")
+            await self.session.probe(
+                on_retry=lambda reason: self.step("probe: no answer, AT again"))
+
+        async def identify(number: int) -> tuple[Identity, str]:
+            if number > 1:
+                await self.recover()
+            identity = await self.session.identify(timeout=timeout)
+            # The model is fixed for an IMEI (it is the modem's own number): the journal's
+            # spares the AT+CGMM.
+            return identity, (await self.job.journal.model_of(identity.imei)
+                              or await self.session.read_model(timeout=timeout))
+
         self.step("opening")
         try:
-            async for attempt in self.policy.opening():
-                with attempt:
-                    await self.session.close()
-                    await self.session.open()
-                    self.step("probe (AT)")
-                    await self.session.probe(
-                        on_retry=lambda reason: self.step("probe: no answer, AT again"))
+            await self.policy.opening(open_port)
         except (NoAnswer, TransportError) as exc:  # PortBusy too: name who holds the port
             raise DeviceLost(await self.with_openers(str(exc))) from exc
         self.step("identify")
-        async for attempt in self.policy.step(retry_on=_IDENTIFY_RETRYABLE):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    await self.recover()
-                identity = await self.session.identify(timeout=timeout)
-                # The model is fixed for an IMEI (it is the modem's own number): the journal's
-                # spares the AT+CGMM.
-                model = (await self.job.journal.model_of(identity.imei)
-                         or await self.session.read_model(timeout=timeout))
+        identity, model = await self.policy.step(identify, retry_on=_IDENTIFY_RETRYABLE)
         self.dev.imei, self.dev.model, self.dev.firmware = (identity.imei, model,
                                                             identity.firmware)
         self.log = self.log.bind(imei=identity.imei)
@@ -259,13 +262,16 @@ class _Flow(DeviceWork):
         if problem is not None:  # before any command for the key
             return self._failed(key, problem, 0)
         attempts = 0
+
+        async def attempt(number: int) -> KeyRecord:
+            nonlocal attempts
+            attempts = number
+            if not self.session.is_open or self.session.needs_recover:
+                await self.recover()
+            return await self.key_attempt(key, number)
+
         try:
-            async for attempt in self.policy.step():
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    if not self.session.is_open or self.session.needs_recover:
-                        await self.recover()
-                    return await self.key_attempt(key, attempts)
+            return await self.policy.step(attempt)
         except RETRYABLE as exc:
             return self._failed(key, f"{self.policy.gave_up(attempts)}: {exc}", attempts)
         except ShellRefused as exc:
@@ -274,7 +280,6 @@ class _Flow(DeviceWork):
             return self._failed(key, str(exc), attempts)
         except CommandError as exc:
             return self._failed(key, explain_error(exc), attempts)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _failed(self, key: KeySpec, reason: str, attempts: int) -> KeyRecord:
         self.log.warning("key failed", key=key.name, sec_tag=key.sec_tag, error=reason)
