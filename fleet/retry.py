@@ -16,10 +16,12 @@ sleeps to see a backoff or a deadline.
 
 Why attempts are functions, not ``async for attempt in retrying`` loops: that form keeps the
 call's state on the retrying object, which the state points back at, so every loop would leave a
-reference cycle (some 40 objects) that only the cycle collector frees. A run makes a few loops
-per device; at hundreds of devices their garbage set off full collections on the event loop's
-thread in the middle of the ``%KEYGEN`` answers. Run as a call (and with each iteration's
-actions let go, :class:`_Retrying`), a step's objects go as soon as it ends.
+reference cycle (some 40 objects) that only the cycle collector frees. A run retries a few
+steps per device; at hundreds of devices their garbage would set off full collections on the
+event loop's thread in the middle of the ``%KEYGEN`` answers. Run as a call (and with each
+iteration's actions let go, :class:`_Retrying`), the objects of a step that succeeds go as soon
+as it ends. (A step that fails still leaves a cycle: its error's traceback holds tenacity's
+frames, which hold the error. Failures are few; successes are every step of every device.)
 
 The deadline never cuts work that succeeds: it is checked only when a try has failed, and no
 new try (step or reopen) starts once the next one could not begin before it.
@@ -28,7 +30,7 @@ What is worth another try is listed here and nowhere else: :data:`RETRYABLE` (er
 a step starts again from inspection), :data:`RETRY_CODES` (the ``+CME ERROR`` codes after which
 a write's step is tried again) and :data:`REOPEN_RETRYABLE` (what one reopen may meet before
 the next). A client-key ``%KEYGEN`` is never re-sent blindly: a retried step starts from
-inspection, the caller's loop body decides again what to send.
+inspection, and the attempt decides again what to send.
 """
 
 from __future__ import annotations

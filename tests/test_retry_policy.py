@@ -116,7 +116,7 @@ async def test_a_write_refused_as_active_is_sent_once_more() -> None:
     assert set(fake.sleeps) <= {0.0}  # no backoff: the modem was only taken offline
 
 
-async def test_a_step_returns_its_attempts_result_and_leaves_no_garbage_cycle() -> None:
+async def test_a_step_returns_its_attempts_result_and_one_that_succeeds_leaves_no_garbage() -> None:
     # A run makes a few steps per device: garbage that only the cycle collector frees would
     # pile up into full collections on the event loop's thread.
     fake = FakeTime()

@@ -136,7 +136,7 @@ class _Step:
         """Do the step with retries; the reason it failed, or None. The outcome is journaled."""
         attempts = 0
 
-        async def attempt(number: int) -> None:
+        async def once(number: int) -> None:
             nonlocal attempts
             attempts = number
             session = self.flow.session
@@ -145,7 +145,7 @@ class _Step:
             await self.attempt(number)
 
         try:
-            await self.flow.policy.step(attempt)
+            await self.flow.policy.step(once)
             return None
         except RETRYABLE as exc:
             reason = f"{self.flow.policy.gave_up(attempts)}: {exc}"
