@@ -128,6 +128,19 @@ class _Retrying(tenacity.AsyncRetrying):
             self.iter_state.reset()
 
 
+async def _numbered(retrying: _Retrying, attempt: Attempt[T]) -> T:
+    """Run ``attempt`` under ``retrying``, passing each try its number (1, 2, ...)."""
+    number = 0
+
+    async def once() -> T:
+        nonlocal number
+        number += 1
+        return await attempt(number)
+
+    result: T = await retrying(once)
+    return result
+
+
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 8.0) -> float:
     """Seconds to wait before ``attempt`` (1-based) of a retried step: 0, base, 2*base, ... cap."""
     if attempt <= 1:
@@ -173,51 +186,39 @@ class RetryPolicy:
         """The next try (after its wait) could not start before the deadline."""
         return self.clock() + self.wait(state.attempt_number + 1) >= self.deadline
 
-    def _retrying(self, attempts: int, retry: tenacity.retry_base) -> _Retrying:
-        return _Retrying(
+    async def _retried(self, attempts: int, retry_on: tuple[type[Exception], ...],
+                       attempt: Attempt[T]) -> T:
+        """``attempt`` in up to ``attempts`` tries, with backoff between them and the deadline,
+        tried again on the errors of ``retry_on`` (never on PortBusy: another process holds the
+        port, and trying again only delays saying so)."""
+        return await _numbered(_Retrying(
             stop=tenacity.stop_after_attempt(attempts) | _Deadline(self._late),
             wait=lambda state: self.wait(state.attempt_number + 1),
-            retry=retry,
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, retry_on) and not isinstance(exc, PortBusy)),
             sleep=self.sleep,
             reraise=True,
-        )
-
-    @staticmethod
-    async def _run(retrying: _Retrying, attempt: Attempt[T]) -> T:
-        number = 0
-
-        async def once() -> T:
-            nonlocal number
-            number += 1
-            return await attempt(number)
-
-        result: T = await retrying(once)
-        return result
+        ), attempt)
 
     async def step(self, attempt: Attempt[T],
                    retry_on: tuple[type[Exception], ...] = RETRYABLE) -> T:
         """A retried step (identify, a key, a certificate, ``%ATTESTTOKEN``): ``attempts``
         tries, backoff between them, on the errors of ``retry_on`` (never PortBusy)."""
-        return await self._run(self._retrying(self.attempts, tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, retry_on) and not isinstance(exc, PortBusy))), attempt)
+        return await self._retried(self.attempts, retry_on, attempt)
 
     async def reopening(self, attempt: Attempt[T]) -> T:
         """One recovery: ``reopen_attempts`` tries of reopening the port (backoff between)."""
-        return await self._run(self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, REOPEN_RETRYABLE) and not isinstance(exc, PortBusy))),
-            attempt)
+        return await self._retried(self.reopen_attempts, REOPEN_RETRYABLE, attempt)
 
     async def opening(self, attempt: Attempt[T]) -> T:
         """The first opening of a port: ``reopen_attempts`` tries while it cannot be opened
         (a port that opens but where nothing answers is not tried again: it is diagnosed)."""
-        return await self._run(self._retrying(self.reopen_attempts, tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, TransportError) and not isinstance(exc, PortBusy))),
-            attempt)
+        return await self._retried(self.reopen_attempts, (TransportError,), attempt)
 
     async def after_active_state(self, attempt: Attempt[T]) -> T:
         """A write refused with 518 (active state): the attempt takes the modem offline and
         sends it once more (its number is 2 then)."""
-        return await self._run(_Retrying(
+        return await _numbered(_Retrying(
             stop=tenacity.stop_after_attempt(2),
             retry=tenacity.retry_if_exception(
                 lambda exc: isinstance(exc, CmeError) and exc.code == CmeCode.ACTIVE_STATE),
