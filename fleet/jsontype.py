@@ -20,10 +20,7 @@ def json_type(value: Any) -> str:
     name = _DECODED.get(type(value))
     if name is not None:
         return name
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
+    # A subclass (an IntEnum, a StrEnum, a Mapping, a tuple); None and bool have none.
     if isinstance(value, int):
         return "integer"
     if isinstance(value, float):
