@@ -249,7 +249,11 @@ class DeviceWork:
             answer = await self.session.command(Command.action("%ATTESTTOKEN"),
                                                 timeout=self.settings.timeout_s)
         except CommandError as exc:
-            self.log.warning("device UUID not readable with %ATTESTTOKEN", error=str(exc))
+            self.log.warning(
+                "%ATTESTTOKEN refused (an nRF9160, or modem firmware before 2.0.0): whether this "
+                "is the board the journal knows under this IMEI or a clone is told only by the "
+                "device UUID in its %KEYGEN answers, after the write; nothing to do unless this "
+                "modem should have %ATTESTTOKEN", error=str(exc))
             return None
         try:
             token = parse_attest_token(answer.first("%ATTESTTOKEN:"))

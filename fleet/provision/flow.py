@@ -413,8 +413,8 @@ class _Flow(DeviceWork):
         if claim is not None:
             self.dev.device_uuid = claim
             if self.dev.attested_uuid is None:
-                self.log.warning("device UUID from one %KEYGEN answer alone (no %ATTESTTOKEN "
-                                 "to cross-check it)", device_uuid=claim)
+                # %ATTESTTOKEN was refused, which attest() warned of
+                self.log.info("device UUID from its first %KEYGEN answer", device_uuid=claim)
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
             self.dev.changed = True
         # The verified answer is the proof the key exists (the modem stores it before it
