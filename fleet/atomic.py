@@ -3,7 +3,8 @@
 After :func:`write_atomic` returns, the file holds either the old or the new content on disk even
 if power fails at any instant, and the new name is durable (the directory fsync that labgrid's
 ``atomic_replace`` forgets). :func:`create_atomic` is the same for a file that must never replace
-an existing one (a signing key, a manifest).
+an existing one (a signing key, a manifest), and :func:`create_new` says why one could not be
+made, in the error type of the caller's layer.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import errno
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["create_atomic", "fsync_dir", "write_atomic"]
+__all__ = ["create_atomic", "create_new", "fsync_dir", "write_atomic"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -30,8 +32,7 @@ def fsync_dir(directory: Path) -> None:
 def write_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably; ``mode`` is the new file's mode."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -60,8 +61,7 @@ def create_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     but a crash mid-write can leave a short file there).
     """
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _parent(path)
     tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         _write_new(tmp, data, mode)
@@ -75,6 +75,31 @@ def create_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     fsync_dir(directory)
+
+
+def create_new(path: Path, data: bytes, *, mode: int, error: Callable[[str], Exception]) -> None:
+    """:func:`create_atomic` for a file a command makes once (a key, a certificate): a file
+    already at ``path``, or a write that failed, is raised as ``error(message)``, the message
+    naming ``path``."""
+    try:
+        create_atomic(path, data, mode=mode)
+    except FileExistsError:
+        raise error(f"{path} already exists: refusing to overwrite it") from None
+    except OSError as exc:
+        raise error(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _parent(path: Path) -> Path:
+    """``path``'s directory, created when missing. Something other than a directory in its place
+    is :class:`NotADirectoryError`: ``mkdir``'s own :class:`FileExistsError` would read as
+    ``path`` itself being there."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                 str(directory)) from None
+    return directory
 
 
 #: errno values of ``link()`` on a file system that has no hard links (vfat, some network FS).

@@ -30,7 +30,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from fleet.atomic import create_atomic, fsync_dir, write_atomic
+from fleet.atomic import create_atomic, create_new, fsync_dir, write_atomic
 from fleet.errors import ManifestError, TokenError
 from fleet.hsm.uri import Pkcs11Uri
 from fleet.regular import read_regular_file
@@ -204,8 +204,8 @@ def init_station_key(
     private_path, public_path = _key_files(out_dir, name, private=True)
     _make_dir(private_path.parent)
     key = generate_signing_key(ed25519_key=ed25519_key)
-    _create(private_path, _private_pem(key), 0o600)
-    _create(public_path, public_key_pem(key).encode("ascii"), 0o644)
+    create_new(private_path, _private_pem(key), mode=0o600, error=ManifestError)
+    create_new(public_path, public_key_pem(key).encode("ascii"), mode=0o644, error=ManifestError)
     return StationKeyFiles(private_path=private_path, public_path=public_path,
                            keyid=keyid(key), alg=algorithm(key))
 
@@ -242,18 +242,10 @@ def init_token_station_key(uri: Pkcs11Uri, out_dir: Path | str, *,
     except TokenError as exc:
         raise ManifestError(f"{uri}: {exc}") from exc
     _make_dir(public_path.parent)
-    _create(public_path, public_key_pem(signer).encode("ascii"), 0o644)
+    create_new(public_path, public_key_pem(signer).encode("ascii"), mode=0o644,
+               error=ManifestError)
     return StationKeyFiles(private_path=None, public_path=public_path, alg=ALG_ES256,
                            keyid=keyid(signer), token=signer.describe())
-
-
-def _create(path: Path, data: bytes, mode: int) -> None:
-    try:
-        create_atomic(path, data, mode=mode)
-    except FileExistsError:
-        raise ManifestError(f"{path} already exists: refusing to overwrite it") from None
-    except OSError as exc:
-        raise ManifestError(f"cannot write {path}: {exc}") from exc
 
 
 def _init_hint(path: Path) -> str:

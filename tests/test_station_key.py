@@ -1,4 +1,5 @@
-"""Station keys: creation modes, no overwrite, loading with clear errors; create_atomic."""
+"""Station keys: creation modes, no overwrite, loading with clear errors; create_atomic and
+create_new."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fleet import atomic
-from fleet.atomic import create_atomic
-from fleet.errors import ManifestError
+from fleet.atomic import create_atomic, create_new, write_atomic
+from fleet.errors import CertificateError, ManifestError
+from fleet.manifest.store import write_manifest
 from fleet.station_key import (
     algorithm,
     ensure_throwaway_key,
@@ -193,3 +195,27 @@ def test_create_atomic_without_hard_links(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(FileExistsError):
         create_atomic(path, b"second")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_create_new_says_which_file_is_there_in_the_callers_error(tmp_path: Path) -> None:
+    path = tmp_path / "ca.key"
+    create_new(path, b"first", mode=0o600, error=CertificateError)
+    with pytest.raises(CertificateError, match=r"ca\.key already exists: refusing to overwrite it"):
+        create_new(path, b"second", mode=0o600, error=CertificateError)
+    assert path.read_bytes() == b"first"
+
+
+def test_a_file_where_the_directory_should_be_is_not_taken_for_the_target(tmp_path: Path) -> None:
+    (tmp_path / "keys").write_bytes(b"not a directory")
+    target = tmp_path / "keys" / "station.pem"
+    with pytest.raises(NotADirectoryError):
+        create_atomic(target, b"key")
+    with pytest.raises(NotADirectoryError):
+        write_atomic(target, b"key")
+    with pytest.raises(ManifestError, match=r"cannot write .*station\.pem: Not a directory"):
+        create_new(target, b"key", mode=0o600, error=ManifestError)
+    # a manifest write tries the next name only when the name is taken, not here
+    with pytest.raises(ManifestError, match="Not a directory") as caught:
+        write_manifest(tmp_path / "keys" / "run.json", {"signed": {}, "signatures": []})
+    assert "names are taken" not in str(caught.value)
+    assert (tmp_path / "keys").read_bytes() == b"not a directory"

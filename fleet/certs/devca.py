@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.atomic import create_atomic, fsync_dir
+from fleet.atomic import create_new, fsync_dir
 from fleet.errors import CertificateError, TokenError
 from fleet.hsm.uri import Pkcs11Uri
 
@@ -35,15 +35,6 @@ class DevCaFiles:
     subject: str
     not_after: str
     token: str | None = None  #: where the key is, in words, when it is in a token
-
-
-def _create(path: Path, data: bytes, mode: int) -> None:
-    try:
-        create_atomic(path, data, mode=mode)
-    except FileExistsError:
-        raise CertificateError(f"{path} already exists: refusing to overwrite it") from None
-    except OSError as exc:
-        raise CertificateError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def init_dev_ca(directory: Path | str, *, common_name: str, days: int,
@@ -102,10 +93,12 @@ def init_dev_ca(directory: Path | str, *, common_name: str, days: int,
     else:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = builder(key.public_key()).sign(key, hashes.SHA256())
-        _create(key_path, key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()), 0o600)
-    _create(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        create_new(key_path, key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()),
+                   mode=0o600, error=CertificateError)
+    create_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
+               error=CertificateError)
     return DevCaFiles(cert_path=cert_path, key_path=key_path if token is None else None,
                       subject=name.rfc4514_string(), token=where,
                       not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
