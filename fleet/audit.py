@@ -25,8 +25,6 @@ Each finding carries its evidence: manifest, station, run id, slot, IMEI, device
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from typing import Any, NamedTuple
 from fleet.certs.pem import parse_pem_certificates, public_key_der
 from fleet.errors import CertificateError
 from fleet.manifest import verify_file
+from fleet.pemtext import pem_der
 from fleet.regular import read_regular_file
 from fleet.station_key import PublicKey
 
@@ -47,7 +46,6 @@ FINDING_KINDS = ("duplicate-key", "cloned-uuid", "reprovisioned-imei", "foreign-
 _UNTRUSTED = frozenset({"json", "shape", "canonical", "signature", "keyid", "station_key",
                         "trust"})
 _MANIFEST_PROBLEMS_SHOWN = 5
-_PEM_BEGIN, _PEM_END = "-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----"
 
 
 class KeyEntry(NamedTuple):
@@ -90,17 +88,11 @@ def _digest(der: bytes) -> bytes:
 
 
 def _key_digest(pem: Any) -> bytes | None:
-    """The digest of a ``public_key_pem``'s DER: its base64 body decoded (verification made
-    sure it is the PEM the answer yields; a PEM that is not one is not inventoried)."""
-    if not isinstance(pem, str):
-        return None
-    lines = pem.strip().splitlines()
-    if len(lines) < 3 or lines[0] != _PEM_BEGIN or lines[-1] != _PEM_END:
-        return None
-    try:
-        return _digest(base64.b64decode("".join(lines[1:-1]), validate=True))
-    except binascii.Error:
-        return None
+    """The digest of a ``public_key_pem``'s DER (verification made sure it is the PEM the
+    answer yields; a PEM that is not one is not inventoried)."""
+    der = pem_der(pem, "PUBLIC KEY")
+    return None if der is None else _digest(der)
+
 
 
 def _certificate_digest(certificate: Any) -> bytes | None:

@@ -39,6 +39,7 @@ from fleet.credentials import (
     verify_keygen,
 )
 from fleet.errors import CredentialError
+from fleet.pemtext import pem_der, pem_text
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "keygen-csr-seed.json"
@@ -323,3 +324,27 @@ def test_attest_token() -> None:
     assert token.firmware_uuid == b"\x01" * 16
     with pytest.raises(CredentialError):
         parse_attest_token('%ATTESTTOKEN: "AAAA"')
+
+
+@given(der=st.binary(min_size=1, max_size=300))
+def test_pem_text_is_read_back_by_pem_der_and_only_under_its_label(der: bytes) -> None:
+    text = pem_text("PUBLIC KEY", der)
+    assert pem_der(text, "PUBLIC KEY") == der
+    assert pem_der("\n  " + text + "\n", "PUBLIC KEY") == der
+    assert pem_der(text, "CERTIFICATE REQUEST") is None
+    assert all(len(line) <= 64 for line in text.splitlines())
+
+
+def test_pem_text_is_the_pem_cryptography_writes_and_pem_der_refuses_what_is_not_pem() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    written = key.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert pem_text("PUBLIC KEY", der) == written
+    body = written.splitlines()[1]
+    for text in (None, 42, "", written.replace(body, body[:-1] + "!"),
+                 "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"):
+        assert pem_der(text, "PUBLIC KEY") is None, text

@@ -36,6 +36,7 @@ from fleet.credentials.cose import (
 )
 from fleet.credentials.der import DerError, strip_sigalg_null
 from fleet.errors import CredentialError
+from fleet.pemtext import pem_text
 
 __all__ = [
     "KEY_USAGE_NAMES",
@@ -294,16 +295,9 @@ def _answer(value: str, body: bytes, cose_raw: bytes, cose: CoseSign1, payload: 
     return KeygenAnswer(
         value=value, body=body, cose_raw=cose_raw, cose=cose, payload=payload,
         public_key=public_key, csr_info=info, body_sha256=hashlib.sha256(body).digest(),
-        public_key_der=public_der, public_key_pem=_pem("PUBLIC KEY", public_der),
-        csr_pem=None if info is None else _pem("CERTIFICATE REQUEST", info.der),
-        raw_csr_pem=None if info is None else _pem("CERTIFICATE REQUEST", body))
-
-
-def _pem(label: str, der: bytes) -> str:
-    """PEM as OpenSSL (and ``cryptography``'s ``public_bytes``) writes it: 64-column base64."""
-    b64 = base64.b64encode(der).decode("ascii")
-    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
-    return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
+        public_key_der=public_der, public_key_pem=pem_text("PUBLIC KEY", public_der),
+        csr_pem=None if info is None else pem_text("CERTIFICATE REQUEST", info.der),
+        raw_csr_pem=None if info is None else pem_text("CERTIFICATE REQUEST", body))
 
 
 def _read_csr(body: bytes) -> CsrInfo:
