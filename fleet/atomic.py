@@ -4,7 +4,8 @@ After :func:`write_atomic` returns, the file holds either the old or the new con
 if power fails at any instant, and the new name is durable (the directory fsync that labgrid's
 ``atomic_replace`` forgets). :func:`create_atomic` is the same for a file that must never replace
 an existing one (a signing key, a manifest), and :func:`create_new` says why one could not be
-made, in the error type of the caller's layer.
+made, in the error type of the caller's layer, as :func:`make_private_dir` does for the 0700
+directory that holds such files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["create_atomic", "create_new", "fsync_dir", "write_atomic"]
+__all__ = ["create_atomic", "create_new", "fsync_dir", "make_private_dir", "write_atomic"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -87,6 +88,22 @@ def create_new(path: Path, data: bytes, *, mode: int, error: Callable[[str], Exc
         raise error(f"{path} already exists: refusing to overwrite it") from None
     except OSError as exc:
         raise error(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def make_private_dir(directory: Path, *, error: Callable[[str], Exception]) -> None:
+    """Create ``directory`` (and its parents) with mode 0700 when it is missing, durably (its
+    parent is fsynced); something else in its place, or a failure, is raised as
+    ``error(message)``. A directory another process made meanwhile is used."""
+    if directory.is_dir():
+        return
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+        fsync_dir(directory.parent)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise error(f"{directory} exists and is not a directory") from None
+    except OSError as exc:
+        raise error(f"cannot create directory {directory}: {exc.strerror or exc}") from exc
 
 
 def _parent(path: Path) -> Path:

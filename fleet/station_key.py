@@ -30,7 +30,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from fleet.atomic import create_atomic, create_new, fsync_dir, write_atomic
+from fleet.atomic import create_atomic, create_new, make_private_dir, write_atomic
 from fleet.errors import ManifestError, TokenError
 from fleet.hsm.uri import Pkcs11Uri
 from fleet.regular import read_regular_file
@@ -180,19 +180,6 @@ def _private_pem(key: SigningKey) -> bytes:
     )
 
 
-def _make_dir(directory: Path) -> None:
-    if directory.is_dir():
-        return
-    try:
-        directory.mkdir(mode=0o700, parents=True)
-        fsync_dir(directory.parent)
-    except FileExistsError:
-        if not directory.is_dir():
-            raise ManifestError(f"{directory} exists and is not a directory") from None
-    except OSError as exc:
-        raise ManifestError(f"cannot create key directory {directory}: {exc}") from exc
-
-
 def init_station_key(
     out_dir: Path | str, *, name: str = "station", ed25519_key: bool = False
 ) -> StationKeyFiles:
@@ -202,7 +189,7 @@ def init_station_key(
     either file; nothing is written when either already exists.
     """
     private_path, public_path = _key_files(out_dir, name, private=True)
-    _make_dir(private_path.parent)
+    make_private_dir(private_path.parent, error=ManifestError)
     key = generate_signing_key(ed25519_key=ed25519_key)
     create_new(private_path, _private_pem(key), mode=0o600, error=ManifestError)
     create_new(public_path, public_key_pem(key).encode("ascii"), mode=0o644, error=ManifestError)
@@ -241,7 +228,7 @@ def init_token_station_key(uri: Pkcs11Uri, out_dir: Path | str, *,
         signer = TokenStationSigner(create_token_key(uri))
     except TokenError as exc:
         raise ManifestError(f"{uri}: {exc}") from exc
-    _make_dir(public_path.parent)
+    make_private_dir(public_path.parent, error=ManifestError)
     create_new(public_path, public_key_pem(signer).encode("ascii"), mode=0o644,
                error=ManifestError)
     return StationKeyFiles(private_path=None, public_path=public_path, alg=ALG_ES256,
@@ -348,7 +335,7 @@ def ensure_throwaway_key(path: Path | str) -> tuple[SigningKey, bool]:
     path = Path(path)
     if os.path.lexists(path):
         return load_signing_key(path), False
-    _make_dir(path.parent if str(path.parent) else Path("."))
+    make_private_dir(path.parent if str(path.parent) else Path("."), error=ManifestError)
     key = generate_signing_key()
     try:
         create_atomic(path, _private_pem(key), mode=0o600)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fleet import atomic
-from fleet.atomic import create_atomic, create_new, write_atomic
+from fleet.atomic import create_atomic, create_new, make_private_dir, write_atomic
 from fleet.errors import CertificateError, ManifestError
 from fleet.manifest.store import write_manifest
 from fleet.station_key import (
@@ -219,3 +219,15 @@ def test_a_file_where_the_directory_should_be_is_not_taken_for_the_target(tmp_pa
         write_manifest(tmp_path / "keys" / "run.json", {"signed": {}, "signatures": []})
     assert "names are taken" not in str(caught.value)
     assert (tmp_path / "keys").read_bytes() == b"not a directory"
+
+
+def test_make_private_dir_makes_0700_and_says_when_a_file_is_in_the_way(tmp_path: Path) -> None:
+    directory = tmp_path / "ca" / "dev"
+    make_private_dir(directory, error=CertificateError)
+    assert directory.is_dir() and _mode(directory) == 0o700
+    make_private_dir(directory, error=CertificateError)  # there already: used as it is
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(CertificateError, match=r"file exists and is not a directory"):
+        make_private_dir(tmp_path / "file", error=CertificateError)
+    with pytest.raises(ManifestError, match=r"cannot create directory .*/keys: Not a directory"):
+        make_private_dir(tmp_path / "file" / "keys", error=ManifestError)

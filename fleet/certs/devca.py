@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.atomic import create_new, fsync_dir
+from fleet.atomic import create_new, make_private_dir
 from fleet.errors import CertificateError, TokenError
 from fleet.hsm.uri import Pkcs11Uri
 
@@ -51,13 +51,7 @@ def init_dev_ca(directory: Path | str, *, common_name: str, days: int,
         if os.path.lexists(path):
             raise CertificateError(f"{path} already exists: refusing to overwrite a CA "
                                    "(choose another directory)")
-    if not directory.is_dir():
-        try:
-            directory.mkdir(mode=0o700, parents=True)
-            fsync_dir(directory.parent)
-        except OSError as exc:
-            raise CertificateError(f"cannot create {directory}: {exc.strerror or exc}"
-                                   ) from exc
+    make_private_dir(directory, error=CertificateError)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     usage = x509.KeyUsage(digital_signature=False, content_commitment=False,
                           key_encipherment=False, data_encipherment=False, key_agreement=False,
