@@ -94,7 +94,6 @@ def _key_digest(pem: Any) -> bytes | None:
     return None if der is None else _digest(der)
 
 
-
 def _certificate_digest(certificate: Any) -> bytes | None:
     pem = certificate.get("pem") if isinstance(certificate, dict) else None
     if not isinstance(pem, str):

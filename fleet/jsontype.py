@@ -20,7 +20,8 @@ def json_type(value: Any) -> str:
     name = _DECODED.get(type(value))
     if name is not None:
         return name
-    # A subclass (an IntEnum, a StrEnum, a Mapping, a tuple); None and bool have none.
+    # Any other type: a subclass of those (an IntEnum, a StrEnum) or another container (a
+    # Mapping, a tuple). None and bool have no subclasses, so the table answered them.
     if isinstance(value, int):
         return "integer"
     if isinstance(value, float):

@@ -24,8 +24,8 @@ def pem_der(text: object, label: str) -> bytes | None:
     if not isinstance(text, str):
         return None
     lines = text.strip().splitlines()
-    if len(lines) < 3 or lines[0] != f"-----BEGIN {label}-----" \
-            or lines[-1] != f"-----END {label}-----":
+    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
+    if len(lines) < 3 or lines[0] != begin or lines[-1] != end:
         return None
     try:
         return base64.b64decode("".join(lines[1:-1]), validate=True)
