@@ -309,11 +309,3 @@ class Auditor:
         return Finding(kind="foreign-certificate", detail=(
             f"the certificate of key {key.name} does not carry the key's public key: {whose}"),
             evidence=(self._evidence(seen), *(self._evidence(s) for s in owners)))
-
-
-def audit(inventories: Iterable[ManifestInventory]) -> tuple[Auditor, list[Finding]]:
-    """Every inventory into one :class:`Auditor`; its findings."""
-    auditor = Auditor()
-    for inventory in inventories:
-        auditor.add(inventory)
-    return auditor, auditor.findings()

@@ -178,10 +178,6 @@ class RetryPolicy:
         """Seconds to wait before ``attempt`` (1-based)."""
         return backoff(attempt, base=self.backoff_base, cap=self.backoff_cap)
 
-    def expired(self) -> bool:
-        """True once the device's deadline has passed."""
-        return self.clock() >= self.deadline
-
     def _late(self, state: tenacity.RetryCallState) -> bool:
         """The next try (after its wait) could not start before the deadline."""
         return self.clock() + self.wait(state.attempt_number + 1) >= self.deadline

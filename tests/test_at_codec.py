@@ -312,7 +312,6 @@ def test_modem_encode() -> None:
     assert ModemConnection.response(["+CFUN: 4"], Ok()) == b"+CFUN: 4\r\nOK\r\n"
     assert ModemConnection.response([], CmeErrorLine(code=519)) == b"+CME ERROR: 519\r\n"
     assert ModemConnection.response([], Error()) == b"ERROR\r\n"
-    assert ModemConnection.urc("%XSIM: 1") == b"%XSIM: 1\r\n"
     assert ModemConnection.frame([]) == b""
     # a lone surrogate is the raw byte a modem printed that is not UTF-8
     assert ModemConnection.frame(["mfw_\udcff", "OK"]) == b"mfw_\xff\r\nOK\r\n"

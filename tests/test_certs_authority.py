@@ -183,7 +183,6 @@ def _command_ca(tmp_path: Path, mode: str, *, timeout_s: float = 30.0,
                 with_issuer: bool = True) -> tuple[CommandCa, x509.Certificate]:
     cert_path, key_path, cert, _ = make_ca(tmp_path / "cmd", name="Script CA")
     ca = CommandCa(argv=tuple(script_ca_command(cert_path, key_path, mode)), timeout_s=timeout_s,
-                   issuer_path=cert_path if with_issuer else None,
                    issuer=cert if with_issuer else None)
     return ca, cert
 

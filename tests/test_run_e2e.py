@@ -23,10 +23,6 @@ from tests.simproc import LINES, run_sim
 TLS = 16842753
 
 
-def _keygens(commands: list[str], sec_tag: int, key_type: int) -> list[str]:
-    return [c for c in commands if c.upper().startswith(f"AT%KEYGEN={sec_tag},{key_type}")]
-
-
 @pytest.mark.parametrize("line", LINES)
 def test_32_modems_then_rerun_changes_nothing(tmp_path: Path, line: str) -> None:
     with run_sim(tmp_path, 32, *LINES[line]) as sim:

@@ -172,12 +172,6 @@ class UsbTree:
         else:
             _link(path, target)
 
-    def retarget(self, location: str, targets: Sequence[str | None]) -> None:
-        """Point the board's nodes at other ptys (a board swapped for one of the same kind
-        would show other serial numbers: see :meth:`swap`)."""
-        for node, target in zip(self.boards[location].nodes, targets, strict=True):
-            self._node(node, target)
-
     def remove_board(self, location: str) -> None:
         """Unplug the board at ``location``: its sysfs entries and nodes go."""
         board = self.boards.pop(location)

@@ -129,7 +129,6 @@ class _LineSplitter:
 
     def __init__(self, *, terminators: bytes, quote_aware: bool, max_line: int) -> None:
         self._max = max_line
-        self._quote_aware = quote_aware
         pattern = b"[" + re.escape(terminators) + (b'"' if quote_aware else b"") + b"]"
         self._special = re.compile(pattern)
         self._buf = bytearray()

@@ -97,8 +97,3 @@ class ModemConnection:
     def response(lines: Sequence[str], final: Final) -> bytes:
         """Bytes for a complete response: information lines, then the final line."""
         return ModemConnection.frame([*lines, encode_final(final)])
-
-    @staticmethod
-    def urc(text: str) -> bytes:
-        """Bytes for one unsolicited result code."""
-        return ModemConnection.frame((text,))

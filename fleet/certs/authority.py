@@ -266,7 +266,6 @@ class CommandCa:
     argv: tuple[str, ...]
     timeout_s: float = 30.0
     cwd: Path | None = None  #: the plan's directory: relative arguments are relative to it
-    issuer_path: Path | None = None
     issuer: x509.Certificate | None = field(default=None, repr=False, compare=False)
     chain: Chain | None = None
 

@@ -94,8 +94,7 @@ def build_ca(ctx: Context, where: Path_, raw: Any) -> LocalCa | CommandCa | None
             ok = False
     if not ok or command is None:
         return None
-    return CommandCa(argv=command, timeout_s=doc.timeout_s, cwd=ctx.base,
-                     issuer_path=ctx.path(doc.issuer) if doc.issuer else None, issuer=issuer,
+    return CommandCa(argv=command, timeout_s=doc.timeout_s, cwd=ctx.base, issuer=issuer,
                      chain=chain)
 
 

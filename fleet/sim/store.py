@@ -75,10 +75,6 @@ class Credential:
         if (self.content is None) == (self.private_key_pem is None):
             raise ValueError("a credential is either written (content) or generated (key)")
 
-    @property
-    def generated(self) -> bool:
-        return self.private_key_pem is not None
-
     @classmethod
     def generated_key(cls, sec_tag: int, type_: int,
                       key: ec.EllipticCurvePrivateKey) -> Credential:
