@@ -124,6 +124,8 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
     reported = outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
     if row.answer is not None and (reported or outcome is KeyOutcome.FAILED):
         try:
+            if not isinstance(row.answer, str):  # SQLite keeps what an edit stored: a BLOB
+                raise CredentialError(f"it is {type(row.answer).__name__}, not text")
             answer = parse_keygen(row.answer)
             problem = _answer_problem(answer, row, response, device_uuid)
         except CredentialError as exc:

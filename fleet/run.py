@@ -309,7 +309,8 @@ async def _finish(plan: Plan, options: RunOptions, journal: Journal, run: RunInf
         record = check_record(plan, run, seen, ended_at=ended_at)
         manifest_error = f"not written: internal error: {type(exc).__name__}: {exc}"
     if manifest_error is not None:
-        log.error("manifest not written; the next run writes it", error=manifest_error)
+        log.error("manifest not written; the journal keeps the run, and the next run writes "
+                  "it once the cause is fixed", error=manifest_error)
     status = "complete" if record.complete and manifest_error is None else "interrupted"
     try:
         await journal.finish_run(run.run_id, status=status, ended_at=ended_at)
