@@ -239,6 +239,25 @@ def test_a_database_that_is_not_a_journal_is_left_untouched(tmp_path: Path) -> N
     assert garbage.read_text() == "not a database at all\n" * 100
 
 
+def test_a_journal_of_a_schema_this_fleet_does_not_know_is_left_untouched(
+        tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(plan, journal)
+    assert code == 0, err
+    with sqlite3.connect(journal) as conn:
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    conn.close()
+    (tmp_path / "sim.log").unlink()
+    before = _fingerprint(journal)
+    for check in (["--check"], []):
+        code, doc, err = run_json(plan, journal, *check)
+        assert code == 2 and doc["failed"] is True, err
+        assert "has schema '2'" in err and "left untouched" in err, err
+        assert _fingerprint(journal) == before
+    assert not (tmp_path / "sim.log").exists()  # its simulator never started
+
+
 def test_check_writes_nothing_to_an_existing_journal(tmp_path: Path) -> None:
     plan = _plan(tmp_path)
     journal = tmp_path / "j.sqlite"

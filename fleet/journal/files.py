@@ -33,10 +33,11 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
+from fleet import __version__
 from fleet.atomic import create_atomic
 from fleet.errors import JournalError
 from fleet.journal.records import utc_now
-from fleet.journal.schema import SCHEMA, migrate
+from fleet.journal.schema import SCHEMA, SCHEMA_VERSION, migrate
 
 __all__ = ["open_database", "runs_of_plan"]
 
@@ -103,7 +104,7 @@ def runs_of_plan(path: Path, *, station: str, plan_sha256: str, plan_path: str) 
 
 
 def _identity(station: str | None, plan: str | None) -> list[tuple[str, str]]:
-    rows = [("schema", "1"), ("created_at", utc_now())]
+    rows = [("schema", SCHEMA_VERSION), ("created_at", utc_now())]
     if station is not None:
         rows.append(("station", station))
     if plan is not None:
@@ -191,7 +192,7 @@ def _connect(real: Path, shown: Path, *, create: bool,
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
         migrate(conn)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', '1')")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         if station is not None:  # a journal made before journals recorded it: this station's
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('station', ?)", (station,))
     except sqlite3.DatabaseError as exc:
@@ -216,6 +217,12 @@ def _check_identity(conn: sqlite3.Connection, shown: Path, station: str | None) 
             f"{shown} is an SQLite database but not a fleet journal (no fleet schema; tables: "
             f"{found}); it was left untouched. Name this plan's journal with {_ELSEWHERE}, "
             "or move that file away")
+    if meta["schema"] != SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {shown} has schema {meta['schema']!r}, which this fleet ({__version__}, "
+            f"schema {SCHEMA_VERSION!r}) does not know: a newer fleet made it, or it was "
+            "changed outside fleet; it was left untouched. Run the fleet that made it, or name "
+            f"this plan's journal with {_ELSEWHERE}")
     if station is None:
         return
     made_for = meta.get("station")

@@ -59,6 +59,12 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
+#: The ``schema`` row of a journal's ``meta`` table. Journals of earlier versions are brought up
+#: to date by :func:`migrate` (they all say "1"); a journal that says anything else was made by
+#: a version of fleet that this one does not know, and is refused.
+SCHEMA_VERSION = "1"
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns later versions use to a journal made by an earlier one."""
     have = _columns(conn, "keys")
