@@ -22,6 +22,8 @@ PRE = KeyState(state="pre-existing")
 CAPTURED_THEN_PENDING = KeyState(state="captured", answer="old.cose",
                                  pending=PendingIntent(step_id=9, present_before=False))
 DELETED = KeyState(state="deleted")
+RECORDED = "A" * 64  #: the SHA-256 the journal recorded for the captured key
+CAPTURED_SHA = KeyState(state="captured", answer="body.cose", cmng_sha=RECORDED)
 
 CLIENT = [
     # present, journal, if_exists -> action, outcome
@@ -43,6 +45,29 @@ CLIENT = [
     (True, PRE, "replace", Action.REPLACE, KeyOutcome.GENERATED),
     (True, DELETED, "fail", Action.FAIL, KeyOutcome.FAILED),
 ]
+
+
+@pytest.mark.parametrize(("listed", "action", "outcome"), [
+    (RECORDED, Action.NOTHING, KeyOutcome.UNCHANGED),
+    (None, Action.NOTHING, KeyOutcome.UNCHANGED),  # a listing without the SHA column
+    ("B" * 64, Action.FAIL, KeyOutcome.FAILED),
+])
+@pytest.mark.parametrize("if_exists", ["keep", "replace", "fail"])
+def test_a_client_key_listed_with_another_sha_is_not_the_captured_one(
+        listed: str | None, action: Action, outcome: KeyOutcome, if_exists: str) -> None:
+    decision = decide_client_key(present=True, journal=CAPTURED_SHA, if_exists=if_exists,
+                                 listed_sha=listed)
+    assert (decision.action, decision.outcome) == (action, outcome)
+    assert not decision.deletes
+    if action is Action.FAIL:
+        assert RECORDED in decision.reason and "AT%CMNG=3" in decision.reason
+
+
+def test_an_endorsement_key_listed_with_another_sha_is_captured_again() -> None:
+    again = decide_endorsement_key(present=True, journal=CAPTURED_SHA, listed_sha="B" * 64)
+    assert (again.action, again.outcome) == (Action.CAPTURE, KeyOutcome.CHANGED)
+    same = decide_endorsement_key(present=True, journal=CAPTURED_SHA, listed_sha=RECORDED)
+    assert same.action is Action.NOTHING
 
 
 @pytest.mark.parametrize(("present", "journal", "if_exists", "action", "outcome"), CLIENT)

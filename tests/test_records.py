@@ -253,6 +253,36 @@ def test_a_device_uuid_known_under_another_imei_stops_the_slot_before_any_write(
         _manifest(document)
 
 
+def test_a_key_replaced_behind_fleets_back_is_never_reported_with_the_old_csr(
+        tmp_path: Path) -> None:
+    with run_sim(tmp_path, 1) as sim:
+        plan = write_plan(tmp_path, ports=_ports(tmp_path))
+        journal = tmp_path / "j.sqlite"
+        for _ in range(2):  # the first run makes the keys, the second records their SHA-256
+            code, document, err = run_json(plan, journal)
+            assert code == 0, err
+        first = {k["name"]: k for k in document["devices"][0]["keys"]}
+        port = open_port(sim.ports[0])
+        try:  # both keys made again with plain pyserial
+            for line in ("AT+CFUN=4", f"AT%CMNG=3,{TLS},2", f"AT%KEYGEN={TLS},2,0",
+                         "AT%CMNG=3,33,8", "AT%KEYGEN=33,8"):
+                assert command(port, line)[-1] == "OK", line
+        finally:
+            port.close()
+        before = len(sim.log_lines())
+        code, document, err = run_json(plan, journal)
+        assert code == 1, err
+        signed = _manifest(document)
+        for devices in (document["devices"], signed["devices"]):
+            keys = {k["name"]: k for k in devices[0]["keys"]}
+            assert keys["tls"]["outcome"] == "failed" and keys["tls"]["csr_pem"] is None
+            assert "not the one fleet made" in keys["tls"]["error"]
+            assert keys["endorsement"]["outcome"] == "changed"
+            assert keys["endorsement"]["public_key_pem"] != first["endorsement"]["public_key_pem"]
+        sent = [r["command"].upper() for r in sim.log_lines()[before:]]
+        assert not [c for c in sent if c.startswith((f"AT%KEYGEN={TLS}", "AT%CMNG=3"))], sent
+
+
 def test_replace_then_failing_keygen_records_the_deletion(tmp_path: Path) -> None:
     with run_sim(tmp_path, 1) as sim:
         _make_key_behind_fleets_back(sim.ports[0], TLS)

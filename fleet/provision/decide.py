@@ -13,6 +13,8 @@ Client key (type 2):
 present    journal                                               action       outcome
 =========  ====================================================  ===========  ============
 yes        answer captured                                       NOTHING      unchanged
+yes        answer captured, but the listing's SHA-256 is not     FAIL         failed
+           the one recorded for it (another key is there)
 yes        unresolved %KEYGEN intent, key absent before it       RECOVER      recovered
 yes        anything else (the key predates fleet)                if_exists:   keep ->
                                                                  KEEP/         pre-existing,
@@ -22,8 +24,14 @@ no         anything                                              GENERATE     ge
 =========  ====================================================  ===========  ============
 
 Endorsement key (type 8): %KEYGEN returns the existing key when there is one, so it is always safe
-to send. When the journal holds the captured answer and the device still lists the key, nothing is
-sent; otherwise CAPTURE, and :func:`endorsement_outcome` compares the answer with the journal.
+to send. When the journal holds the captured answer and the device still lists the key (with the
+SHA-256 recorded for it, when one was), nothing is sent; otherwise CAPTURE, and
+:func:`endorsement_outcome` compares the answer with the journal.
+
+``listed_sha`` is the SHA-256 column the device's ``%CMNG`` listing shows for the key (None: no
+column, or no key). The journal records it the first time a captured key is listed; a later
+listing that shows another one means the key there is not the one whose answer the journal
+holds, so the answer is not reported for it.
 """
 
 from __future__ import annotations
@@ -68,7 +76,13 @@ class Decision:
         return self.outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED)
 
 
-def decide_client_key(*, present: bool, journal: KeyState, if_exists: str) -> Decision:
+def _sha_changed(journal: KeyState, listed_sha: str | None) -> bool:
+    """The device lists another SHA-256 for the key than the journal recorded for it."""
+    return bool(listed_sha and journal.cmng_sha and listed_sha != journal.cmng_sha)
+
+
+def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
+                      listed_sha: str | None = None) -> Decision:
     """The decision for a client private key (%KEYGEN key_type 2)."""
     if present:
         # An unresolved %KEYGEN for a key that was absent comes first: the key there now may be
@@ -78,6 +92,16 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str) -> De
                 action=Action.RECOVER, outcome=KeyOutcome.RECOVERED,
                 reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made this key but "
                 "its answer was never captured, so nobody can hold its CSR: delete and generate",
+            )
+        if journal.state == "captured" and journal.answer and _sha_changed(journal, listed_sha):
+            # Its CSR cannot be read back: the record must not show the captured one for it,
+            # and a key that may be the captured one is never deleted on this evidence alone.
+            return Decision(
+                action=Action.FAIL, outcome=KeyOutcome.FAILED,
+                reason=f"the key in this sec_tag is not the one fleet made: the modem lists its "
+                f"SHA-256 as {listed_sha}, the journal recorded {journal.cmng_sha} for the key "
+                "whose CSR it holds (replaced with another tool?); nothing was sent. Delete it "
+                "with AT%CMNG=3 to have the next run generate a new one",
             )
         if journal.state == "captured" and journal.answer:
             return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
@@ -102,13 +126,18 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str) -> De
                     reason="no key in this sec_tag")
 
 
-def decide_endorsement_key(*, present: bool, journal: KeyState) -> Decision:
+def decide_endorsement_key(*, present: bool, journal: KeyState,
+                           listed_sha: str | None = None) -> Decision:
     """The decision for an endorsement key (%KEYGEN key_type 8)."""
     if present and journal.pending is not None and not journal.pending.present_before:
         return Decision(action=Action.CAPTURE, outcome=KeyOutcome.GENERATED,
                         reason=f"an earlier %KEYGEN (step {journal.pending.step_id}) made "
                         "this key but its answer was never captured: capture it now")
     if present and journal.state == "captured" and journal.answer:
+        if _sha_changed(journal, listed_sha):
+            return Decision(action=Action.CAPTURE, outcome=KeyOutcome.CHANGED,
+                            reason="the modem lists another SHA-256 for the key than the "
+                            "journal recorded: capture it again and compare")
         return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
                         reason="key present and its answer is in the journal")
     if present and journal.state != "captured":

@@ -299,20 +299,16 @@ class _Flow(DeviceWork):
             state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
         if key.type is KeyType.CLIENT_KEY:
             decision = decide_client_key(present=present, journal=state,
-                                         if_exists=str(key.if_exists))
+                                         if_exists=str(key.if_exists), listed_sha=sha)
         else:
-            decision = decide_endorsement_key(present=present, journal=state)
+            decision = decide_endorsement_key(present=present, journal=state, listed_sha=sha)
         self.log.debug("decision", key=key.name, action=decision.action, reason=decision.reason)
         if self.job.check:
             return self._planned(key, decision)
         if decision.action is Action.NOTHING:
-            if sha and sha != state.cmng_sha:
+            if sha and not state.cmng_sha:  # the first listing of the captured key
                 await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
                                                     key_type=key.type.code, sha=sha)
-                if state.cmng_sha:
-                    self.log.warning("the key's SHA column changed since it was recorded",
-                                     key=key.name, sec_tag=key.sec_tag, was=state.cmng_sha,
-                                     now=sha)
             if self.dev.device_uuid is None:
                 failed = await self._claim_stored(key, state)
                 if failed is not None:
