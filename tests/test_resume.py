@@ -203,9 +203,11 @@ def test_two_concurrent_runs_on_one_journal(tmp_path: Path) -> None:
             assert second.returncode == 2, second.stderr
             assert "in use by another fleet run" in second.stderr
             assert "nothing was sent" in second.stderr
-            # The second run sent nothing: only the first run's commands continue.
+            # The second run sent nothing: a run that sends probes all twelve ports at once,
+            # while the first, one board at a time, reaches one or two more in the meantime
+            # (more on a loaded machine than on a quiet one).
             new = sim.log_lines()[commands_before:]
-            assert not [r for r in new if r.get("command", "").upper().startswith("AT+CGSN")]
+            assert len({r["modem"] for r in new if "command" in r}) <= 2, new
             assert proc.poll() is None, "the first run ended before the second was refused"
         finally:
             proc.send_signal(signal.SIGTERM)
