@@ -101,7 +101,7 @@ def test_a_plan_without_attestation_token_reads_none_and_records_none(tmp_path: 
     assert doc["devices"][0]["attestation_token"] is None
 
 
-def test_an_nrf9160_is_provisioned_with_one_warning_that_says_what_it_means(
+def test_an_nrf9160_is_provisioned_with_one_info_line_that_says_what_it_means(
         tmp_path: Path) -> None:
     plan = write_plan(tmp_path, ports="sim://0",
                       extra="simulator: {state: sim.json, log: sim.log, model: nrf9160}\n")
@@ -109,10 +109,12 @@ def test_an_nrf9160_is_provisioned_with_one_warning_that_says_what_it_means(
     assert code == 0, err
     assert doc["devices"][0]["outcome"] == "done"
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    warnings = [e for e in events if e["level"] == "warning" and e.get("slot") == "slot0"]
-    assert len(warnings) == 1, warnings
-    assert warnings[0]["event"].startswith("%ATTESTTOKEN refused (an nRF9160")
-    assert "nothing to do unless this modem should have %ATTESTTOKEN" in warnings[0]["event"]
+    mine = [e for e in events if e.get("slot") == "slot0"]
+    assert not [e for e in mine if e["level"] in ("warning", "error")], mine
+    refused = [e for e in mine if e["event"].startswith("%ATTESTTOKEN refused")]
+    assert len(refused) == 1 and refused[0]["level"] == "info", refused
+    assert "needs an nRF91x1 modem" in refused[0]["event"]
+    assert "told only by the device UUID in its %KEYGEN answers" in refused[0]["event"]
 
 
 @pytest.mark.forged_manifests("swapped*.json")

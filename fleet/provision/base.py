@@ -48,7 +48,7 @@ from fleet.errors import (
     TransportError,
 )
 from fleet.journal import Journal
-from fleet.nrf91 import ACTIVE_MODES
+from fleet.nrf91 import ACTIVE_MODES, attestation_problem
 from fleet.openers import describe, fresh
 from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
@@ -249,11 +249,13 @@ class DeviceWork:
             answer = await self.session.command(Command.action("%ATTESTTOKEN"),
                                                 timeout=self.settings.timeout_s)
         except CommandError as exc:
-            self.log.warning(
-                "%ATTESTTOKEN refused (an nRF9160, or modem firmware before 2.0.0): whether this "
+            # Expected of an nRF9160 or older firmware (an info line); a warning only where the
+            # model and firmware should have the command.
+            lacks = attestation_problem(self.dev.model, self.dev.firmware)
+            (self.log.info if lacks else self.log.warning)(
+                f"%ATTESTTOKEN refused ({lacks or 'this modem should offer it'}): whether this "
                 "is the board the journal knows under this IMEI or a clone is told only by the "
-                "device UUID in its %KEYGEN answers, after the write; nothing to do unless this "
-                "modem should have %ATTESTTOKEN", error=str(exc))
+                "device UUID in its %KEYGEN answers, after the write", error=str(exc))
             return None
         try:
             token = parse_attest_token(answer.first("%ATTESTTOKEN:"))
