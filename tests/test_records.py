@@ -489,6 +489,36 @@ def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> 
     assert document["devices"][0]["keys"][0]["outcome"] == "unchanged"
 
 
+def test_a_clone_without_attestation_never_takes_the_real_boards_keys(tmp_path: Path) -> None:
+    # An nRF9160 refuses %ATTESTTOKEN: only its %KEYGEN answer tells a clone from the board the
+    # journal knows. That answer must not cost the real board its captured key.
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+                      extra="simulator: {state: sim.json, log: sim.log}\n")
+    journal = tmp_path / "j.sqlite"
+    code, document, err = run_json(plan, journal)
+    assert code == 0, err
+    first = _manifest(document)["devices"][0]
+    real_board = (tmp_path / "sim.json").read_text()
+    imei = first["imei"]
+    _swap_board(tmp_path / "sim.json", 0, imei)  # a clone: the same IMEI, another board
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err
+    device = _manifest(document)["devices"][0]
+    assert device["outcome"] == "failed" and "another board with the same IMEI" in device["error"]
+    assert device["device_uuid"] == first["device_uuid"]
+    clone = json.loads((tmp_path / "sim.json").read_text())["modems"][0]
+    assert len(clone["credentials"]) == 1  # its one %KEYGEN: no retry, no delete
+    (tmp_path / "sim.json").write_text(real_board)  # the real board comes back
+    log = tmp_path / "sim.log"
+    log.write_text("")
+    code, document, err = run_json(plan, journal)
+    assert code == 0, err
+    key = _manifest(document)["devices"][0]["keys"][0]
+    assert key["outcome"] == "unchanged" and key["csr_pem"] == first["keys"][0]["csr_pem"]
+    sent = [json.loads(line)["command"] for line in log.read_text().splitlines()]
+    assert not [c for c in sent if c.startswith(("AT%KEYGEN", "AT%CMNG=3"))], sent
+
+
 def test_a_damaged_device_uuid_in_the_journal_is_reported_not_a_traceback(
         tmp_path: Path) -> None:
     plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",

@@ -233,6 +233,28 @@ def test_an_answer_with_a_corrupted_device_uuid_loses_its_capture(tmp_path: Path
         "tls": "unchanged", "endorsement": "unchanged"}
 
 
+def test_answers_that_disagree_on_the_device_uuid_stop_a_modem_without_attestation(
+        tmp_path: Path) -> None:
+    """An nRF9160 has no %ATTESTTOKEN: its first answer gives the device UUID. When a later
+    answer carries another one (here the first was corrupted: keygen-bad-uuid on it alone),
+    fleet cannot tell a clone from a corrupted answer: the device stops at once, saying so,
+    and no key is made and deleted again and again, in this run or the next."""
+    simulator = "simulator: {state: sim.json, log: sim.log, model: nrf9160%s}\n"
+    journal = tmp_path / "j.sqlite"
+    for faults in (", faults: ['keygen-bad-uuid:1:1']", ""):  # then the next run, fault-free
+        plan = write_plan(tmp_path, ports="sim://0", extra=simulator % faults)
+        code, document, err = run_json(plan, journal)
+        assert code == 1, err
+        device = document["devices"][0]
+        assert device["outcome"] == "failed"
+        assert "another board with the same IMEI" in device["error"]
+        assert "or a corrupted answer" in device["error"]
+    sent = [json.loads(line).get("command", "") for line in
+            (tmp_path / "sim.log").read_text().splitlines()]
+    assert [c for c in sent if c.startswith("AT%KEYGEN=33,")] == ["AT%KEYGEN=33,8"] * 2
+    assert not [c for c in sent if c.startswith("AT%CMNG=3")], sent
+
+
 def test_a_failed_listing_prefetch_is_recovered_before_the_attestation_read(
         tmp_path: Path) -> None:
     """The one AT%CMNG=1 listing is read while the journal records the device; when it fails

@@ -295,6 +295,41 @@ class Journal(CertJournal):
 
         return await self._execute(op)
 
+    async def another_boards_answer(self, step_id: int, *, answer: str, error: str,
+                                    previous: KeyState) -> None:
+        """A ``keygen`` step answered by another board than the one the journal knows under its
+        IMEI: the step's outcome is ``unknown`` (that board may hold a new key), and the key's
+        state goes back to ``previous``, what it was before the step's intent. Nothing of the
+        other board is kept as the IMEI's: a captured answer of the real board stays captured,
+        and no pending intent is left for a later run to take as the real board's (it would
+        delete a key it had never made)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = utc_now()
+            row = conn.execute("SELECT imei, sec_tag, type FROM steps WHERE id = ? AND "
+                               "action = 'keygen'", (step_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"no keygen step {step_id}")
+            conn.execute("UPDATE steps SET outcome = 'unknown', answer = ?, error = ?, "
+                         "done_at = ? WHERE id = ?", (answer, error, now, step_id))
+            if previous.state is None:  # the intent made the row
+                conn.execute("DELETE FROM keys WHERE imei = ? AND sec_tag = ? AND type = ?", row)
+                return
+            pending = previous.pending
+            conn.execute(
+                "UPDATE keys SET state = ?, answer = ?, cmng_sha = ?, csr_pem = ?, "
+                "public_key_pem = ?, cose_payload = ?, pending_step = ?, "
+                "pending_present_before = ?, updated_at = ? WHERE imei = ? AND sec_tag = ? "
+                "AND type = ?",
+                (str(previous.state), previous.answer, previous.cmng_sha, previous.csr_pem,
+                 previous.public_key_pem,
+                 json.dumps(previous.cose_payload, sort_keys=True)
+                 if previous.cose_payload else None,
+                 pending.step_id if pending else None,
+                 1 if pending and pending.present_before else 0, now, *row))
+
+        await self._execute(op)
+
     async def suspect_capture(self, *, imei: str, sec_tag: int, key_type: int,
                               reason: str) -> None:
         """Take back the capture of a key whose answer turned out wrong (its device UUID could

@@ -36,6 +36,7 @@ import anyio
 from fleet.at import Command
 from fleet.credentials import (
     CredentialType,
+    KeygenAnswer,
     parse_cmng_list,
     parse_keygen,
     verify_keygen,
@@ -342,7 +343,25 @@ class _Flow(DeviceWork):
             await self._delete(key, key.type.code, attempt, decision.reason)
         return await self._keygen(key, decision, attempt, args, command,
                                   present_before=present and not decision.deletes,
-                                  journal_public_key=state.public_key_pem)
+                                  previous=state)
+
+    def _another_board(self, answer: KeygenAnswer) -> str | None:
+        """Why ``answer`` comes from another board than the one the journal knows under this
+        IMEI, or None. Only a device the journal holds a UUID for, and whose board
+        ``%ATTESTTOKEN`` could not confirm before the write, is told apart this late: its
+        answer carries another device UUID (a clone with the same IMEI, or an answer
+        corrupted past every local check: fleet cannot tell which, so it stops either way)."""
+        known = self.dev.device_uuid
+        if known is None or self.dev.attested_uuid is not None:
+            return None
+        carried = str(answer.payload.device_uuid)
+        if carried == known:
+            return None
+        return (f"this board's %KEYGEN answer carries device UUID {carried}, not {known}, the "
+                f"one the journal holds for IMEI {self.dev.imei}: another board with the same "
+                "IMEI (a cloned module or an unprogrammed IMEI?), or a corrupted answer. Its "
+                f"answer is not recorded for IMEI {self.dev.imei}, and the journal keeps what it "
+                "held for that IMEI's keys; check which board this is before running it again")
 
     async def _has_client_certificate(self, key: KeySpec) -> bool:
         answer = await self.session.command(Command.set("%CMNG", 1, key.sec_tag, _CLIENT_CERT),
@@ -368,7 +387,9 @@ class _Flow(DeviceWork):
 
     async def _keygen(self, key: KeySpec, decision: Decision, attempt: int,
                       args: tuple[Any, ...], command: Command, *, present_before: bool,
-                      journal_public_key: str | None) -> KeyRecord:
+                      previous: KeyState) -> KeyRecord:
+        """The ``%KEYGEN``, its answer verified and captured. ``previous``: what the journal held
+        for the key before this attempt."""
         self.step(f"{key.name}: keygen")
         try:
             step_id, answer = await self.write(
@@ -382,6 +403,12 @@ class _Flow(DeviceWork):
         self.step(f"{key.name}: verify")
         try:
             parsed = parse_keygen(answer.first("%KEYGEN:"))
+            another = self._another_board(parsed)
+            if another is not None:
+                await self.job.journal.another_boards_answer(
+                    step_id, answer=parsed.value, error=another, previous=previous)
+                await self.save_key(key, self._failed(key, another, attempt))
+                raise DeviceLost(another)
             verify_keygen(parsed, self.expectation(key, args, parsed))
         except (CredentialError, RemoteProtocolError) as exc:
             await self.job.journal.outcome(step_id, outcome="unknown",
@@ -391,7 +418,8 @@ class _Flow(DeviceWork):
         derived = derived_fields(parsed)  # for the journal and the record alike
         outcome = decision.outcome
         if key.type is KeyType.ENDORSEMENT_KEY:
-            outcome = endorsement_outcome(decision=decision, journal_public_key=journal_public_key,
+            outcome = endorsement_outcome(decision=decision,
+                                          journal_public_key=previous.public_key_pem,
                                           new_public_key=derived["public_key_pem"])
         # The key's result in the run goes into the same journal transaction as the capture
         # (a certificate step after it can only make it a failure), and so does the device's
