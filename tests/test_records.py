@@ -489,6 +489,24 @@ def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> 
     assert document["devices"][0]["keys"][0]["outcome"] == "unchanged"
 
 
+def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
+        tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0",
+                      extra="simulator: {state: sim.json, log: sim.log, model: nrf9151}\n")
+    journal = tmp_path / "j.sqlite"
+    code, document, err = run_json(plan, journal)
+    assert code == 0, err
+    state = json.loads((tmp_path / "sim.json").read_text())
+    state["modems"][0]["device_uuid"] = str(uuid.uuid4())  # the same IMEI and credentials
+    (tmp_path / "sim.json").write_text(json.dumps(state))
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err
+    for devices in (document["devices"], _manifest(document)["devices"]):
+        assert devices[0]["outcome"] == "failed"
+        assert "another board with the same IMEI" in devices[0]["error"]
+        assert "unchanged" not in [k["outcome"] for k in devices[0]["keys"]]
+
+
 def test_a_clone_without_attestation_never_takes_the_real_boards_keys(tmp_path: Path) -> None:
     # An nRF9160 refuses %ATTESTTOKEN: only its %KEYGEN answer tells a clone from the board the
     # journal knows. That answer must not cost the real board its captured key.

@@ -161,6 +161,11 @@ class _Flow(DeviceWork):
                                                                  self.dev.attested_uuid)
                 if owner is not None:
                     raise DeviceLost(self.uuid_clash(self.dev.attested_uuid, owner))
+        elif not self.job.check and attestation_problem(model, identity.firmware) is None:
+            # A board that can say which it is says so in every run, also one with nothing to
+            # write: the record's device UUID is confirmed, and a clone with the journal's keys
+            # copied (the same IMEI and listing) is never reported as the journal's board.
+            await self.confirm_board()
         if self.settings.attestation_token:
             await self._keep_attestation_token()
 
