@@ -165,6 +165,18 @@ def test_only(tmp_path: Path) -> None:
     assert main(["plan", "check", "--only", "slot7", str(path)]) == 2
 
 
+def test_only_naming_a_malformed_port_is_a_plan_error(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(PLAN)
+    for item in ("", "slot0 ", "usb:", "socket://x:0", "sim://a", "a\nb"):
+        result = fleet("plan", "check", "--json", "--only", item, str(path))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        errors = json.loads(result.stdout)["errors"]
+        assert len(errors) == 1
+        assert f"--only {item!r} is neither the name nor the port of a slot" in errors[0]
+
+
 def test_example_plan_checks_without_the_devices() -> None:
     result = fleet("plan", "check", "--no-expand", "plans/example.yaml")
     assert result.returncode == 0, result.stderr

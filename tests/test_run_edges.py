@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from fleet.credentials import parse_keygen
 from fleet.plan import load_plan
@@ -124,6 +125,20 @@ def test_only_may_be_repeated_and_keeps_the_run_open(tmp_path: Path) -> None:
         outcomes = {d["slot"]: [k["outcome"] for k in d["keys"]]
                     for d in full["signed"]["devices"]}
         assert outcomes == {f"slot{i}": ["generated", "generated"] for i in range(3)}
+
+
+@pytest.mark.parametrize("item", ["", "slot0 ", "usb:", "socket://x:0", "sim://a", "a\nb"])
+def test_only_naming_a_malformed_port_is_a_plan_error_like_an_unknown_slot(
+        tmp_path: Path, item: str) -> None:
+    plan = write_plan(tmp_path, ports="sim://0-1")
+    journal = tmp_path / "j.sqlite"
+    unknown_code, unknown, _ = run_json(plan, journal, "--only", "nosuch")
+    code, doc, err = run_json(plan, journal, "--only", item)
+    assert (code, unknown_code) == (2, 2), err
+    assert "Traceback" not in err
+    assert f"--only {item!r} is neither the name nor the port of a slot" in doc["error"]
+    assert {**doc, "error": None} == {**unknown, "error": None}
+    assert not journal.exists()
 
 
 def test_unusable_journal_path_exits_2_with_a_json_document(tmp_path: Path) -> None:

@@ -265,11 +265,23 @@ def _only(ctx: Context, slots: list[Slot], only: Sequence[str]) -> tuple[Slot, .
         return tuple(slots)
     wanted: set[str] = set()
     for item in only:
+        identity, not_a_port = _only_identity(item)
         found = [s.name for s in slots
-                 if item in (s.name, s.port) or port_identity(item) == port_identity(s.port)]
+                 if item in (s.name, s.port) or identity == port_identity(s.port)]
         if not found:
             names = ", ".join(s.name for s in slots) or "none"
+            why = f"; {not_a_port}" if not_a_port else ""
             ctx.at(("slots",), f"--only {item!r} is neither the name nor the port of a slot "
-                               f"(slots: {names})", key=True)
+                               f"(slots: {names}){why}", key=True)
         wanted.update(found)
     return tuple(s for s in slots if s.name in wanted)
+
+
+def _only_identity(item: str) -> tuple[str | None, str | None]:
+    """``(port identity, None)`` of an ``--only`` item, or ``(None, reason)`` when it is not a
+    well-formed port: it can still be a slot's name, and when it is neither, the user is told
+    both that and why it is no port."""
+    try:
+        return port_identity(item), None
+    except ValueError as exc:
+        return None, str(exc)
