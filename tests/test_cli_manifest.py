@@ -165,6 +165,25 @@ def test_verify_usage_errors_exit_2(station: Path, tmp_path: Path, content: str 
     assert f"{good}: OK" in result.stdout
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    (b"\xef\xbb\xbf{}", "not JSON (it starts with a UTF-8 byte order mark: save the file "
+                          "without one)"),
+    ("{}".encode("utf-16"), "not UTF-8 text (invalid start byte at byte 0; JSON is UTF-8)"),
+    (b'{"a": ' + b"1" * 5000 + b"}", "not JSON (an integer is too long: more than 4300 digits)"),
+], ids=["byte-order-mark", "utf-16", "long-integer"])
+def test_verify_text_that_is_no_json_manifest_exits_2(tmp_path: Path, data: bytes,
+                                                      message: str) -> None:
+    path = tmp_path / "m.json"
+    path.write_bytes(data)
+    result = fleet("verify", path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"{path}: {message}\n"
+    result = fleet("verify", "--json", path)
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["manifests"] == [
+        {"path": str(path), "ok": False, "usage_error": message}]
+
+
 def test_verify_private_key_as_pubkey_exit_2(station: Path) -> None:
     path = _manifest(station, "privkey.json")
     result = fleet("verify", path, "--pubkey", station / "keys" / "station.pem")

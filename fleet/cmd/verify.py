@@ -6,7 +6,8 @@ embedded ``%KEYGEN`` answer is checked again (see :mod:`fleet.manifest.verify`).
 checked with the key embedded in the manifest and a WARNING says the signer was not checked.
 
 Exit 0 only when every manifest passes; 1 when any check fails (one ``<manifest>: <where>:
-<reason>`` line per failure); 2 for a usage error (unreadable file, not JSON, bad --pubkey).
+<reason>`` line per failure); 2 for a usage error (unreadable file, not JSON text in UTF-8, bad
+--pubkey).
 """
 
 from __future__ import annotations

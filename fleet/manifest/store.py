@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -88,28 +89,46 @@ def nesting_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
             f"{where.lstrip('.')}...)")
 
 
-def json_syntax_problem(data: bytes) -> str | None:
-    """``"not JSON (...)"`` when ``data`` is no JSON text at all (a usage error for the
-    commands), else ``None`` (JSON nested too deeply is JSON: :func:`load_document` refuses it
-    as a manifest)."""
+def _parse(data: bytes | str, **hooks: Any) -> Any:
+    """``json.loads`` of a manifest file's contents, as UTF-8 text without a byte order mark;
+    ``ManifestError`` says why they are no JSON text. The one parse both
+    :func:`json_syntax_problem` and :func:`load_document` use, so that what the commands take
+    for JSON is exactly what the strict read parses (``json.loads`` of bytes would also take
+    UTF-16 or a BOM); the hooks raise their own errors."""
     try:
-        json.loads(data)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"not UTF-8 text ({exc.reason} at byte {exc.start}; JSON is "
+                            "UTF-8)") from exc
+    if text.startswith("\ufeff"):
+        raise ManifestError("not JSON (it starts with a UTF-8 byte order mark: save the file "
+                            "without one)")
+    try:
+        return json.loads(text, **hooks)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"not JSON ({exc})") from exc
+    except ValueError as exc:  # what else it raises: a number too long for int()
+        raise ManifestError(f"not JSON (an integer is too long: more than "
+                            f"{sys.get_int_max_str_digits()} digits)") from exc
+
+
+def json_syntax_problem(data: bytes) -> str | None:
+    """``"not JSON (...)"`` (or ``"not UTF-8 text (...)"``) when ``data`` is no JSON text at
+    all (a usage error for the commands), else ``None`` (JSON nested too deeply is JSON:
+    :func:`load_document` refuses it as a manifest)."""
+    try:
+        _parse(data)
     except RecursionError:
         return None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        return f"not JSON ({exc})"
+    except ManifestError as exc:
+        return str(exc)
     return None
 
 
 def load_document(data: bytes | str) -> dict[str, Any]:
     """Parse a manifest strictly (see the module docstring); ``ManifestError`` says why not."""
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"not UTF-8 text ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"not JSON ({exc})") from exc
+        value = _parse(data, object_pairs_hook=_pairs, parse_constant=_constant)
     except RecursionError as exc:  # the parser's own guard, far beyond MAX_DEPTH
         raise ManifestError(f"nested too deeply: more than {MAX_DEPTH} levels of objects and "
                             "arrays") from exc
