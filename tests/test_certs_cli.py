@@ -142,6 +142,16 @@ def test_export_refuses_a_manifest_that_does_not_verify(tmp_path: Path, ca: Loca
     assert unchecked.returncode == 0 and "WARNING" in unchecked.stderr
 
 
+def test_export_of_a_key_no_manifest_has_is_a_usage_error(tmp_path: Path, ca: LocalCa) -> None:
+    path, pub = _manifest(tmp_path, (_certified(device_record(1), ca),))
+    assert fleet("export", "nrfcloud", path, "--pubkey", pub, "--key", "tls").returncode == 0
+    names = sorted(k.name for k in device_record(1).keys)
+    result = fleet("export", "nrfcloud", path, "--pubkey", pub, "--key", "nosuch")
+    assert result.returncode == 2 and result.stdout == ""
+    assert (f"fleet export nrfcloud: --key 'nosuch': no device in the manifest(s) has a key of "
+            f"that name (their keys: {', '.join(names)}); nothing exported") in result.stderr
+
+
 def test_verify_checks_the_certificate(ca: LocalCa) -> None:
     device = _certified(device_record(1), ca)
     key = generate_signing_key()

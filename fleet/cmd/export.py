@@ -8,7 +8,8 @@ the devices left out are named on stderr. An export that would not be correct (t
 one device id, a cell a spreadsheet would run as a formula...: :mod:`fleet.certs.nrfcloud`) is
 refused the same way: exit 1, every device concerned and the reason on stderr, nothing on
 stdout. Exit 2 for a usage error (an unreadable or non-JSON manifest, a bad option or --pubkey,
-a --subtype or --tags value a spreadsheet would run as a formula).
+a --subtype or --tags value a spreadsheet would run as a formula, a --key that no device of the
+manifests has).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fleet import exitcodes
 from fleet.certs.nrfcloud import (
@@ -116,6 +119,11 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
         documents.append((str(path), document))
     if failed:
         return exitcodes.FAILED
+    if args.key is not None and args.key not in (names := _key_names(documents)):
+        print(f"{prog}: --key {args.key!r}: no device in the manifest(s) has a key of that "
+              f"name (their keys: {', '.join(sorted(names)) or 'none'}); nothing exported",
+              file=sys.stderr)
+        return exitcodes.USAGE
     try:
         rows, warnings = export_rows(documents, export_format=args.format,
                                      device_id=args.device_id, subtype=subtype, tags=tags,
@@ -133,3 +141,18 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
     sys.stdout.write(out.getvalue())
     print(f"{prog}: {len(rows)} device(s) exported", file=sys.stderr)
     return exitcodes.OK
+
+
+def _key_names(documents: list[tuple[str, Any]]) -> set[str]:
+    """The plan key names the devices of the (verified) manifests record: a ``--key`` none of
+    them has is a mistyped option, not a device without that certificate."""
+    names = set()
+    for _, document in documents:
+        signed = document.get("signed") if isinstance(document, Mapping) else None
+        devices = signed.get("devices") if isinstance(signed, Mapping) else None
+        for device in devices if isinstance(devices, list) else ():
+            keys = device.get("keys") if isinstance(device, Mapping) else None
+            for key in keys if isinstance(keys, list) else ():
+                if isinstance(key, Mapping) and isinstance(key.get("name"), str):
+                    names.add(key["name"])
+    return names
