@@ -83,6 +83,21 @@ def test_undecodable_exits_nonzero_with_reason(capsys: pytest.CaptureFixture[str
     assert "two base64url parts" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "reason"), [
+    (".COSE", "the body is empty"),
+    ("MIIB.", "the signature block is empty"),
+    (".", "the body and the signature block are empty"),
+    ("MIIB", "got no '.' between them"),
+    ("a.b.c", "got 3 parts"),
+])
+def test_an_answer_not_in_two_parts_says_what_is_wrong(value: str, reason: str) -> None:
+    result = fleet("inspect", value)
+    assert result.returncode == 1
+    assert result.stderr.startswith("FAIL: expected '<body>.<signature block>' (two base64url "
+                                    "parts)")
+    assert result.stderr.rstrip("\n").endswith(reason)
+
+
 def test_identity_key_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     identity = ec.generate_private_key(ec.SECP256R1())
     device = uuid.uuid4()

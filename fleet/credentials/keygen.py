@@ -256,14 +256,26 @@ def decode_keygen(text: str) -> KeygenAnswer:
     return _decode_keygen_value(extract_keygen_value(text))
 
 
-def _decode_keygen_value(value: str) -> KeygenAnswer:
+def _two_parts(value: str) -> tuple[str, str]:
+    """The body and the signature block of an answer. With the one '.' there, the error names
+    the part that is empty (``.COSE`` has two parts, one of them empty)."""
+    expected = "expected '<body>.<signature block>' (two base64url parts)"
     parts = value.split(".")
-    if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise CredentialError(
-            f"expected '<body>.<signature block>' (two base64url parts), got {len(parts)} part(s)"
-        )
-    body = b64url_decode(parts[0], "body")
-    cose_raw = b64url_decode(parts[1], "signature block")
+    if len(parts) != 2:
+        got = "no '.' between them" if len(parts) == 1 else f"{len(parts)} parts"
+        raise CredentialError(f"{expected}, got {got}")
+    empty = [name for name, part in zip(("the body", "the signature block"), parts, strict=True)
+             if not part]
+    if empty:
+        raise CredentialError(f"{expected}: {' and '.join(empty)} "
+                              f"{'are' if len(empty) == 2 else 'is'} empty")
+    return parts[0], parts[1]
+
+
+def _decode_keygen_value(value: str) -> KeygenAnswer:
+    body_text, signature_text = _two_parts(value)
+    body = b64url_decode(body_text, "body")
+    cose_raw = b64url_decode(signature_text, "signature block")
     cose = decode_cose_sign1(cose_raw)
     payload = decode_keygen_payload(cose.payload_raw)
     if payload.payload_id == PAYLOAD_ID_CSR:
