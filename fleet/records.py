@@ -42,6 +42,9 @@ class CertOutcome(enum.StrEnum):
     REWRITTEN = "rewritten"  #: fleet's confirmed certificate or chain was missing: written again
     PRE_EXISTING = "pre-existing"  #: one fleet did not write was kept
     FAILED = "failed"
+    #: issued (or chosen, for a chain) to be written, and the run stopped before the modem was
+    #: seen to list it: it may be on the device; the next run finds out
+    INTERRUPTED = "interrupted"
 
 
 class DeviceOutcome(enum.StrEnum):

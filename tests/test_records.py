@@ -399,6 +399,16 @@ def test_ctrl_c_during_the_certificate_step_keeps_the_key_generated(tmp_path: Pa
             for device in devices:
                 if device["imei"] in captured:
                     assert device["keys"][0]["outcome"] == "generated", device
+        # A certificate issued to be written may be on the device: never left out of the record.
+        issued = {imei for (imei,) in journal_rows(
+            journal, "SELECT imei FROM certs WHERE type = 1 AND state IN ('issued', 'confirmed')")}
+        assert issued
+        for devices in (document["devices"], signed["devices"]):
+            for device in devices:
+                if device["imei"] in issued:
+                    certificate = device["keys"][0].get("certificate")
+                    assert certificate is not None, device
+                    assert certificate["outcome"] in ("interrupted", "issued"), certificate
         code, again, err = run_json(plan, journal)
         assert code == 0, err
         final = _manifest(again)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet.journal import CertState
+from fleet.journal import CertState, CertStateKind
+from fleet.records import CertOutcome
 
 __all__ = ["certificate_extra"]
 
@@ -22,10 +23,10 @@ def certificate_extra(certificate: CertState | None, chain: CertState | None, *,
     when it was confirmed), serial (hex), issuer (RFC 4514), not_after; ``ca_chain`` = outcome,
     error, sha256, cmng_sha256."""
     out: dict[str, Any] = {}
-    if certificate is not None and certificate.outcome is not None:
+    if certificate is not None and _outcome(certificate) is not None:
         mine = certificate.pem is not None and certificate.source_sha256 == csr_sha256
         out["certificate"] = {
-            "outcome": certificate.outcome,
+            "outcome": _outcome(certificate),
             "error": certificate.error,
             "pem": certificate.pem if mine else None,
             "sha256": certificate.sha256 if mine else None,
@@ -34,7 +35,15 @@ def certificate_extra(certificate: CertState | None, chain: CertState | None, *,
             "issuer": certificate.issuer if mine else None,
             "not_after": certificate.not_after if mine else None,
         }
-    if chain is not None and chain.outcome is not None:
-        out["ca_chain"] = {"outcome": chain.outcome, "error": chain.error,
+    if chain is not None and _outcome(chain) is not None:
+        out["ca_chain"] = {"outcome": _outcome(chain), "error": chain.error,
                            "sha256": chain.sha256, "cmng_sha256": chain.cmng_sha256}
     return out
+
+
+def _outcome(cert: CertState) -> CertOutcome | None:
+    """The run's outcome for ``cert``; ``interrupted`` for one issued to be written whose
+    outcome never came (the write may have reached the device)."""
+    if cert.outcome is None and cert.state is CertStateKind.ISSUED:
+        return CertOutcome.INTERRUPTED
+    return cert.outcome

@@ -30,23 +30,26 @@ class CertJournal(JournalEngine):
 
         return await self._execute(op)
 
-    async def cert_issued(self, *, imei: str, sec_tag: int, cert_type: int, state: str,
-                          source_sha256: str | None, pem: str | None, sha256: str,
+    async def cert_issued(self, *, run_id: str, imei: str, sec_tag: int, cert_type: int,
+                          state: str, source_sha256: str | None, pem: str | None, sha256: str,
                           serial: str | None = None, issuer: str | None = None,
                           not_after: str | None = None) -> None:
         """Record a certificate before it is written (``state="issued"``: fleet signed it, or
-        the chain it is about to write) or one found on the device (``"pre-existing"``)."""
+        the chain it is about to write) or one found on the device (``"pre-existing"``), as
+        ``run_id``'s, with no outcome yet: an issued one the run never saw listed is reported
+        as ``interrupted``."""
         if state not in ("issued", "pre-existing"):
             raise ValueError(f"invalid certificate state {state!r}")
         await self._execute(lambda c: c.execute(
             "INSERT INTO certs (imei, sec_tag, type, state, source_sha256, pem, sha256, serial, "
-            "issuer, not_after, cmng_sha256, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "NULL, ?) ON CONFLICT (imei, sec_tag, type) DO UPDATE SET state = excluded.state, "
-            "source_sha256 = excluded.source_sha256, pem = excluded.pem, sha256 = "
-            "excluded.sha256, serial = excluded.serial, issuer = excluded.issuer, not_after = "
-            "excluded.not_after, cmng_sha256 = NULL, updated_at = excluded.updated_at",
+            "issuer, not_after, cmng_sha256, run_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, NULL, ?, ?) ON CONFLICT (imei, sec_tag, type) DO UPDATE SET state = "
+            "excluded.state, source_sha256 = excluded.source_sha256, pem = excluded.pem, "
+            "sha256 = excluded.sha256, serial = excluded.serial, issuer = excluded.issuer, "
+            "not_after = excluded.not_after, cmng_sha256 = NULL, run_id = excluded.run_id, "
+            "outcome = NULL, error = NULL, updated_at = excluded.updated_at",
             (imei, sec_tag, cert_type, state, source_sha256, pem, sha256, serial, issuer,
-             not_after, utc_now())))
+             not_after, run_id, utc_now())))
 
     async def cert_confirmed(self, *, imei: str, sec_tag: int, cert_type: int,
                              cmng_sha256: str) -> None:

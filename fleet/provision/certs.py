@@ -255,8 +255,9 @@ class _Step:
             check_csr(self.csr, subject=self.expected_subject())
             issued = summarize(await self.ca.issue(self.csr, now=datetime.now(UTC)))
             await journal.cert_issued(
-                imei=self.imei, sec_tag=key.sec_tag, cert_type=_CERT, state="issued",
-                source_sha256=self.csr_sha256, pem=issued.pem, sha256=issued.sha256,
+                run_id=self.flow.job.run_id, imei=self.imei, sec_tag=key.sec_tag,
+                cert_type=_CERT, state="issued", source_sha256=self.csr_sha256, pem=issued.pem,
+                sha256=issued.sha256,
                 serial=issued.serial, issuer=issued.issuer, not_after=issued.not_after)
             self.flow.log.info("certificate issued", key=key.name, serial=issued.serial,
                                issuer=issued.issuer)
@@ -271,7 +272,8 @@ class _Step:
                           "not_after": found.not_after}
             known = self.known[_CERT]
             if known is None or known.state != "pre-existing" or known.sha256 != sha:
-                await journal.cert_issued(imei=self.imei, sec_tag=key.sec_tag, cert_type=_CERT,
+                await journal.cert_issued(run_id=self.flow.job.run_id, imei=self.imei,
+                                          sec_tag=key.sec_tag, cert_type=_CERT,
                                           state="pre-existing", source_sha256=self.csr_sha256,
                                           pem=self.device_pem, sha256=sha, **fields)
             return sha
@@ -288,12 +290,14 @@ class _Step:
             sha = self.listed.get(_CHAIN)
             assert sha is not None
             if known is None or known.state != "pre-existing" or known.sha256 != sha:
-                await self.journal.cert_issued(imei=self.imei, sec_tag=sec_tag,
-                                               cert_type=_CHAIN, state="pre-existing",
+                await self.journal.cert_issued(run_id=self.flow.job.run_id, imei=self.imei,
+                                               sec_tag=sec_tag, cert_type=_CHAIN,
+                                               state="pre-existing",
                                                source_sha256=None, pem=None, sha256=sha)
             return sha
         if known is None or known.sha256 != chain.sha256 or known.state == "pre-existing":
-            await self.journal.cert_issued(imei=self.imei, sec_tag=sec_tag, cert_type=_CHAIN,
+            await self.journal.cert_issued(run_id=self.flow.job.run_id, imei=self.imei,
+                                           sec_tag=sec_tag, cert_type=_CHAIN,
                                            state="issued", source_sha256=None, pem=chain.pem,
                                            sha256=chain.sha256)
             await self.reload(_CHAIN)
