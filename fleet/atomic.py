@@ -18,7 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["create_atomic", "create_new", "fsync_dir", "make_private_dir", "write_atomic"]
+__all__ = ["create_atomic", "create_new", "fsync_dir", "make_private_dir", "temp_name",
+           "write_atomic"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -63,7 +64,7 @@ def create_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """
     path = Path(path)
     directory = _parent(path)
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = directory / temp_name(path.name)
     try:
         _write_new(tmp, data, mode)
         try:
@@ -76,6 +77,12 @@ def create_atomic(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     fsync_dir(directory)
+
+
+def temp_name(name: str) -> str:
+    """The name of the temp file :func:`create_atomic` writes before it links it to ``name``:
+    always as long, so a caller can tell beforehand whether the file system takes it."""
+    return f".{name}.{secrets.token_hex(6)}.tmp"
 
 
 def create_new(path: Path, data: bytes, *, mode: int, error: Callable[[str], Exception]) -> None:

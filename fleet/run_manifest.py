@@ -14,7 +14,14 @@ import anyio.to_thread
 import structlog
 
 from fleet.errors import ManifestError
-from fleet.manifest import build_signed, directory_problem, sign, verify_contents, write_manifest
+from fleet.manifest import (
+    build_signed,
+    directory_problem,
+    name_problem,
+    sign,
+    verify_contents,
+    write_manifest,
+)
 from fleet.plan import Plan
 from fleet.records import RunRecord
 from fleet.station_key import (
@@ -51,12 +58,14 @@ def load_plan_signing_key(plan: Plan) -> Signer:
 
 
 def prepare_manifest(plan: Plan) -> ManifestWriter:
-    """Check the signing key and the manifest directory now (so a missing key or a directory
-    that cannot be written stops the run before anything is sent) and return the coroutine
-    function that signs and writes the manifest of a run's record."""
+    """Check the signing key, the manifest's name and its directory now (so a missing key, a
+    name the file system cannot take or a directory that cannot be written stops the run before
+    anything is sent) and return the coroutine function that signs and writes the manifest of a
+    run's record."""
     key = load_plan_signing_key(plan)
-    directory = plan.manifest_directory(now=datetime.now(UTC))
-    problem = directory_problem(directory, create=True)
+    now = datetime.now(UTC)
+    problem = name_problem(plan.sample_manifest_path(now=now)) \
+        or directory_problem(plan.manifest_directory(now=now), create=True)
     if problem is not None:
         raise ManifestError(f"{problem}: no manifest could be written after the devices were "
                             "provisioned (fix the directory, or change manifest: in the plan)")

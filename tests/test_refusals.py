@@ -147,6 +147,40 @@ def test_a_manifest_directory_that_cannot_be_made_stops_the_run_before_any_devic
     assert Path(doc["manifest"]).parent.parent == tmp_path / "afile"
 
 
+@pytest.mark.parametrize("over", [1, 0])  # one byte too long for the names a write uses; fits
+def test_a_manifest_name_too_long_for_the_file_system_stops_the_run_before_any_device(
+        tmp_path: Path, over: int) -> None:
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    # The name of a run: the prefix, "-", a run id (a UUID, 36), ".json"; a write also needs a
+    # "-<n>" name (a clash) and a temp file ".<name>.<12 hex>.tmp" beside it.
+    prefix = "a" * (limit - len("-") - 36 - len(".json") - len("-9999") - 18 + over)
+    plan = write_plan(tmp_path, ports="sim://0", extra=SIM)
+    plan.write_text(plan.read_text().replace("manifest: out/{station}-{run_id}.json",
+                                             f"manifest: out/{prefix}-{{run_id}}.json"))
+    journal = tmp_path / "j.sqlite"
+    result = fleet("plan", "check", plan)
+    assert result.returncode == 0, result.stderr
+    if not over:
+        assert "(directory writable)" in result.stdout
+        code, doc, err = run_json(plan, journal)
+        assert code == 0, err
+        assert Path(doc["manifest"]).name.startswith(prefix)
+        return
+    reason = (f"the manifest file name {prefix}-00000000-0000-0000-0000-000000000000.json is "
+              f"too long for {tmp_path / 'out'}: a run writes it as ")
+    limits = f"{limit} bytes, the longest name the file system takes there"
+    assert f"  fleet run would stop: {reason}" in result.stdout and limits in result.stdout
+    doc = json.loads(fleet("plan", "check", "--json", plan).stdout)
+    assert doc["ready"] is False and reason in doc["manifest_problem"]
+    assert not (tmp_path / "out").exists()
+    code, doc, err = run_json(plan, journal)
+    assert code == 2, err
+    assert reason in doc["error"] and limits in doc["error"], doc["error"]
+    assert "nothing was sent to any device" in err
+    assert _sim_commands(tmp_path) == []
+    assert not journal.exists()  # no run was started
+
+
 def _run_with_ca(tmp_path: Path, mode: str, timeout_s: float
                  ) -> tuple[int, dict[str, Any], float, int]:
     """`fleet run --json` of one slot whose key's certificate comes from the script CA in

@@ -24,7 +24,7 @@ from fleet import exitcodes
 from fleet.certs.authority import LocalCa
 from fleet.errors import ManifestError, PlanError
 from fleet.logs import configure_logging
-from fleet.manifest import directory_problem
+from fleet.manifest import directory_problem, name_problem
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
 from fleet.plan.ports import is_glob
 from fleet.station_key import algorithm, keyid, open_signing_key
@@ -70,7 +70,8 @@ class Readiness:
 
 
 def readiness(plan: Plan) -> Readiness:
-    """Load the signing key (never making one) and try the manifest directory (never made)."""
+    """Load the signing key (never making one), check the manifest's name and try its
+    directory (never made)."""
     state, problem = None, None
     if plan.signing_key is None:
         problem = ("the plan has no signing_key: create one with `fleet station-key init --out "
@@ -88,9 +89,10 @@ def readiness(plan: Plan) -> Readiness:
                 state += f", {describe(plan.signing_key)}"
         except ManifestError as exc:
             problem = str(exc)
-    directory = plan.manifest_directory(now=datetime.now(UTC))
-    return Readiness(signing_key=state, signing_key_problem=problem,
-                     manifest_problem=directory_problem(directory, create=False))
+    now = datetime.now(UTC)
+    manifest = name_problem(plan.sample_manifest_path(now=now)) \
+        or directory_problem(plan.manifest_directory(now=now), create=False)
+    return Readiness(signing_key=state, signing_key_problem=problem, manifest_problem=manifest)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -23,15 +23,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fleet.atomic import create_atomic
+from fleet.atomic import create_atomic, temp_name
 from fleet.errors import ManifestError
 from fleet.manifest.build import plain_json
 from fleet.regular import read_regular_file
 
 __all__ = ["MAX_DEPTH", "directory_problem", "json_syntax_problem", "load_document",
-           "nesting_problem", "read_manifest", "write_manifest"]
+           "name_problem", "nesting_problem", "read_manifest", "write_manifest"]
 
 _MAX_VARIANTS = 10_000
+#: The longest file name when the file system does not say (Linux's NAME_MAX).
+_DEFAULT_NAME_MAX = 255
 #: How deeply a manifest may nest objects and arrays (the document itself is level 1).
 MAX_DEPTH = 64
 
@@ -152,10 +154,14 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
         raise ManifestError(f"{path}: {exc}") from exc
 
 
+def _variant(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
 def _variants(path: Path) -> Iterator[Path]:
     yield path
     for n in range(2, _MAX_VARIANTS):
-        yield path.with_name(f"{path.stem}-{n}{path.suffix}")
+        yield _variant(path, n)
 
 
 def write_manifest(path: Path | str, document: Mapping[str, Any]) -> Path:
@@ -176,14 +182,50 @@ def write_manifest(path: Path | str, document: Mapping[str, Any]) -> Path:
     raise ManifestError(f"cannot write manifest {path}: {_MAX_VARIANTS} names are taken")
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _name_max(path: Path) -> int:
+    """The longest name (bytes) the file system of ``path`` takes."""
+    try:
+        limit = os.pathconf(path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return _DEFAULT_NAME_MAX
+    return limit if limit > 0 else _DEFAULT_NAME_MAX
+
+
+def name_problem(path: Path) -> str | None:
+    """Why no manifest can be written at ``path`` under its name (None: it can), known before
+    any device is touched (``path`` rendered as a run would: :meth:`Plan.sample_manifest_path`).
+    A name longer than the file system takes fails only at the write, after the keys were made;
+    what counts is the longest name a write uses, its temp file for ``<stem>-<n><suffix>``
+    after a clash, and every directory the write makes."""
+    existing = _nearest_existing(path.parent)
+    limit = _name_max(existing)
+    hint = "shorten manifest: in the plan"
+    for part in path.parent.relative_to(existing).parts:
+        if len(os.fsencode(part)) > limit:
+            return (f"the manifest directory name {part} is too long: it is "
+                    f"{len(os.fsencode(part))} bytes, over {limit} bytes, the longest name the "
+                    f"file system takes in {existing}; {hint}")
+    longest = len(os.fsencode(temp_name(_variant(path, _MAX_VARIANTS - 1).name)))
+    if longest > limit:
+        return (f"the manifest file name {path.name} is too long for {path.parent}: a run writes "
+                f"it as a temp file named after it, of up to {longest} bytes (with a "
+                f"-{_MAX_VARIANTS - 1} name after a clash), over {limit} bytes, the longest "
+                f"name the file system takes there; {hint}")
+    return None
+
+
 def directory_problem(directory: Path, *, create: bool) -> str | None:
     """Why no manifest can be written in ``directory`` (None: one can), found by creating and
     removing a temp file there. With ``create`` the directory is made first (as the manifest
     write would); without, nothing but that temp file is ever made: the nearest directory that
     exists is tried."""
-    target = directory
-    while not os.path.lexists(target) and target.parent != target:
-        target = target.parent
+    target = _nearest_existing(directory)
     if not target.is_dir():
         return f"the manifest directory {directory} cannot be made: {target} is not a directory"
     if create:

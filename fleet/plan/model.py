@@ -61,7 +61,12 @@ from fleet.plan.fields import (
     misplaced,
     rule,
 )
-from fleet.plan.templates import ATTRIBUTE_PLACEHOLDERS, MANIFEST_PLACEHOLDERS, Template
+from fleet.plan.templates import (
+    ATTRIBUTE_PLACEHOLDERS,
+    MANIFEST_PLACEHOLDERS,
+    SAMPLE_RUN_ID,
+    Template,
+)
 from fleet.usbid import UsbIdentity
 
 __all__ = [
@@ -409,6 +414,12 @@ class Plan:
             "run_id": run_id,
         })
         return self._beside_plan(rendered)
+
+    def sample_manifest_path(self, *, now: datetime) -> Path:
+        """The manifest path of a run at ``now`` as far as it is known before the run, its run
+        id a stand-in as long as a real one: what is checked before any device (its names
+        must fit the file system; ``{date}`` and ``{time}`` always render as long)."""
+        return self.manifest_path(now=now, run_id=SAMPLE_RUN_ID)
 
     def manifest_directory(self, *, now: datetime) -> Path:
         """The directory of a manifest written at ``now``, as far as it is known before the

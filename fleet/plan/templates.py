@@ -18,6 +18,7 @@ __all__ = [
     "MANIFEST_PLACEHOLDERS",
     "SAMPLE_DEVICE_UUID",
     "SAMPLE_IMEI",
+    "SAMPLE_RUN_ID",
     "Template",
 ]
 
@@ -29,6 +30,8 @@ MANIFEST_PLACEHOLDERS = frozenset({"station", "date", "time", "run_id"})
 #: Values used to render attribute templates at load time (same lengths as real ones).
 SAMPLE_IMEI = "000000000000000"
 SAMPLE_DEVICE_UUID = "00000000-0000-0000-0000-000000000000"
+#: A stand-in for a run id (a UUID) in a manifest path rendered before the run.
+SAMPLE_RUN_ID = SAMPLE_DEVICE_UUID
 
 _FORMATTER = string.Formatter()
 
