@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["NotRegularFile", "check_regular_file", "read_regular_file"]
+__all__ = ["NotRegularFile", "check_regular_file", "file_kind", "read_regular_file"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -30,13 +30,14 @@ class NotRegularFile(OSError):
         return str(self.strerror)
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` that is not a regular file is, in words."""
     return next((name for test, name in _KINDS if test(mode)), "something else")
 
 
 def _refuse(path: Path | str, mode: int) -> NotRegularFile:
-    return NotRegularFile(errno.EINVAL, f"it is {_kind(mode)}, not a regular file: name the file "
-                          "itself", str(path))
+    return NotRegularFile(errno.EINVAL, f"it is {file_kind(mode)}, not a regular file: name the "
+                          "file itself", str(path))
 
 
 def check_regular_file(path: Path | str) -> None:

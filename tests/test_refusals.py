@@ -181,6 +181,39 @@ def test_a_manifest_name_too_long_for_the_file_system_stops_the_run_before_any_d
     assert not journal.exists()  # no run was started
 
 
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR))
+def test_a_manifest_path_naming_a_file_that_is_not_regular_stops_the_run_before_any_device(
+        tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "out" / "test-station.manifest"
+    target.parent.mkdir()
+    if kind == "device":
+        target.symlink_to("/dev/null")
+    else:
+        os.mkfifo(target)
+    plan = write_plan(tmp_path, ports="sim://0", extra=SIM)
+    plan.write_text(plan.read_text().replace("manifest: out/{station}-{run_id}.json",
+                                             "manifest: out/{station}.manifest"))
+    reason = f"the manifest path {target} is {NOT_REGULAR[kind]}, not a regular file"
+    result = fleet("plan", "check", plan)
+    assert result.returncode == 0, result.stderr
+    assert "(NOT WRITABLE, see below)" in result.stdout
+    assert f"  fleet run would stop: {reason}" in result.stdout
+    journal = tmp_path / "j.sqlite"
+    code, doc, err = run_json(plan, journal)
+    assert code == 2, err
+    assert reason in doc["error"] and "nothing was sent to any device" in err
+    assert _sim_commands(tmp_path) == []
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+    # A regular file there is never overwritten: the manifest is written beside it.
+    target.unlink()
+    target.write_text("not a manifest\n")
+    assert "(directory writable)" in fleet("plan", "check", plan).stdout
+    code, doc, err = run_json(plan, journal)
+    assert code == 0, err
+    assert doc["manifest"] == str(target.parent / "test-station-2.manifest")
+    assert target.read_text() == "not a manifest\n"
+
+
 def _run_with_ca(tmp_path: Path, mode: str, timeout_s: float
                  ) -> tuple[int, dict[str, Any], float, int]:
     """`fleet run --json` of one slot whose key's certificate comes from the script CA in

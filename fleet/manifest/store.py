@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 from fleet.atomic import create_atomic, temp_name
 from fleet.errors import ManifestError
 from fleet.manifest.build import plain_json
-from fleet.regular import read_regular_file
+from fleet.regular import file_kind, read_regular_file
 
 __all__ = ["MAX_DEPTH", "directory_problem", "json_syntax_problem", "load_document",
            "name_problem", "nesting_problem", "read_manifest", "write_manifest"]
@@ -202,7 +203,9 @@ def name_problem(path: Path) -> str | None:
     any device is touched (``path`` rendered as a run would: :meth:`Plan.sample_manifest_path`).
     A name longer than the file system takes fails only at the write, after the keys were made;
     what counts is the longest name a write uses, its temp file for ``<stem>-<n><suffix>``
-    after a clash, and every directory the write makes."""
+    after a clash, and every directory the write makes. A file at ``path`` that is not a
+    regular one (``/dev/stdout``, a FIFO) is refused too: the write would put the manifest
+    beside it as ``<stem>-2<suffix>``, where nobody looks for it."""
     existing = _nearest_existing(path.parent)
     limit = _name_max(existing)
     hint = "shorten manifest: in the plan"
@@ -217,6 +220,14 @@ def name_problem(path: Path) -> str | None:
                 f"it as a temp file named after it, of up to {longest} bytes (with a "
                 f"-{_MAX_VARIANTS - 1} name after a clash), over {limit} bytes, the longest "
                 f"name the file system takes there; {hint}")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # nothing there: the write makes it (a directory it cannot is found next)
+    if not stat.S_ISREG(mode):
+        return (f"the manifest path {path} is {file_kind(mode)}, not a regular file: a manifest "
+                "is always written as a new file (beside an existing regular file as "
+                "<stem>-2<suffix>); name a file with manifest: in the plan")
     return None
 
 
