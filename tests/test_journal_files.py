@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fleet.station_key import init_station_key
 from tests.runhelpers import fleet, run_json, write_plan
 
 SIM = "simulator: {seed: 5, profile: fast, state: sim.json, log: sim.log}\n"
@@ -256,6 +257,31 @@ def test_a_journal_of_a_schema_this_fleet_does_not_know_is_left_untouched(
         assert "has schema '2'" in err and "left untouched" in err, err
         assert _fingerprint(journal) == before
     assert not (tmp_path / "sim.log").exists()  # its simulator never started
+
+
+def test_plan_check_says_run_would_refuse_a_journal_that_is_not_one(tmp_path: Path) -> None:
+    init_station_key(tmp_path / "keys")
+    pem = tmp_path / "keys" / "station.pem"
+    plan = _plan(tmp_path, extra="journal: keys/station.pem\n")
+    before = _fingerprint(pem)
+    code, doc, err = _run(plan, cwd=tmp_path)
+    assert code == 2 and "not a fleet journal" in err, err
+    refusal = doc["error"].removeprefix("fleet run: ")
+    assert refusal.startswith(f"{pem} is not a fleet journal (") and "left untouched" in refusal
+    result = fleet("plan", "check", plan, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # the plan is valid; this machine is not ready
+    assert f"journal:   {pem}  (NOT USABLE, see below)" in result.stdout.splitlines()
+    assert f"  fleet run would stop: {refusal}" in result.stdout.splitlines()
+    assert "fleet run would stop here before any device" in result.stdout
+    document = json.loads(fleet("plan", "check", "--json", plan, cwd=tmp_path).stdout)
+    assert document["ready"] is False and document["journal_problem"] == refusal
+    assert _fingerprint(pem) == before
+    assert not (tmp_path / "sim.log").exists()  # nothing was sent
+    # A journal that does not exist yet is no problem: the run makes it.
+    plan.write_text(plan.read_text().replace("journal: keys/station.pem", "journal: j.sqlite"))
+    document = json.loads(fleet("plan", "check", "--json", plan, cwd=tmp_path).stdout)
+    assert document["ready"] is True and document["journal_problem"] is None
+    assert not (tmp_path / "j.sqlite").exists()
 
 
 def test_check_writes_nothing_to_an_existing_journal(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@
 Nothing here opens a port: globs are expanded against the file system (``--no-expand`` leaves
 them as patterns), and each key action is shown as the ``AT%KEYGEN=...`` line it would send with
 its templates unrendered. It also says whether `fleet run` could start here: whether the signing
-key exists and loads, and whether a manifest can be written in the manifest directory (a temp
-file is made and removed there; no directory is made). Exit 0 for a valid plan (also when the key
-or the directory is not usable here, which the output says), 2 for an invalid or unreadable one
-(every ``file:line: reason`` on stderr, then a line saying nothing was sent to any device).
+key exists and loads, whether a manifest can be written in the manifest directory (a temp
+file is made and removed there; no directory is made), and whether the run would refuse the
+journal (read as `fleet run --check` reads it, never written). Exit 0 for a valid plan (also
+when the key, the directory or the journal is not usable here, which the output says), 2 for
+an invalid or unreadable one (every ``file:line: reason`` on stderr, then a line saying nothing
+was sent to any device).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from fleet import exitcodes
 from fleet.certs.authority import LocalCa
 from fleet.errors import ManifestError, PlanError
+from fleet.journal.files import journal_problem
 from fleet.logs import configure_logging
 from fleet.manifest import directory_problem, name_problem
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
@@ -43,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="validate a plan and print the expanded slots and key actions",
         description="Validate PLAN and print every slot (after expanding globs, lists and "
         "sim:// ranges) with the key actions and the AT%KEYGEN command each would send "
-        "(templates unrendered), and whether the signing key loads and the manifest "
-        "directory is writable here. Nothing is sent to any device.",
+        "(templates unrendered), and whether the signing key loads, the manifest "
+        "directory is writable and the journal is usable here. Nothing is sent to any device.",
     )
     check.add_argument("plan", metavar="PLAN", help="the plan file (YAML)")
     check.add_argument("--json", action="store_true", help="print one JSON document")
@@ -63,15 +66,18 @@ class Readiness:
     signing_key: str | None  #: the signing key's state, in words
     signing_key_problem: str | None
     manifest_problem: str | None
+    journal_problem: str | None
 
     @property
     def problems(self) -> list[str]:
-        return [p for p in (self.signing_key_problem, self.manifest_problem) if p]
+        return [p for p in (self.signing_key_problem, self.manifest_problem,
+                            self.journal_problem) if p]
 
 
 def readiness(plan: Plan) -> Readiness:
     """Load the signing key (never making one), check the manifest's name and try its
-    directory (never made)."""
+    directory (never made), and read the journal as `fleet run --check` would (never made or
+    written)."""
     state, problem = None, None
     if plan.signing_key is None:
         problem = ("the plan has no signing_key: create one with `fleet station-key init --out "
@@ -92,7 +98,8 @@ def readiness(plan: Plan) -> Readiness:
     now = datetime.now(UTC)
     manifest = name_problem(plan.sample_manifest_path(now=now)) \
         or directory_problem(plan.manifest_directory(now=now), create=False)
-    return Readiness(signing_key=state, signing_key_problem=problem, manifest_problem=manifest)
+    return Readiness(signing_key=state, signing_key_problem=problem, manifest_problem=manifest,
+                     journal_problem=journal_problem(plan.journal_path, station=plan.station))
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -118,7 +125,8 @@ def run_check(args: argparse.Namespace) -> int:
         print(json.dumps({**plan_document(plan), "ready": not ready.problems,
                           "signing_key_state": ready.signing_key,
                           "signing_key_problem": ready.signing_key_problem,
-                          "manifest_problem": ready.manifest_problem}, indent=2))
+                          "manifest_problem": ready.manifest_problem,
+                          "journal_problem": ready.journal_problem}, indent=2))
     else:
         _print_human(plan, ready)
     return exitcodes.OK
@@ -205,7 +213,8 @@ def _print_human(plan: Plan, ready: Readiness) -> None:
     print(f"signing:   {key}  ({'; '.join(notes)})")
     writable = "NOT WRITABLE, see below" if ready.manifest_problem else "directory writable"
     print(f"manifest:  {plan.manifest_pattern}  ({writable})")
-    print(f"journal:   {plan.journal_path}")
+    unusable = "  (NOT USABLE, see below)" if ready.journal_problem else ""
+    print(f"journal:   {plan.journal_path}{unusable}")
     print(f"defaults:  {fmt(plan.defaults)}")
     if plan.simulator is not None:
         sim = plan.simulator

@@ -39,7 +39,7 @@ from fleet.errors import JournalError
 from fleet.journal.records import utc_now
 from fleet.journal.schema import SCHEMA, SCHEMA_VERSION, migrate
 
-__all__ = ["open_database", "runs_of_plan"]
+__all__ = ["journal_problem", "open_database", "runs_of_plan"]
 
 #: Where to say a journal can be named instead.
 _ELSEWHERE = "--journal PATH or journal: in the plan"
@@ -83,6 +83,21 @@ def open_database(path: Path, *, create: bool, station: str | None = None,
     except BaseException:
         os.close(fd)
         raise
+
+
+def journal_problem(path: Path, *, station: str) -> str | None:
+    """Why a run would refuse the journal at ``path`` (None: it would use it, or make it when
+    there is none), for `fleet plan check`: the checks of :func:`open_database` on the read-only
+    open of ``--check``, so nothing is written and no file is made."""
+    if not path.exists():
+        return None
+    try:
+        conn, fd = open_database(path, create=False, station=station)
+    except JournalError as exc:
+        return str(exc)
+    conn.close()
+    os.close(fd)
+    return None
 
 
 def runs_of_plan(path: Path, *, station: str, plan_sha256: str, plan_path: str) -> int:
