@@ -62,9 +62,9 @@ FINAL_OUTCOMES = frozenset({DeviceOutcome.DONE, DeviceOutcome.FAILED})
 _TYPES: Mapping[int, str] = {CredentialType.CLIENT_PRIVATE_KEY: "client_key",
                              CredentialType.ENDORSEMENT_KEY: "endorsement_key"}
 _CERT, _CHAIN = CredentialType.CLIENT_CERT, CredentialType.ROOT_CA_CERT
-_INTERRUPTED_WRITE = ("the run stopped after a write to this key (%KEYGEN or a delete) was sent "
-                      "and before its answer arrived: the next run finds out what the device "
-                      "holds (a key nobody saw is recovered)")
+_INTERRUPTED_WRITE = ("a write to this key (%KEYGEN or a delete) was sent and its answer never "
+                      "arrived (the run stopped, or the device was lost, first): the next run "
+                      "finds out what the device holds (a key nobody saw is recovered)")
 
 
 def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:

@@ -283,6 +283,22 @@ def test_a_key_replaced_behind_fleets_back_is_never_reported_with_the_old_csr(
         assert not [c for c in sent if c.startswith((f"AT%KEYGEN={TLS}", "AT%CMNG=3"))], sent
 
 
+def test_a_device_lost_during_its_keygen_is_reported_as_such(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 1, "--profile", "realistic") as sim:
+        plan = write_plan(tmp_path, ports=_ports(tmp_path), slot_keys="[tls]")
+        journal = tmp_path / "j.sqlite"
+        proc = _start(plan, journal, "--json")
+        wait_for(_steps(journal, "action = 'keygen'"), "the %KEYGEN")
+        sim.stop()  # its ports go away while the modem makes the key
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    document = _document(out, err)
+    assert document["interrupted"] is False
+    key = _manifest(document)["devices"][0]["keys"][0]
+    assert key["outcome"] == "interrupted", key
+    assert "the device was lost" in key["error"] and "the next run finds out" in key["error"]
+
+
 def test_replace_then_failing_keygen_records_the_deletion(tmp_path: Path) -> None:
     with run_sim(tmp_path, 1) as sim:
         _make_key_behind_fleets_back(sim.ports[0], TLS)
