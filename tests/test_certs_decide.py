@@ -134,4 +134,5 @@ def test_chain_decision(case: str, device: str | None, journal: CertState | None
 
 def test_outcome_words_are_the_manifest_words() -> None:
     words = {o.value for o in CertOutcome}
-    assert words == {"issued", "written", "unchanged", "rewritten", "pre-existing", "failed"}
+    assert words == {"issued", "written", "unchanged", "rewritten", "pre-existing", "failed",
+                     "interrupted"}
