@@ -52,7 +52,7 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("docs/plans.md", "fleet plan check ../plans/example.yaml"):
         "expands the example plan's globs against this machine's /dev/serial ports (real "
         "hardware); the --no-expand example beside it runs",
-    ("docs/provisioning.md", "python scripts/chaos.py --devices 16 --kills 10"):
+    ("docs/provisioning.md", "python ../scripts/chaos.py --devices 16 --kills 10"):
         "a campaign of ten killed and resumed runs with faults, too long for the suite "
         "(tests/test_resume.py and tests/test_run_signals.py cover resume)",
     ("docs/ansible.md", "ansible-playbook -i plans/ansible/inventory.yml plans/ansible/site.yml"):
