@@ -492,12 +492,20 @@ def test_a_board_swapped_after_a_sigkill_keeps_its_keys_in_the_record(tmp_path: 
     assert signed["run"]["complete"] is True  # every slot's board now is done
 
 
-def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> None:
-    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
-                      extra="simulator: {state: sim.json, model: nrf9151}\n")
+def _one_board_provisioned(tmp_path: Path, model: str, slot_keys: str = "[tls]"
+                           ) -> tuple[Path, Path, dict[str, Any]]:
+    """A plan for one simulated board of ``model`` (state in sim.json, log in sim.log), its
+    journal, and the document of its first run, which succeeded."""
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys=slot_keys,
+                      extra=f"simulator: {{state: sim.json, log: sim.log, model: {model}}}\n")
     journal = tmp_path / "j.sqlite"
     code, document, err = run_json(plan, journal)
     assert code == 0, err
+    return plan, journal, document
+
+
+def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> None:
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9151")
     real_board = (tmp_path / "sim.json").read_text()
     imei = document["devices"][0]["imei"]
     _swap_board(tmp_path / "sim.json", 0, imei)  # a clone: the same IMEI, another board
@@ -517,11 +525,7 @@ def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> 
 
 def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
         tmp_path: Path) -> None:
-    plan = write_plan(tmp_path, ports="sim://0",
-                      extra="simulator: {state: sim.json, log: sim.log, model: nrf9151}\n")
-    journal = tmp_path / "j.sqlite"
-    code, document, err = run_json(plan, journal)
-    assert code == 0, err
+    plan, journal, _ = _one_board_provisioned(tmp_path, "nrf9151", "[tls, endorsement]")
     state = json.loads((tmp_path / "sim.json").read_text())
     state["modems"][0]["device_uuid"] = str(uuid.uuid4())  # the same IMEI and credentials
     (tmp_path / "sim.json").write_text(json.dumps(state))
@@ -536,11 +540,7 @@ def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
 def test_a_clone_without_attestation_never_takes_the_real_boards_keys(tmp_path: Path) -> None:
     # An nRF9160 refuses %ATTESTTOKEN: only its %KEYGEN answer tells a clone from the board the
     # journal knows. That answer must not cost the real board its captured key.
-    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
-                      extra="simulator: {state: sim.json, log: sim.log}\n")
-    journal = tmp_path / "j.sqlite"
-    code, document, err = run_json(plan, journal)
-    assert code == 0, err
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160")
     first = _manifest(document)["devices"][0]
     real_board = (tmp_path / "sim.json").read_text()
     imei = first["imei"]
