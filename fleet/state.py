@@ -55,6 +55,10 @@ class KeyState:
     csr_pem: str | None = None
     public_key_pem: str | None = None
     cose_payload: dict[str, Any] | None = None
+    #: Why fleet cannot tell whether the key on the device is the one the journal holds (a
+    #: %KEYGEN for it was answered by another board under this IMEI); a capture or a delete of
+    #: the key ends it.
+    disputed: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

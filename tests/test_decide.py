@@ -70,6 +70,49 @@ def test_an_endorsement_key_listed_with_another_sha_is_captured_again() -> None:
     assert same.action is Action.NOTHING
 
 
+DISPUTED = "another board answered"
+
+
+@pytest.mark.parametrize(("present", "journal", "listed", "action", "outcome"), [
+    (True, KeyState(state="captured", answer="a.b", disputed=DISPUTED), None,
+     Action.FAIL, KeyOutcome.FAILED),  # no SHA recorded: nothing tells the keys apart
+    (True, KeyState(state="captured", answer="a.b", cmng_sha=RECORDED, disputed=DISPUTED),
+     RECORDED, Action.NOTHING, KeyOutcome.UNCHANGED),
+    (True, KeyState(state="captured", answer="a.b", cmng_sha=RECORDED, disputed=DISPUTED),
+     "B" * 64, Action.FAIL, KeyOutcome.FAILED),
+    (True, KeyState(state="intent", pending=PendingIntent(step_id=3, present_before=False),
+                    disputed=DISPUTED), None, Action.FAIL, KeyOutcome.FAILED),  # never RECOVER
+    (True, KeyState(state="intent", disputed=DISPUTED), None, Action.FAIL, KeyOutcome.FAILED),
+    (False, KeyState(state="captured", answer="a.b", disputed=DISPUTED), None,
+     Action.GENERATE, KeyOutcome.GENERATED),  # nothing on the device to lose
+])
+@pytest.mark.parametrize("if_exists", ["keep", "replace", "fail"])
+def test_a_disputed_client_key_is_never_deleted_or_reported_unchecked(
+        present: bool, journal: KeyState, listed: str | None, action: Action,
+        outcome: KeyOutcome, if_exists: str) -> None:
+    decision = decide_client_key(present=present, journal=journal, if_exists=if_exists,
+                                 listed_sha=listed)
+    assert (decision.action, decision.outcome) == (action, outcome)
+    assert not decision.deletes
+    if action is Action.FAIL:
+        assert DISPUTED in decision.reason and "nothing was sent" in decision.reason
+
+
+def test_a_disputed_endorsement_key_is_read_again() -> None:
+    disputed = KeyState(state="captured", answer="a.b", cmng_sha=RECORDED, disputed=DISPUTED)
+    again = decide_endorsement_key(present=True, journal=disputed, listed_sha=None)
+    assert (again.action, again.outcome) == (Action.CAPTURE, KeyOutcome.CHANGED)
+    same = decide_endorsement_key(present=True, journal=disputed, listed_sha=RECORDED)
+    assert same.action is Action.NOTHING
+
+
+def test_only_a_whole_sha256_is_compared() -> None:
+    captured = KeyState(state="captured", answer="a.b", cmng_sha=RECORDED)
+    cut = decide_client_key(present=True, journal=captured, if_exists="keep",
+                            listed_sha=RECORDED[:40])
+    assert cut.action is Action.NOTHING  # a line cut short is no evidence of another key
+
+
 @pytest.mark.parametrize(("present", "journal", "if_exists", "action", "outcome"), CLIENT)
 def test_client_key_rules(present: bool, journal: KeyState, if_exists: str, action: Action,
                           outcome: KeyOutcome) -> None:

@@ -537,30 +537,72 @@ def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
         assert "unchanged" not in [k["outcome"] for k in devices[0]["keys"]]
 
 
-def test_a_clone_without_attestation_never_takes_the_real_boards_keys(tmp_path: Path) -> None:
+def _sent_since(log: Path, lines: int) -> list[str]:
+    """The commands the simulator's log holds after its first ``lines`` lines."""
+    return [json.loads(line).get("command", "") for line in log.read_text().splitlines()[lines:]]
+
+
+@pytest.mark.parametrize(("recorded", "fault"), [
+    (True, ""), (False, ""), (True, ", faults: ['lost-answer:1:1']")],
+    ids=["sha-recorded", "no-sha-yet", "sha-recorded-clone-retried"])
+def test_a_clone_without_attestation_never_costs_the_real_board_its_key(
+        tmp_path: Path, recorded: bool, fault: str) -> None:
     # An nRF9160 refuses %ATTESTTOKEN: only its %KEYGEN answer tells a clone from the board the
-    # journal knows. That answer must not cost the real board its captured key.
+    # journal knows, after the write. The real board must never lose its key for it, and is
+    # reported unchanged only when its listing shows the SHA-256 recorded for its key.
     plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160")
     first = _manifest(document)["devices"][0]
+    if recorded:  # a re-run records the key's SHA-256
+        assert run_json(plan, journal)[0] == 0
     real_board = (tmp_path / "sim.json").read_text()
-    imei = first["imei"]
-    _swap_board(tmp_path / "sim.json", 0, imei)  # a clone: the same IMEI, another board
+    _swap_board(tmp_path / "sim.json", 0, first["imei"])  # a clone: same IMEI, another board
+    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
+               f"sim.json, log: sim.log, model: nrf9160{fault}}}\n")
     code, document, err = run_json(plan, journal)
     assert code == 1, err
     device = _manifest(document)["devices"][0]
     assert device["outcome"] == "failed" and "another board with the same IMEI" in device["error"]
-    assert device["device_uuid"] == first["device_uuid"]
     clone = json.loads((tmp_path / "sim.json").read_text())["modems"][0]
-    assert len(clone["credentials"]) == 1  # its one %KEYGEN: no retry, no delete
+    assert len(clone["credentials"]) == 1  # stopped at its first answer: no more keys made
+    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+               extra="simulator: {state: sim.json, log: sim.log, model: nrf9160}\n")
     (tmp_path / "sim.json").write_text(real_board)  # the real board comes back
     log = tmp_path / "sim.log"
-    log.write_text("")
+    before = len(log.read_text().splitlines())
     code, document, err = run_json(plan, journal)
-    assert code == 0, err
     key = _manifest(document)["devices"][0]["keys"][0]
-    assert key["outcome"] == "unchanged" and key["csr_pem"] == first["keys"][0]["csr_pem"]
-    sent = [json.loads(line)["command"] for line in log.read_text().splitlines()]
+    if recorded:
+        assert code == 0, err
+        assert key["outcome"] == "unchanged" and key["csr_pem"] == first["keys"][0]["csr_pem"]
+    else:
+        assert code == 1, err
+        assert key["outcome"] == "failed" and key["csr_pem"] is None
+        assert "fleet cannot tell whether the key in this sec_tag is the one" in key["error"]
+    sent = _sent_since(log, before)
     assert not [c for c in sent if c.startswith(("AT%KEYGEN", "AT%CMNG=3"))], sent
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["sha-recorded", "no-sha-yet"])
+def test_a_corrupted_answer_for_a_vanished_key_never_reports_the_old_csr(
+        tmp_path: Path, recorded: bool) -> None:
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160")
+    first = _manifest(document)["devices"][0]["keys"][0]
+    if recorded:  # a re-run records the key's SHA-256
+        assert run_json(plan, journal)[0] == 0
+    state = json.loads((tmp_path / "sim.json").read_text())
+    state["modems"][0]["credentials"] = []  # the key is gone from the device
+    (tmp_path / "sim.json").write_text(json.dumps(state))
+    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
+               "sim.json, log: sim.log, model: nrf9160, faults: ['keygen-bad-uuid:1:1']}\n")
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err  # the new key's answer carries another UUID: stopped
+    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+               extra="simulator: {state: sim.json, log: sim.log, model: nrf9160}\n")
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err
+    key = _manifest(document)["devices"][0]["keys"][0]
+    assert key["outcome"] == "failed" and key["csr_pem"] is None, key
+    assert first["csr_pem"] not in json.dumps(document)
 
 
 def test_a_damaged_device_uuid_in_the_journal_is_reported_not_a_traceback(

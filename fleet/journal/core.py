@@ -30,7 +30,7 @@ from fleet.journal.schema import (
     usb_from_column,
 )
 from fleet.records import DeviceOutcome, KeyOutcome
-from fleet.state import KeyState
+from fleet.state import KeyState, KeyStateKind
 from fleet.usbid import UsbIdentity
 
 __all__ = ["WRITE_ACTIONS", "Journal"]
@@ -266,7 +266,8 @@ class Journal(CertJournal):
                 extra = derived or {}
                 payload = extra.get("cose_payload")
                 conn.execute("UPDATE keys SET state = 'captured', answer = ?, cmng_sha = ?, "
-                             "run_id = ?, updated_at = ?, pending_step = NULL, csr_pem = ?, "
+                             "run_id = ?, updated_at = ?, pending_step = NULL, disputed = NULL, "
+                             "csr_pem = ?, "
                              "public_key_pem = ?, cose_payload = ? WHERE imei = ? "
                              "AND sec_tag = ? AND type = ?",
                              (answer, cmng_sha, run_id, now, extra.get("csr_pem"),
@@ -287,8 +288,8 @@ class Journal(CertJournal):
             elif action == "delete" and outcome == "ok":
                 conn.execute("UPDATE keys SET state = 'deleted', answer = NULL, cmng_sha = NULL, "
                              "csr_pem = NULL, public_key_pem = NULL, cose_payload = NULL, "
-                             "pending_step = NULL, updated_at = ? WHERE imei = ? AND sec_tag = ? "
-                             "AND type = ?", (now, *key))
+                             "pending_step = NULL, disputed = NULL, updated_at = ? WHERE imei = ? "
+                             "AND sec_tag = ? AND type = ?", (now, *key))
             if result is not None:
                 _record_key_result(conn, result)
             return None
@@ -298,11 +299,12 @@ class Journal(CertJournal):
     async def another_boards_answer(self, step_id: int, *, answer: str, error: str,
                                     previous: KeyState) -> None:
         """A ``keygen`` step answered by another board than the one the journal knows under its
-        IMEI: the step's outcome is ``unknown`` (that board may hold a new key), and the key's
-        state goes back to ``previous``, what it was before the step's intent. Nothing of the
-        other board is kept as the IMEI's: a captured answer of the real board stays captured,
-        and no pending intent is left for a later run to take as the real board's (it would
-        delete a key it had never made)."""
+        IMEI (or by the real board with a corrupted answer: nobody can tell): the step's outcome
+        is ``unknown``, and the key's state goes back to ``previous`` (what the journal held
+        before this invocation worked on the key), disputed with ``error``. No pending intent of
+        the other board is left for a later run to take as the real board's (it would delete
+        a key it never made), and the captured answer is not reported for a key that may not
+        be the one on the device: the decision fails the key while the dispute stands."""
 
         def op(conn: sqlite3.Connection) -> None:
             now = utc_now()
@@ -312,21 +314,18 @@ class Journal(CertJournal):
                 raise JournalError(f"no keygen step {step_id}")
             conn.execute("UPDATE steps SET outcome = 'unknown', answer = ?, error = ?, "
                          "done_at = ? WHERE id = ?", (answer, error, now, step_id))
-            if previous.state is None:  # the intent made the row
-                conn.execute("DELETE FROM keys WHERE imei = ? AND sec_tag = ? AND type = ?", row)
-                return
             pending = previous.pending
             conn.execute(
                 "UPDATE keys SET state = ?, answer = ?, cmng_sha = ?, csr_pem = ?, "
                 "public_key_pem = ?, cose_payload = ?, pending_step = ?, "
-                "pending_present_before = ?, updated_at = ? WHERE imei = ? AND sec_tag = ? "
-                "AND type = ?",
-                (str(previous.state), previous.answer, previous.cmng_sha, previous.csr_pem,
-                 previous.public_key_pem,
+                "pending_present_before = ?, disputed = ?, updated_at = ? WHERE imei = ? "
+                "AND sec_tag = ? AND type = ?",
+                (str(previous.state or KeyStateKind.INTENT), previous.answer, previous.cmng_sha,
+                 previous.csr_pem, previous.public_key_pem,
                  json.dumps(previous.cose_payload, sort_keys=True)
                  if previous.cose_payload else None,
                  pending.step_id if pending else None,
-                 1 if pending and pending.present_before else 0, now, *row))
+                 1 if pending and pending.present_before else 0, error, now, *row))
 
         await self._execute(op)
 

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS keys (
     imei TEXT NOT NULL, sec_tag INTEGER NOT NULL, type INTEGER NOT NULL,
     state TEXT NOT NULL, answer TEXT, cmng_sha TEXT, run_id TEXT, updated_at TEXT NOT NULL,
     pending_step INTEGER, pending_present_before INTEGER,
-    csr_pem TEXT, public_key_pem TEXT, cose_payload TEXT,
+    csr_pem TEXT, public_key_pem TEXT, cose_payload TEXT, disputed TEXT,
     PRIMARY KEY (imei, sec_tag, type));
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, slot TEXT NOT NULL,
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS certs (
 """
 
 KEY_COLUMNS = ("state, answer, cmng_sha, pending_step, pending_present_before, csr_pem, "
-                "public_key_pem, cose_payload")
+                "public_key_pem, cose_payload, disputed")
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -68,7 +68,7 @@ SCHEMA_VERSION = "1"
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the columns later versions use to a journal made by an earlier one."""
     have = _columns(conn, "keys")
-    for column in ("csr_pem", "public_key_pem", "cose_payload"):
+    for column in ("csr_pem", "public_key_pem", "cose_payload", "disputed"):
         if column not in have:
             conn.execute(f"ALTER TABLE keys ADD COLUMN {column} TEXT")
     # Each run's device row holds the identity of the board that was in the slot (two boards
@@ -128,14 +128,14 @@ def key_state(row: tuple[Any, ...]) -> KeyState:
         pending = PendingIntent(step_id=row[3], present_before=bool(row[4]))
     return KeyState(state=KeyStateKind(row[0]) if row[0] else None, answer=row[1],
                     cmng_sha=row[2], pending=pending, csr_pem=row[5], public_key_pem=row[6],
-                    cose_payload=json.loads(row[7]) if row[7] else None)
+                    cose_payload=json.loads(row[7]) if row[7] else None, disputed=row[8])
 
 
 def key_states(conn: sqlite3.Connection, imei: str
                 ) -> tuple[tuple[tuple[int, int], KeyState], ...]:
     rows = conn.execute(f"SELECT {KEY_COLUMNS}, sec_tag, type FROM keys WHERE imei = ?",
                         (imei,)).fetchall()
-    return tuple(((row[8], row[9]), key_state(row[:8])) for row in rows)
+    return tuple(((row[9], row[10]), key_state(row[:9])) for row in rows)
 
 #: Columns of the ``certs`` table, in the order of :class:`CertState`'s fields.
 CERT_FIELDS = tuple(CertState.__dataclass_fields__)

@@ -78,6 +78,7 @@ from fleet.provision.decide import (
     decide_client_key,
     decide_endorsement_key,
     endorsement_outcome,
+    usable_sha,
 )
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord
 from fleet.report import not_attempted
@@ -312,7 +313,7 @@ class _Flow(DeviceWork):
         if self.job.check:
             return self._planned(key, decision)
         if decision.action is Action.NOTHING:
-            if sha and not state.cmng_sha:  # the first listing of the captured key
+            if usable_sha(sha) and not state.cmng_sha:  # the first listing of the captured key
                 await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
                                                     key_type=key.type.code, sha=sha)
             if self.dev.device_uuid is None:
@@ -348,7 +349,9 @@ class _Flow(DeviceWork):
             await self._delete(key, key.type.code, attempt, decision.reason)
         return await self._keygen(key, decision, attempt, args, command,
                                   present_before=present and not decision.deletes,
-                                  previous=state)
+                                  previous=state,
+                                  before=self.key_states.get((key.sec_tag, key.type.code),
+                                                             KeyState()))
 
     def _another_board(self, answer: KeygenAnswer) -> str | None:
         """Why ``answer`` comes from another board than the one the journal knows under this
@@ -392,9 +395,11 @@ class _Flow(DeviceWork):
 
     async def _keygen(self, key: KeySpec, decision: Decision, attempt: int,
                       args: tuple[Any, ...], command: Command, *, present_before: bool,
-                      previous: KeyState) -> KeyRecord:
+                      previous: KeyState, before: KeyState) -> KeyRecord:
         """The ``%KEYGEN``, its answer verified and captured. ``previous``: what the journal held
-        for the key before this attempt."""
+        for the key before this attempt; ``before``: before this invocation worked on it (what
+        an answer of another board puts back: an earlier attempt of this invocation may have
+        been on that board too)."""
         self.step(f"{key.name}: keygen")
         try:
             step_id, answer = await self.write(
@@ -411,7 +416,7 @@ class _Flow(DeviceWork):
             another = self._another_board(parsed)
             if another is not None:
                 await self.job.journal.another_boards_answer(
-                    step_id, answer=parsed.value, error=another, previous=previous)
+                    step_id, answer=parsed.value, error=another, previous=before)
                 await self.save_key(key, self._failed(key, another, attempt))
                 raise DeviceLost(another)
             verify_keygen(parsed, self.expectation(key, args, parsed))
