@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.credentials import parse_cmng_list_line
+from fleet.errors import CredentialError
 from fleet.provision.decide import (
     Action,
     decide_client_key,
@@ -106,11 +108,12 @@ def test_a_disputed_endorsement_key_is_read_again() -> None:
     assert same.action is Action.NOTHING
 
 
-def test_only_a_whole_sha256_is_compared() -> None:
-    captured = KeyState(state="captured", answer="a.b", cmng_sha=RECORDED)
-    cut = decide_client_key(present=True, journal=captured, if_exists="keep",
-                            listed_sha=RECORDED[:40])
-    assert cut.action is Action.NOTHING  # a line cut short is no evidence of another key
+def test_only_a_whole_sha256_is_ever_compared() -> None:
+    # A listing line whose SHA column was cut short is refused where it is parsed (the step is
+    # tried again), so the decision never takes it for the SHA of another key.
+    with pytest.raises(CredentialError, match="not 64 hex digits"):
+        parse_cmng_list_line(f'%CMNG: 16842753,2,"{RECORDED[:40]}"')
+    assert parse_cmng_list_line(f'%CMNG: 16842753,2,"{RECORDED.lower()}"').sha256 == RECORDED
 
 
 @pytest.mark.parametrize(("present", "journal", "if_exists", "action", "outcome"), CLIENT)

@@ -41,13 +41,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TypeGuard
 
 from fleet.records import KeyOutcome
 from fleet.state import KeyState
 
 __all__ = ["Action", "Decision", "decide_client_key", "decide_endorsement_key",
-           "endorsement_outcome", "usable_sha"]
+           "endorsement_outcome"]
 
 
 class Action(enum.StrEnum):
@@ -80,44 +79,36 @@ class Decision:
         return self.outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED)
 
 
-def usable_sha(sha: str | None) -> TypeGuard[str]:
-    """Whether a listing's SHA column is a whole SHA-256 (64 hex digits): only such a value is
-    recorded for a key or compared with the recorded one (a line cut short is not evidence)."""
-    return sha is not None and len(sha) == 64 and all(c in "0123456789ABCDEFabcdef" for c in sha)
-
-
 def _sha_changed(journal: KeyState, listed_sha: str | None) -> bool:
-    """The device lists another SHA-256 for the key than the journal recorded for it."""
-    return (usable_sha(listed_sha) and usable_sha(journal.cmng_sha)
-            and listed_sha != journal.cmng_sha)
+    """The device lists another SHA-256 for the key than the journal recorded for it (a listed
+    SHA is always a whole one: :class:`fleet.credentials.CmngEntry` refuses any other)."""
+    return bool(listed_sha and journal.cmng_sha and listed_sha != journal.cmng_sha)
 
 
-def _disputed(journal: KeyState, listed_sha: str | None) -> Decision | None:
+def _dispute_settled(journal: KeyState, listed_sha: str | None) -> bool:
     """For a key the device lists while the journal's state of it is disputed (another board
-    answered a %KEYGEN under this IMEI): nothing, when the listing's SHA-256 is the one
-    recorded for the captured key (it is that key); else the key fails, and nothing is sent."""
-    if journal.disputed is None:
-        return None
-    if (journal.state == "captured" and journal.answer and journal.cmng_sha
-            and listed_sha == journal.cmng_sha):
-        return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
-                        reason="key present, with the SHA-256 recorded for its captured answer")
-    return Decision(
-        action=Action.FAIL, outcome=KeyOutcome.FAILED,
-        reason=f"fleet cannot tell whether the key in this sec_tag is the one it holds the "
-        f"answer of ({journal.disputed}); nothing was sent. If this is the board the journal "
-        "knows and its key must stay, restore the journal from a backup; else delete the key "
-        "with AT%CMNG=3 and the next run makes a new one",
-    )
+    answered a %KEYGEN under this IMEI): whether the listing's SHA-256 is the one recorded for
+    the captured answer, so that the key there is that key."""
+    return bool(journal.state == "captured" and journal.answer and journal.cmng_sha
+                and listed_sha == journal.cmng_sha)
 
 
 def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
                       listed_sha: str | None = None) -> Decision:
     """The decision for a client private key (%KEYGEN key_type 2)."""
+    if present and journal.disputed is not None:
+        if _dispute_settled(journal, listed_sha):
+            return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
+                            reason="key present, with the SHA-256 recorded for its captured "
+                            "answer")
+        return Decision(
+            action=Action.FAIL, outcome=KeyOutcome.FAILED,
+            reason=f"fleet cannot tell whether the key in this sec_tag is the one it holds the "
+            f"answer of ({journal.disputed}); nothing was sent. If this is the board the "
+            "journal knows and its key must stay, restore the journal from a backup; else "
+            "delete the key with AT%CMNG=3 and the next run makes a new one",
+        )
     if present:
-        disputed = _disputed(journal, listed_sha)
-        if disputed is not None:
-            return disputed
         # An unresolved %KEYGEN for a key that was absent comes first: the key there now may be
         # the one it made, whatever answer the journal captured for an earlier key.
         if journal.pending is not None and not journal.pending.present_before:
@@ -162,8 +153,8 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
 def decide_endorsement_key(*, present: bool, journal: KeyState,
                            listed_sha: str | None = None) -> Decision:
     """The decision for an endorsement key (%KEYGEN key_type 8)."""
-    disputed = _disputed(journal, listed_sha) if present else None
-    if disputed is not None and disputed.action is Action.FAIL:  # its %KEYGEN only reads it
+    if present and journal.disputed is not None and not _dispute_settled(journal, listed_sha):
+        # its %KEYGEN only reads the key
         return Decision(action=Action.CAPTURE, outcome=KeyOutcome.CHANGED,
                         reason="another board answered a %KEYGEN for this key under this IMEI: "
                         "capture it again and compare")

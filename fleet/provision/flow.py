@@ -78,7 +78,6 @@ from fleet.provision.decide import (
     decide_client_key,
     decide_endorsement_key,
     endorsement_outcome,
-    usable_sha,
 )
 from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord
 from fleet.report import not_attempted
@@ -313,7 +312,7 @@ class _Flow(DeviceWork):
         if self.job.check:
             return self._planned(key, decision)
         if decision.action is Action.NOTHING:
-            if usable_sha(sha) and not state.cmng_sha:  # the first listing of the captured key
+            if sha and not state.cmng_sha:  # the first listing of the captured key
                 await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
                                                     key_type=key.type.code, sha=sha)
             if self.dev.device_uuid is None:
@@ -349,7 +348,7 @@ class _Flow(DeviceWork):
             await self._delete(key, key.type.code, attempt, decision.reason)
         return await self._keygen(key, decision, attempt, args, command,
                                   present_before=present and not decision.deletes,
-                                  previous=state,
+                                  journal_public_key=state.public_key_pem,
                                   before=self.key_states.get((key.sec_tag, key.type.code),
                                                              KeyState()))
 
@@ -395,11 +394,10 @@ class _Flow(DeviceWork):
 
     async def _keygen(self, key: KeySpec, decision: Decision, attempt: int,
                       args: tuple[Any, ...], command: Command, *, present_before: bool,
-                      previous: KeyState, before: KeyState) -> KeyRecord:
-        """The ``%KEYGEN``, its answer verified and captured. ``previous``: what the journal held
-        for the key before this attempt; ``before``: before this invocation worked on it (what
-        an answer of another board puts back: an earlier attempt of this invocation may have
-        been on that board too)."""
+                      journal_public_key: str | None, before: KeyState) -> KeyRecord:
+        """The ``%KEYGEN``, its answer verified and captured. ``before``: what the journal held
+        for the key before this invocation worked on it (what an answer of another board puts
+        back: an earlier attempt of this invocation may have been on that board too)."""
         self.step(f"{key.name}: keygen")
         try:
             step_id, answer = await self.write(
@@ -428,8 +426,7 @@ class _Flow(DeviceWork):
         derived = derived_fields(parsed)  # for the journal and the record alike
         outcome = decision.outcome
         if key.type is KeyType.ENDORSEMENT_KEY:
-            outcome = endorsement_outcome(decision=decision,
-                                          journal_public_key=previous.public_key_pem,
+            outcome = endorsement_outcome(decision=decision, journal_public_key=journal_public_key,
                                           new_public_key=derived["public_key_pem"])
         # The key's result in the run goes into the same journal transaction as the capture
         # (a certificate step after it can only make it a failure), and so does the device's
