@@ -51,8 +51,8 @@ from fleet.credentials import parse_attest_token
 from fleet.errors import CertificateError, CredentialError, ExportError
 
 __all__ = ["DEVICE_ID_MODES", "EXPORT_FORMATS", "FIRMWARE_TYPES", "MAX_ROWS", "OnboardRow",
-           "cell_problem", "checked_cell", "export_rows", "onboarding_rows", "split_list",
-           "write_onboarding_csv", "write_rows"]
+           "UnknownKey", "cell_problem", "checked_cell", "export_rows", "onboarding_rows",
+           "split_list", "write_onboarding_csv", "write_rows"]
 
 DEVICE_ID_MODES = ("cn", "uuid", "imei", "nrf-imei")
 #: ``fleet export nrfcloud --format``: bulk onboarding, bulk claiming, device info.
@@ -154,6 +154,15 @@ class _Skip(Exception):
     """The device is left out of the export (named on stderr)."""
 
 
+class UnknownKey(Exception):
+    """``key_name`` is no key of any device of the manifests: a mistyped option, not a device
+    without that certificate. ``names``: the key names they do have."""
+
+    def __init__(self, key_name: str, names: set[str]) -> None:
+        super().__init__(f"no device in the manifest(s) has a key named {key_name!r}")
+        self.key_name, self.names = key_name, names
+
+
 class _Collector:
     """Walks the manifests, keeping every entry, every skipped device and every problem."""
 
@@ -164,6 +173,7 @@ class _Collector:
         self.entries: list[_Entry] = []
         self.warnings: list[str] = []
         self.problems: list[str] = []
+        self.key_names: set[str] = set()  #: of every device's keys
 
     def manifest(self, path: str, document: Any) -> None:
         signed = document.get("signed") if isinstance(document, Mapping) else None
@@ -184,6 +194,8 @@ class _Collector:
                 or not isinstance(device_uuid, str | None)):
             self.problems.append(f"{label}: keys, imei or device_uuid of an unexpected type")
             return
+        self.key_names.update(k["name"] for k in keys
+                              if isinstance(k, Mapping) and isinstance(k.get("name"), str))
         row = {"onboard": self._onboard, "claim": self._claim, "devinfo": self._devinfo}
         try:
             cells, ident, witness = row[self.format](device, keys)
@@ -323,8 +335,9 @@ def export_rows(manifests: Iterable[tuple[str, Mapping[str, Any]]], *, export_fo
     """The rows of ``export_format`` (:data:`EXPORT_FORMATS`) for the (already verified)
     manifests, one per device that has what the format needs, and warnings naming the devices
     left out. A device in several manifests gets the row of the manifest whose run ended last.
-    Raises :class:`ExportError` naming every problem (module docstring) instead of returning
-    rows that would onboard or claim a device wrongly."""
+    Raises :class:`UnknownKey` for a ``key_name`` no device has, and :class:`ExportError`
+    naming every problem (module docstring) instead of returning rows that would onboard or
+    claim a device wrongly."""
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"export format {export_format!r} is not one of {EXPORT_FORMATS}")
     if device_id not in DEVICE_ID_MODES:
@@ -337,6 +350,8 @@ def export_rows(manifests: Iterable[tuple[str, Mapping[str, Any]]], *, export_fo
             collector.problems.append(f"{what} {value!r} {problem}")
     for path, document in manifests:
         collector.manifest(path, document)
+    if key_name is not None and key_name not in collector.key_names:
+        raise UnknownKey(key_name, collector.key_names)
     kept = collector.latest_per_device()
     collector.unique_ids(kept)
     if collector.problems:

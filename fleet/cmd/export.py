@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from fleet import exitcodes
 from fleet.certs.nrfcloud import (
     DEVICE_ID_MODES,
     EXPORT_FORMATS,
     FIRMWARE_TYPES,
+    UnknownKey,
     checked_cell,
     export_rows,
     split_list,
@@ -119,15 +118,15 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
         documents.append((str(path), document))
     if failed:
         return exitcodes.FAILED
-    if args.key is not None and args.key not in (names := _key_names(documents)):
-        print(f"{prog}: --key {args.key!r}: no device in the manifest(s) has a key of that "
-              f"name (their keys: {', '.join(sorted(names)) or 'none'}); nothing exported",
-              file=sys.stderr)
-        return exitcodes.USAGE
     try:
         rows, warnings = export_rows(documents, export_format=args.format,
                                      device_id=args.device_id, subtype=subtype, tags=tags,
                                      firmware_types=fw_types, key_name=args.key)
+    except UnknownKey as exc:
+        print(f"{prog}: --key {exc.key_name!r}: no device in the manifest(s) has a key of that "
+              f"name (their keys: {', '.join(sorted(exc.names)) or 'none'}); nothing exported",
+              file=sys.stderr)
+        return exitcodes.USAGE
     except ExportError as exc:
         for problem in exc.problems:
             print(f"{prog}: {problem}", file=sys.stderr)
@@ -142,17 +141,3 @@ def run_nrfcloud(args: argparse.Namespace) -> int:
     print(f"{prog}: {len(rows)} device(s) exported", file=sys.stderr)
     return exitcodes.OK
 
-
-def _key_names(documents: list[tuple[str, Any]]) -> set[str]:
-    """The plan key names the devices of the (verified) manifests record: a ``--key`` none of
-    them has is a mistyped option, not a device without that certificate."""
-    names = set()
-    for _, document in documents:
-        signed = document.get("signed") if isinstance(document, Mapping) else None
-        devices = signed.get("devices") if isinstance(signed, Mapping) else None
-        for device in devices if isinstance(devices, list) else ():
-            keys = device.get("keys") if isinstance(device, Mapping) else None
-            for key in keys if isinstance(keys, list) else ():
-                if isinstance(key, Mapping) and isinstance(key.get("name"), str):
-                    names.add(key["name"])
-    return names
