@@ -32,7 +32,8 @@ from fleet.station_key import (
     public_key_pem,
 )
 
-__all__ = ["ManifestWriter", "check_own_manifest", "load_plan_signing_key", "prepare_manifest"]
+__all__ = ["ManifestWriter", "check_own_manifest", "load_plan_signing_key", "manifest_path_problem",
+           "prepare_manifest"]
 
 #: Signs, checks and writes the manifest of a run's record; returns the path written.
 ManifestWriter = Callable[[RunRecord], Awaitable[Path]]
@@ -57,15 +58,21 @@ def load_plan_signing_key(plan: Plan) -> Signer:
     return open_signing_key(plan.signing_key)
 
 
+def manifest_path_problem(plan: Plan, *, create: bool) -> str | None:
+    """Why a manifest of a run starting now could not be written where the plan says (its
+    name, then its directory: made with ``create``, else only tried), or None."""
+    now = datetime.now(UTC)
+    return name_problem(plan.sample_manifest_path(now=now)) \
+        or directory_problem(plan.manifest_directory(now=now), create=create)
+
+
 def prepare_manifest(plan: Plan) -> ManifestWriter:
     """Check the signing key, the manifest's name and its directory now (so a missing key, a
     name the file system cannot take or a directory that cannot be written stops the run before
     anything is sent) and return the coroutine function that signs and writes the manifest of a
     run's record."""
     key = load_plan_signing_key(plan)
-    now = datetime.now(UTC)
-    problem = name_problem(plan.sample_manifest_path(now=now)) \
-        or directory_problem(plan.manifest_directory(now=now), create=True)
+    problem = manifest_path_problem(plan, create=True)
     if problem is not None:
         raise ManifestError(f"{problem}: no manifest could be written after the devices were "
                             "provisioned (fix the directory, or change manifest: in the plan)")

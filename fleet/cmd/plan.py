@@ -18,7 +18,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ from fleet.certs.authority import LocalCa
 from fleet.errors import ManifestError, PlanError
 from fleet.journal.files import journal_problem
 from fleet.logs import configure_logging
-from fleet.manifest import directory_problem, name_problem
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
 from fleet.plan.ports import is_glob
+from fleet.run_manifest import manifest_path_problem
 from fleet.station_key import algorithm, keyid, open_signing_key
 
 __all__ = ["plan_document", "register", "run_check"]
@@ -95,10 +94,8 @@ def readiness(plan: Plan) -> Readiness:
                 state += f", {describe(plan.signing_key)}"
         except ManifestError as exc:
             problem = str(exc)
-    now = datetime.now(UTC)
-    manifest = name_problem(plan.sample_manifest_path(now=now)) \
-        or directory_problem(plan.manifest_directory(now=now), create=False)
-    return Readiness(signing_key=state, signing_key_problem=problem, manifest_problem=manifest,
+    return Readiness(signing_key=state, signing_key_problem=problem,
+                     manifest_problem=manifest_path_problem(plan, create=False),
                      journal_problem=journal_problem(plan.journal_path, station=plan.station))
 
 
