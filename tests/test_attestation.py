@@ -16,7 +16,7 @@ from fleet.credentials import attest_token_problem, parse_attest_token, parse_ke
 from fleet.manifest import sign, verify, write_manifest
 from fleet.nrf91 import attestation_problem, firmware_version
 from fleet.station_key import load_public_key, load_signing_key
-from tests.runhelpers import fleet, run_json, write_plan
+from tests.runhelpers import fleet, logged_commands, run_json, write_plan
 
 ATTEST = "{timeout_s: 5, keygen_timeout_s: 10, retries: 2, attestation_token: true}"
 _WRITES = ("AT+CFUN=", "AT%KEYGEN", "AT%CMNG=0", "AT%CMNG=3")
@@ -28,8 +28,7 @@ def _plan(tmp_path: Path, model: str, ports: str = "sim://0-1") -> Path:
 
 
 def _commands(log: Path) -> list[str]:
-    return [json.loads(line)["command"].upper() for line in log.read_text().splitlines()
-            if "command" in json.loads(line)]
+    return [command.upper() for command in logged_commands(log)]
 
 
 def _manifest(doc: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,15 @@ from fleet.credentials import parse_keygen
 from fleet.manifest import verify
 from fleet.nrf91 import luhn_digit
 from tests.certhelpers import NOW, make_ca
-from tests.runhelpers import KEYS, fleet, journal_rows, run_json, wait_for, write_plan
+from tests.runhelpers import (
+    KEYS,
+    fleet,
+    journal_rows,
+    logged_commands,
+    run_json,
+    wait_for,
+    write_plan,
+)
 from tests.simproc import command, open_port, run_sim
 
 TLS = 16842753
@@ -537,11 +545,6 @@ def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
         assert "unchanged" not in [k["outcome"] for k in devices[0]["keys"]]
 
 
-def _sent_since(log: Path, lines: int) -> list[str]:
-    """The commands the simulator's log holds after its first ``lines`` lines."""
-    return [json.loads(line).get("command", "") for line in log.read_text().splitlines()[lines:]]
-
-
 @pytest.mark.parametrize(("recorded", "fault"), [
     (True, ""), (False, ""), (True, ", faults: ['lost-answer:1:1']")],
     ids=["sha-recorded", "no-sha-yet", "sha-recorded-clone-retried"])
@@ -568,7 +571,7 @@ def test_a_clone_without_attestation_never_costs_the_real_board_its_key(
                extra="simulator: {state: sim.json, log: sim.log, model: nrf9160}\n")
     (tmp_path / "sim.json").write_text(real_board)  # the real board comes back
     log = tmp_path / "sim.log"
-    before = len(log.read_text().splitlines())
+    before = len(logged_commands(log))
     code, document, err = run_json(plan, journal)
     key = _manifest(document)["devices"][0]["keys"][0]
     if recorded:
@@ -578,7 +581,7 @@ def test_a_clone_without_attestation_never_costs_the_real_board_its_key(
         assert code == 1, err
         assert key["outcome"] == "failed" and key["csr_pem"] is None
         assert "fleet cannot tell whether the key in this sec_tag is the one" in key["error"]
-    sent = _sent_since(log, before)
+    sent = logged_commands(log)[before:]
     assert not [c for c in sent if c.startswith(("AT%KEYGEN", "AT%CMNG=3"))], sent
 
 

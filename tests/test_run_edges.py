@@ -20,7 +20,7 @@ import pytest
 from fleet.credentials import parse_keygen
 from fleet.plan import load_plan
 from fleet.run import RunOptions, run_plan
-from tests.runhelpers import fleet, run_json, write_plan
+from tests.runhelpers import fleet, logged_commands, run_json, write_plan
 from tests.simproc import command, open_port, run_sim
 
 TLS = 16842753
@@ -264,8 +264,7 @@ def test_answers_that_disagree_on_the_device_uuid_stop_a_modem_without_attestati
         assert device["outcome"] == "failed"
         assert "another board with the same IMEI" in device["error"]
         assert "or a corrupted answer" in device["error"]
-    sent = [json.loads(line).get("command", "") for line in
-            (tmp_path / "sim.log").read_text().splitlines()]
+    sent = logged_commands(tmp_path / "sim.log")
     assert [c for c in sent if c.startswith("AT%KEYGEN=33,")] == ["AT%KEYGEN=33,8"] * 2
     assert not [c for c in sent if c.startswith("AT%CMNG=3")], sent
 

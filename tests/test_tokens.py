@@ -27,7 +27,7 @@ from fleet.plan import load_plan
 from fleet.run import RunOptions, run_plan
 from fleet.run_manifest import prepare_manifest
 from fleet.station_key import keyid, load_public_key
-from tests.runhelpers import fleet, run_json, write_plan
+from tests.runhelpers import fleet, logged_commands, run_json, write_plan
 from tests.softhsm import MODULE, PIN, SoftHsm, softhsm
 
 __all__ = ["softhsm"]  # the fixture, used by name
@@ -37,9 +37,7 @@ WRITES = ("AT%KEYGEN", "AT+CFUN=", "AT%CMNG=0", "AT%CMNG=3")
 
 
 def _commands(tmp_path: Path) -> list[str]:
-    log = tmp_path / "sim.log"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [json.loads(line)["command"] for line in lines]
+    return logged_commands(tmp_path / "sim.log")
 
 
 def _writes(tmp_path: Path) -> list[str]:
