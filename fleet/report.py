@@ -114,6 +114,10 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
     outcome, error = row.outcome, row.error
     if outcome is KeyOutcome.NOT_ATTEMPTED and row.write_unresolved:
         outcome, error = KeyOutcome.INTERRUPTED, error or _INTERRUPTED_WRITE
+    elif outcome is KeyOutcome.FAILED and row.write_unresolved:
+        # The key gave up with a write unanswered (no retry left, or none could reopen the
+        # port): not a key that is not there, but one nobody knows of.
+        outcome, error = KeyOutcome.INTERRUPTED, f"{error}; {_INTERRUPTED_WRITE}"
     if outcome in ANSWER_OUTCOMES and row.answer is None:
         # An earlier invocation of the run captured it; a later one lost the capture (a new
         # %KEYGEN for the tag, or the capture taken back): the record has no answer to show.

@@ -3,6 +3,7 @@ endorsement keys across runs, boards swapped between runs, two runs on one journ
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -84,8 +85,17 @@ def test_lost_answer_is_recovered_on_the_next_run(tmp_path: Path, line: str) -> 
     with run_sim(tmp_path, 2, *LINES[line], "--fault", "lost-answer:1@1") as sim:
         code, doc, _ = run_json(plan, journal)
         assert code == 1
-        assert _outcomes(doc)["modem1"]["tls"] == "failed"
+        # No retry is left, and a key nobody saw is on the device: not a failed key but an
+        # interrupted one, saying why and what the next run does.
+        assert _outcomes(doc)["modem1"]["tls"] == "interrupted"
+        key = next(d for d in doc["devices"] if d["port"].endswith("modem1"))["keys"][0]
+        assert "gave up after 1 attempt" in key["error"]
+        assert "its answer never arrived" in key["error"] and "recovered" in key["error"]
         assert sim.faults(1) and sim.faults(1)[0]["fault"] == "lost-answer"
+        signed = json.loads(Path(doc["manifest"]).read_text())["signed"]
+        assert signed["summary"]["keys"]["interrupted"] == 1, signed["summary"]
+        verified = fleet("verify", Path(doc["manifest"]))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
     # same state: the key made by the lost %KEYGEN is kept
     with run_sim(tmp_path, 2, *LINES[line]) as sim:
         before = len(sim.commands(0))
