@@ -31,6 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from fleet import __version__
+from fleet.at import delete_credential
 from fleet.certs.report import certificate_extra
 from fleet.credentials import (
     CredentialType,
@@ -140,7 +141,8 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
             return _failed_key(row, response, f"the journal's captured answer for this key is "
                                f"not reported: {problem} (the journal was changed outside "
                                "fleet: restore it from a backup, or delete the key with "
-                               "AT%CMNG=3 so that the next run makes a new one)")
+                               f"{delete_credential(row.sec_tag, row.key_type)} so that the next "
+                               "run makes a new one)")
         elif device_uuid is None and reported:
             return _failed_key(row, response, "the journal holds no device UUID for this "
                                "device (a journal written by an earlier fleet): the next run "

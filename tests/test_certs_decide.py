@@ -14,6 +14,7 @@ from fleet.records import CertOutcome
 from fleet.state import CertState
 
 CSR, OLD_CSR = "c" * 64, "0" * 64
+TAG = 16842753
 MINE, OTHER, THEIRS = "A" * 64, "B" * 64, "F" * 64
 
 
@@ -67,18 +68,20 @@ def test_certificate_decision(case: str, device: str | None, journal: CertState 
                               matches: bool | None, if_exists: str, read: bool,
                               action: CertAction, outcome: CertOutcome) -> None:
     assert needs_device_certificate(device_sha=device, journal=journal, csr_sha256=CSR) is read
-    decision = decide_certificate(device_sha=device, journal=journal, csr_sha256=CSR,
+    decision = decide_certificate(sec_tag=TAG, device_sha=device, journal=journal, csr_sha256=CSR,
                                   device_cert_matches_key=matches, if_exists=if_exists)
     assert (decision.action, decision.outcome) == (action, outcome), decision.reason
     assert decision.writes is (action in (CertAction.SIGN, CertAction.WRITE))
     assert decision.reason
+    if action is CertAction.FAIL:
+        assert "delete it with AT%CMNG=3,16842753,1 or" in decision.reason
 
 
 def test_certificate_decision_never_signs_twice_for_one_csr() -> None:
     """Whatever the device lists, a CSR with a journaled certificate is never signed again."""
     for state in ("issued", "confirmed"):
         for device in (None, MINE, OTHER, THEIRS):
-            decision = decide_certificate(device_sha=device, journal=known(state),
+            decision = decide_certificate(sec_tag=TAG, device_sha=device, journal=known(state),
                                           csr_sha256=CSR, device_cert_matches_key=None,
                                           if_exists="replace")
             assert decision.action is not CertAction.SIGN
@@ -86,10 +89,10 @@ def test_certificate_decision_never_signs_twice_for_one_csr() -> None:
 
 def test_certificate_decision_refuses_missing_input() -> None:
     with pytest.raises(ValueError, match="needs to know"):
-        decide_certificate(device_sha=THEIRS, journal=None, csr_sha256=CSR,
+        decide_certificate(sec_tag=TAG, device_sha=THEIRS, journal=None, csr_sha256=CSR,
                            device_cert_matches_key=None, if_exists="keep")
     with pytest.raises(ValueError, match="if_exists"):
-        decide_certificate(device_sha=None, journal=None, csr_sha256=CSR,
+        decide_certificate(sec_tag=TAG, device_sha=None, journal=None, csr_sha256=CSR,
                            device_cert_matches_key=None, if_exists="maybe")
 
 
@@ -127,9 +130,11 @@ CHAINS: list[tuple[str, str | None, CertState | None, str, CertAction, CertOutco
                          CHAINS, ids=[row[0] for row in CHAINS])
 def test_chain_decision(case: str, device: str | None, journal: CertState | None,
                         if_exists: str, action: CertAction, outcome: CertOutcome) -> None:
-    decision = decide_chain(device_sha=device, journal=journal, chain_sha256=CHAIN,
+    decision = decide_chain(sec_tag=TAG, device_sha=device, journal=journal, chain_sha256=CHAIN,
                             if_exists=if_exists)
     assert (decision.action, decision.outcome) == (action, outcome), decision.reason
+    if action is CertAction.FAIL:
+        assert "delete it with AT%CMNG=3,16842753,0 or" in decision.reason
 
 
 def test_outcome_words_are_the_manifest_words() -> None:

@@ -24,6 +24,7 @@ PRE = KeyState(state="pre-existing")
 CAPTURED_THEN_PENDING = KeyState(state="captured", answer="old.cose",
                                  pending=PendingIntent(step_id=9, present_before=False))
 DELETED = KeyState(state="deleted")
+TAG = 16842753
 RECORDED = "A" * 64  #: the SHA-256 the journal recorded for the captured key
 CAPTURED_SHA = KeyState(state="captured", answer="body.cose", cmng_sha=RECORDED)
 
@@ -57,12 +58,12 @@ CLIENT = [
 @pytest.mark.parametrize("if_exists", ["keep", "replace", "fail"])
 def test_a_client_key_listed_with_another_sha_is_not_the_captured_one(
         listed: str | None, action: Action, outcome: KeyOutcome, if_exists: str) -> None:
-    decision = decide_client_key(present=True, journal=CAPTURED_SHA, if_exists=if_exists,
-                                 listed_sha=listed)
+    decision = decide_client_key(sec_tag=TAG, present=True, journal=CAPTURED_SHA,
+                                 if_exists=if_exists, listed_sha=listed)
     assert (decision.action, decision.outcome) == (action, outcome)
     assert not decision.deletes
     if action is Action.FAIL:
-        assert RECORDED in decision.reason and "AT%CMNG=3" in decision.reason
+        assert RECORDED in decision.reason and "AT%CMNG=3,16842753,2 " in decision.reason
 
 
 def test_an_endorsement_key_listed_with_another_sha_is_captured_again() -> None:
@@ -92,7 +93,7 @@ DISPUTED = "another board answered"
 def test_a_disputed_client_key_is_never_deleted_or_reported_unchecked(
         present: bool, journal: KeyState, listed: str | None, action: Action,
         outcome: KeyOutcome, if_exists: str) -> None:
-    decision = decide_client_key(present=present, journal=journal, if_exists=if_exists,
+    decision = decide_client_key(sec_tag=TAG, present=present, journal=journal, if_exists=if_exists,
                                  listed_sha=listed)
     assert (decision.action, decision.outcome) == (action, outcome)
     assert not decision.deletes
@@ -119,22 +120,24 @@ def test_only_a_whole_sha256_is_ever_compared() -> None:
 @pytest.mark.parametrize(("present", "journal", "if_exists", "action", "outcome"), CLIENT)
 def test_client_key_rules(present: bool, journal: KeyState, if_exists: str, action: Action,
                           outcome: KeyOutcome) -> None:
-    decision = decide_client_key(present=present, journal=journal, if_exists=if_exists)
+    decision = decide_client_key(sec_tag=TAG, present=present, journal=journal, if_exists=if_exists)
     assert (decision.action, decision.outcome) == (action, outcome)
     assert decision.reason
 
 
 def test_a_captured_key_is_never_deleted() -> None:
     for if_exists in ("keep", "replace", "fail"):
-        decision = decide_client_key(present=True, journal=CAPTURED, if_exists=if_exists)
+        decision = decide_client_key(sec_tag=TAG, present=True, journal=CAPTURED,
+                                     if_exists=if_exists)
         assert decision.action is Action.NOTHING and not decision.deletes
 
 
 def test_fail_reason_says_what_to_do() -> None:
-    decision = decide_client_key(present=True, journal=NONE, if_exists="fail")
+    decision = decide_client_key(sec_tag=TAG, present=True, journal=NONE, if_exists="fail")
     assert "if_exists" in decision.reason
+    assert "delete it with AT%CMNG=3,16842753,2 or" in decision.reason
     with pytest.raises(ValueError):
-        decide_client_key(present=True, journal=NONE, if_exists="maybe")
+        decide_client_key(sec_tag=TAG, present=True, journal=NONE, if_exists="maybe")
 
 
 ENDORSEMENT = [
@@ -169,7 +172,8 @@ def test_endorsement_outcome_compares_keys() -> None:
 
 
 def test_changes_device() -> None:
-    assert decide_client_key(present=False, journal=NONE, if_exists="keep").changes_device
-    assert not decide_client_key(present=True, journal=NONE, if_exists="keep").changes_device
+    for present, changes in ((False, True), (True, False)):
+        decision = decide_client_key(sec_tag=TAG, present=present, journal=NONE, if_exists="keep")
+        assert decision.changes_device is changes
     assert not decide_endorsement_key(present=True, journal=NONE).changes_device
     assert decide_endorsement_key(present=False, journal=NONE).changes_device

@@ -470,6 +470,7 @@ def test_a_damaged_answer_in_the_journal_is_never_reported_or_signed(
         key = device["keys"][0]
         assert key["outcome"] == "failed" and key["csr_pem"] is None
         assert "captured answer for this key is not reported" in key["error"]
+        assert f"delete the key with AT%CMNG=3,{TLS},2 so that" in key["error"]
     assert signed["devices"][0]["keys"][0]["keygen_answer"] is None
 
 

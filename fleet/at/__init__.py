@@ -19,6 +19,7 @@ from fleet.at.commands import (
     Op,
     ParsedCommand,
     check_string,
+    delete_credential,
     parse_command,
 )
 from fleet.at.events import (
@@ -73,6 +74,7 @@ __all__ = [
     "Terminator",
     "Urc",
     "check_string",
+    "delete_credential",
     "encode_final",
     "parse_command",
     "parse_final",

@@ -160,6 +160,12 @@ class Command:
         return self._line.decode("utf-8")
 
 
+def delete_credential(sec_tag: int, credential_type: int) -> Command:
+    """``AT%CMNG=3,<sec_tag>,<type>``: delete one credential (also the command fleet's errors
+    tell an operator to send)."""
+    return Command.set("%CMNG", 3, sec_tag, credential_type)
+
+
 def _render(arg: Arg) -> str:
     if arg is None:
         return ""

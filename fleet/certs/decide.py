@@ -42,6 +42,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from fleet.at import Command, delete_credential
+from fleet.nrf91 import CredentialType
 from fleet.records import CertOutcome
 from fleet.state import CertState
 
@@ -93,12 +95,13 @@ def needs_device_certificate(*, device_sha: str | None, journal: CertState | Non
     return not _kept_before(journal, device_sha, csr_sha256)
 
 
-def decide_certificate(*, device_sha: str | None, journal: CertState | None, csr_sha256: str,
-                       device_cert_matches_key: bool | None, if_exists: str) -> CertDecision:
-    """The decision for the client certificate of a key whose CSR has SHA-256 ``csr_sha256``
-    (hex of the raw CSR body). ``device_cert_matches_key``: whether the certificate the device
-    holds carries the CSR's public key (None when not read: only allowed where
-    :func:`needs_device_certificate` is False)."""
+def decide_certificate(*, sec_tag: int, device_sha: str | None, journal: CertState | None,
+                       csr_sha256: str, device_cert_matches_key: bool | None,
+                       if_exists: str) -> CertDecision:
+    """The decision for the client certificate in ``sec_tag`` of a key whose CSR has SHA-256
+    ``csr_sha256`` (hex of the raw CSR body). ``device_cert_matches_key``: whether the
+    certificate the device holds carries the CSR's public key (None when not read: only allowed
+    where :func:`needs_device_certificate` is False)."""
     _check_if_exists(if_exists)
     if journal is not None and _fleets_for(journal, csr_sha256):
         if device_sha == journal.sha256 and journal.state == "confirmed":
@@ -130,15 +133,16 @@ def decide_certificate(*, device_sha: str | None, journal: CertState | None, csr
         raise ValueError("the decision needs to know whether the device's certificate carries "
                          "this key (needs_device_certificate)")
     if matches or if_exists == "fail":
-        return _not_fleets(if_exists, "client certificate", CertAction.SIGN, CertOutcome.ISSUED)
+        return _not_fleets(if_exists, "client certificate", CertAction.SIGN, CertOutcome.ISSUED,
+                           delete_credential(sec_tag, CredentialType.CLIENT_CERT))
     return CertDecision(action=CertAction.SIGN, outcome=CertOutcome.ISSUED,
                         reason="the certificate fleet did not write in this sec_tag is not for "
                         "this key (it cannot work with it): replace it")
 
 
-def decide_chain(*, device_sha: str | None, journal: CertState | None, chain_sha256: str,
-                 if_exists: str) -> CertDecision:
-    """The decision for the root CA (type 0) of a sec_tag whose plan has a ``chain:`` with
+def decide_chain(*, sec_tag: int, device_sha: str | None, journal: CertState | None,
+                 chain_sha256: str, if_exists: str) -> CertDecision:
+    """The decision for the root CA (type 0) of ``sec_tag``, whose plan has a ``chain:`` with
     SHA-256 ``chain_sha256`` (of the canonical PEM written)."""
     _check_if_exists(if_exists)
     if device_sha == chain_sha256:
@@ -158,7 +162,8 @@ def decide_chain(*, device_sha: str | None, journal: CertState | None, chain_sha
         return CertDecision(action=CertAction.WRITE, outcome=CertOutcome.REWRITTEN,
                             reason="the device holds a chain fleet wrote earlier; the plan's "
                             "chain is another one")
-    return _not_fleets(if_exists, "root CA", CertAction.WRITE, CertOutcome.WRITTEN)
+    return _not_fleets(if_exists, "root CA", CertAction.WRITE, CertOutcome.WRITTEN,
+                       delete_credential(sec_tag, CredentialType.ROOT_CA_CERT))
 
 
 def _check_if_exists(if_exists: str) -> None:
@@ -166,10 +171,10 @@ def _check_if_exists(if_exists: str) -> None:
         raise ValueError(f"invalid if_exists {if_exists!r}")
 
 
-def _not_fleets(if_exists: str, what: str, replace: CertAction,
-                replaced: CertOutcome) -> CertDecision:
+def _not_fleets(if_exists: str, what: str, replace: CertAction, replaced: CertOutcome,
+                delete: Command) -> CertDecision:
     """``if_exists`` for a ``what`` fleet did not write: keep it, replace it (``replace``
-    leading to ``replaced``) or fail."""
+    leading to ``replaced``) or fail (saying to ``delete`` it)."""
     found = f"a {what} fleet did not write is in this sec_tag"
     if if_exists == "keep":
         return CertDecision(action=CertAction.KEEP, outcome=CertOutcome.PRE_EXISTING,
@@ -178,5 +183,5 @@ def _not_fleets(if_exists: str, what: str, replace: CertAction,
         return CertDecision(action=replace, outcome=replaced,
                             reason=f"{found}; if_exists: replace")
     return CertDecision(action=CertAction.FAIL, outcome=CertOutcome.FAILED,
-                        reason=f"{found} (if_exists: fail); delete it with AT%CMNG=3 or set "
+                        reason=f"{found} (if_exists: fail); delete it with {delete} or set "
                         "if_exists: keep/replace")

@@ -234,13 +234,14 @@ class _Step:
         if needs_device_certificate(device_sha=device_sha, journal=known,
                                     csr_sha256=self.csr_sha256):
             matches = await self.read_device_certificate()
+        tag, if_exists = self.key.sec_tag, str(self.key.if_exists)
         out = {"certificate": decide_certificate(
-            device_sha=device_sha, journal=known, csr_sha256=self.csr_sha256,
-            device_cert_matches_key=matches, if_exists=str(self.key.if_exists))}
+            sec_tag=tag, device_sha=device_sha, journal=known, csr_sha256=self.csr_sha256,
+            device_cert_matches_key=matches, if_exists=if_exists)}
         if self.ca.chain is not None:
             out["ca_chain"] = decide_chain(
-                device_sha=listed.get(_CHAIN), journal=self.known[_CHAIN],
-                chain_sha256=self.ca.chain.sha256, if_exists=str(self.key.if_exists))
+                sec_tag=tag, device_sha=listed.get(_CHAIN), journal=self.known[_CHAIN],
+                chain_sha256=self.ca.chain.sha256, if_exists=if_exists)
         self.flow.log.debug("certificate decision", key=self.key.name,
                             **{k: f"{d.action}: {d.reason}" for k, d in out.items()})
         return out

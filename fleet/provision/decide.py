@@ -42,6 +42,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from fleet.at import delete_credential
+from fleet.nrf91 import CredentialType
 from fleet.records import KeyOutcome
 from fleet.state import KeyState
 
@@ -93,9 +95,10 @@ def _dispute_settled(journal: KeyState, listed_sha: str | None) -> bool:
                 and listed_sha == journal.cmng_sha)
 
 
-def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
+def decide_client_key(*, sec_tag: int, present: bool, journal: KeyState, if_exists: str,
                       listed_sha: str | None = None) -> Decision:
-    """The decision for a client private key (%KEYGEN key_type 2)."""
+    """The decision for the client private key (%KEYGEN key_type 2) of ``sec_tag``."""
+    delete = delete_credential(sec_tag, CredentialType.CLIENT_PRIVATE_KEY)
     if present and journal.disputed is not None:
         if _dispute_settled(journal, listed_sha):
             return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
@@ -106,7 +109,7 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
             reason=f"fleet cannot tell whether the key in this sec_tag is the one it holds the "
             f"answer of ({journal.disputed}); nothing was sent. If this is the board the "
             "journal knows and its key must stay, restore the journal from a backup; else "
-            "delete the key with AT%CMNG=3 and the next run makes a new one",
+            f"delete the key with {delete} and the next run makes a new one",
         )
     if present:
         # An unresolved %KEYGEN for a key that was absent comes first: the key there now may be
@@ -125,7 +128,7 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
                 reason=f"the key in this sec_tag is not the one fleet made: the modem lists its "
                 f"SHA-256 as {listed_sha}, the journal recorded {journal.cmng_sha} for the key "
                 "whose CSR it holds (replaced with another tool?); nothing was sent. Delete it "
-                "with AT%CMNG=3 to have the next run generate a new one",
+                f"with {delete} to have the next run generate a new one",
             )
         if journal.state == "captured" and journal.answer:
             return Decision(action=Action.NOTHING, outcome=KeyOutcome.UNCHANGED,
@@ -140,7 +143,7 @@ def decide_client_key(*, present: bool, journal: KeyState, if_exists: str,
             return Decision(
                 action=Action.FAIL, outcome=KeyOutcome.FAILED,
                 reason="a key fleet did not make is already in this sec_tag (if_exists: fail); "
-                "delete it with AT%CMNG=3 or set if_exists: keep/replace",
+                f"delete it with {delete} or set if_exists: keep/replace",
             )
         raise ValueError(f"invalid if_exists {if_exists!r}")
     if journal.state == "captured":

@@ -33,7 +33,7 @@ from typing import Any
 
 import anyio
 
-from fleet.at import Command
+from fleet.at import Command, delete_credential
 from fleet.credentials import (
     CredentialType,
     KeygenAnswer,
@@ -304,7 +304,7 @@ class _Flow(DeviceWork):
         else:  # a retry: the journal may have changed since identification
             state = await self.job.journal.key_state(self.dev.imei, key.sec_tag, key.type.code)
         if key.type is KeyType.CLIENT_KEY:
-            decision = decide_client_key(present=present, journal=state,
+            decision = decide_client_key(sec_tag=key.sec_tag, present=present, journal=state,
                                          if_exists=str(key.if_exists), listed_sha=sha)
         else:
             decision = decide_endorsement_key(present=present, journal=state, listed_sha=sha)
@@ -381,7 +381,7 @@ class _Flow(DeviceWork):
         """``AT%CMNG=3`` of one credential in the key's sec_tag (already gone is fine)."""
         self.step(f"{key.name}: delete")
         try:
-            await self.write(Command.set("%CMNG", 3, key.sec_tag, credential_type),
+            await self.write(delete_credential(key.sec_tag, credential_type),
                              action="delete", key=key, attempt=attempt,
                              timeout=self.settings.timeout_s, credential_type=credential_type,
                              detail={"reason": reason})
