@@ -266,10 +266,13 @@ def test_a_key_replaced_behind_fleets_back_is_never_reported_with_the_old_csr(
     with run_sim(tmp_path, 1) as sim:
         plan = write_plan(tmp_path, ports=_ports(tmp_path))
         journal = tmp_path / "j.sqlite"
-        for _ in range(2):  # the first run makes the keys, the second records their SHA-256
-            code, document, err = run_json(plan, journal)
-            assert code == 0, err
-        first = {k["name"]: k for k in document["devices"][0]["keys"]}
+        code, document, err = run_json(plan, journal)  # it makes the keys and lists them
+        assert code == 0, err
+        first = {k["name"]: k for k in _manifest(document)["devices"][0]["keys"]}
+        listed = {(c["sec_tag"], c["type"]): c for c in sim.modem_state(0)["credentials"]}
+        for name, tag, kind in (("tls", TLS, 2), ("endorsement", 33, 8)):
+            assert first[name]["outcome"] == "generated"
+            assert first[name]["cmng_sha256"] == listed[tag, kind]["sha256"], first[name]
         port = open_port(sim.ports[0])
         try:  # both keys made again with plain pyserial
             for line in ("AT+CFUN=4", f"AT%CMNG=3,{TLS},2", f"AT%KEYGEN={TLS},2,0",
@@ -501,15 +504,21 @@ def test_a_board_swapped_after_a_sigkill_keeps_its_keys_in_the_record(tmp_path: 
     assert signed["run"]["complete"] is True  # every slot's board now is done
 
 
-def _one_board_provisioned(tmp_path: Path, model: str, slot_keys: str = "[tls]"
-                           ) -> tuple[Path, Path, dict[str, Any]]:
+def _one_board_provisioned(tmp_path: Path, model: str, slot_keys: str = "[tls]", *,
+                           sha_listed: bool = True) -> tuple[Path, Path, dict[str, Any]]:
     """A plan for one simulated board of ``model`` (state in sim.json, log in sim.log), its
-    journal, and the document of its first run, which succeeded."""
-    plan = write_plan(tmp_path, ports="sim://0", slot_keys=slot_keys,
-                      extra=f"simulator: {{state: sim.json, log: sim.log, model: {model}}}\n")
+    journal, and the document of its first run, which succeeded. ``sha_listed=False``: that
+    run's listings had no SHA-256 column, so the journal holds none for the keys (as for keys
+    an earlier fleet captured); the plan returned lists them as usual."""
+    extra = f"simulator: {{state: sim.json, log: sim.log, model: {model}}}\n"
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys=slot_keys, extra=extra if sha_listed
+                      else extra.replace("}\n", ", faults: ['list-no-sha:1']}\n"))
     journal = tmp_path / "j.sqlite"
     code, document, err = run_json(plan, journal)
     assert code == 0, err
+    assert journal_rows(journal, "SELECT count(*) FROM keys WHERE cmng_sha IS NULL")[0][0] == (
+        0 if sha_listed else len(document["devices"][0]["keys"]))
+    write_plan(tmp_path, ports="sim://0", slot_keys=slot_keys, extra=extra)
     return plan, journal, document
 
 
@@ -554,10 +563,8 @@ def test_a_clone_without_attestation_never_costs_the_real_board_its_key(
     # An nRF9160 refuses %ATTESTTOKEN: only its %KEYGEN answer tells a clone from the board the
     # journal knows, after the write. The real board must never lose its key for it, and is
     # reported unchanged only when its listing shows the SHA-256 recorded for its key.
-    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160")
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160", sha_listed=recorded)
     first = _manifest(document)["devices"][0]
-    if recorded:  # a re-run records the key's SHA-256
-        assert run_json(plan, journal)[0] == 0
     real_board = (tmp_path / "sim.json").read_text()
     _swap_board(tmp_path / "sim.json", 0, first["imei"])  # a clone: same IMEI, another board
     write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
@@ -589,10 +596,8 @@ def test_a_clone_without_attestation_never_costs_the_real_board_its_key(
 @pytest.mark.parametrize("recorded", [True, False], ids=["sha-recorded", "no-sha-yet"])
 def test_a_corrupted_answer_for_a_vanished_key_never_reports_the_old_csr(
         tmp_path: Path, recorded: bool) -> None:
-    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160")
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9160", sha_listed=recorded)
     first = _manifest(document)["devices"][0]["keys"][0]
-    if recorded:  # a re-run records the key's SHA-256
-        assert run_json(plan, journal)[0] == 0
     state = json.loads((tmp_path / "sim.json").read_text())
     state["modems"][0]["credentials"] = []  # the key is gone from the device
     (tmp_path / "sim.json").write_text(json.dumps(state))

@@ -19,7 +19,8 @@ How this works
    ever without its device's UUID, and a UUID the journal knows under another IMEI stops the
    slot before any write;
 4. the certificate step for keys with ``ca:`` (:mod:`fleet.provision.certs`);
-5. restore the function mode read at the start (or the one an interrupted run left in the
+5. one ``AT%CMNG=1`` to record the SHA-256 the modem lists for each key captured;
+6. restore the function mode read at the start (or the one an interrupted run left in the
    journal) when ``restore_function_mode``.
 
 A %KEYGEN for a client key is never re-sent blindly: every retry starts again from inspection, so
@@ -205,10 +206,42 @@ class _Flow(DeviceWork):
             self.log.info("credential listing failed; the first key retries it", error=str(exc))
 
     async def _read_listing(self) -> dict[tuple[int, int], str | None]:
+        self.listing = await self._list_all()
+        return self.listing
+
+    async def _list_all(self) -> dict[tuple[int, int], str | None]:
+        """``AT%CMNG=1``: every credential's (sec_tag, type) and its SHA column."""
         answer = await self.session.command(Command.set("%CMNG", 1),
                                             timeout=self.settings.timeout_s)
-        self.listing = {(e.sec_tag, e.type): e.sha256 for e in parse_cmng_list(answer.lines)}
-        return self.listing
+        return {(e.sec_tag, e.type): e.sha256 for e in parse_cmng_list(answer.lines)}
+
+    async def record_new_keys_sha(self) -> None:
+        """The SHA-256 the modem lists for each key captured in this invocation, recorded now,
+        so that a key replaced behind fleet's back before the next run is told from the one
+        whose answer the journal holds (that run's decision compares the two). One
+        ``AT%CMNG=1`` after the keys; when it cannot be read, the next run's listing records
+        the SHA (as for a key an earlier fleet captured), and the keys keep their outcomes."""
+        captured = [key for key in self.slot.keys if key.name in self.results_saved]
+        if not captured or self.job.check:
+            return
+
+        async def listing(number: int) -> dict[tuple[int, int], str | None]:
+            if number > 1 or not self.session.is_open or self.session.needs_recover:
+                await self.recover()
+            return await self._list_all()
+
+        self.step("list new keys")
+        try:
+            listed = await self.policy.step(listing)
+        except RETRYABLE as exc:
+            self.log.warning("the new keys' SHA-256 could not be listed; the next run records "
+                             "it", error=str(exc))
+            return
+        for key in captured:
+            sha = listed.get((key.sec_tag, key.type.code))
+            if sha:
+                await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
+                                                    key_type=key.type.code, sha=sha)
 
     async def _claim_stored(self, key: KeySpec, state: KeyState) -> KeyRecord | None:
         """A device whose UUID the journal lacks, with a key captured by an earlier version of
@@ -449,7 +482,7 @@ class _Flow(DeviceWork):
         if outcome in (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED):
             self.dev.changed = True
         # The verified answer is the proof the key exists (the modem stores it before it
-        # answers); the next run's %CMNG=1 records its SHA column.
+        # answers); the listing after the keys records its SHA column.
         return self._record(key, outcome, parsed.value, attempt, derived)
 
     def _record(self, key: KeySpec, outcome: KeyOutcome, answer: str | None, attempts: int,
@@ -545,6 +578,7 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 await flow.save_key(key, record)
                 flow.keys_done += 1
                 flow.report_progress()
+            await flow.record_new_keys_sha()
             await flow.restore_mode()
         except (DeviceLost, DeviceSwapped, PortBusy) as exc:
             error = str(exc)
