@@ -179,3 +179,28 @@ def test_reboot_resets_the_function_mode_and_keeps_the_keys(tmp_path: Path) -> N
         again = parse_keygen(command(port, "AT%KEYGEN=30,8")[0])
     assert again.public_key_pem == endorse.public_key_pem
 
+
+
+def test_swap_drops_the_port_and_another_board_with_the_same_imei_answers(
+        tmp_path: Path) -> None:
+    with run_sim(tmp_path, 2, "--function-mode", "4", "--model", "nrf9151",
+                 "--fault", "swap:1:1@1") as sim:
+        link = sim.ports[1]
+        before = sim.modem_state(1)
+        with open_port(link) as port:
+            assert command(port, "AT%KEYGEN=40,2,0")[-1] == "OK"
+            old = os.readlink(link)
+            port.write(b"AT%CMNG=1\r")
+            assert b"%CMNG" not in expect_drop(port)
+        wait_relinked(link, old)
+        after = sim.modem_state(1)
+        assert after["imei"] == before["imei"] and after["model"] == before["model"]
+        assert after["device_uuid"] != before["device_uuid"]
+        assert after["identity_public_key_pem"] != before["identity_public_key_pem"]
+        assert after["credentials"] == []  # the key made on the first board is not on this one
+        with open_port(link) as port:
+            assert command(port, "AT+CGSN=1") == [f'+CGSN: "{before["imei"]}"', "OK"]
+            assert command(port, "AT%ATTESTTOKEN")[-1] == "OK"
+            assert not [line for line in command(port, "AT%CMNG=1") if "40,2" in line]
+        assert [f["fault"] for f in sim.faults(1)] == ["swap"]
+        assert sim.modem_state(0)["credentials"] == [] and sim.faults(0) == []

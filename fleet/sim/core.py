@@ -12,11 +12,12 @@ prints by itself (a shell's echo and prompt) and, per command for the modem:
 
 1. logs it; rolls silent / disconnect / reboot (each ends the command);
 2. asks the model for the reply (the faults that depend on the command - keygen-fail,
-   keygen-bad-uuid, list-no-sha, list-drop - are rolled inside, when they can apply);
+   keygen-bad-uuid, list-no-sha, list-drop, swap - are rolled inside, when they can apply);
 3. sleeps what is left of the profile's delay for the work done (+ the slow fault), counted
    from the moment the command arrived;
 4. if the state changed, waits until the state file holding the change is written
-   (lost-answer drops the port here, after the key is safely stored; so does list-drop);
+   (lost-answer drops the port here, after the key is safely stored; so does list-drop, and
+   swap, which first puts another board with the same IMEI in the modem's place);
 5. frames the answer as the line prints it, applies urc-storm and garble to the bytes and sends
    them, paced in the realistic profile.
 
@@ -114,6 +115,7 @@ class SimCore:
         self.writer = StateWriter(config.state_path, lambda: renderer.render(self._all))
         self.log = EventLog(config.log_path)
         self._claims: dict[int, object] = {}
+        self._swaps = [0] * config.count  #: boards the swap fault put in each modem's place
         if config.state_path is not None:
             self.writer.mark_dirty()  # the first write creates (or completes) the file
 
@@ -131,6 +133,16 @@ class SimCore:
         """Give the claim back (a no-op when a newer connection holds it)."""
         if self._claims.get(index) is token:
             del self._claims[index]
+
+    def _swap(self, index: int) -> None:
+        """Another board with the same IMEI in modem ``index``'s place (the swap fault); the
+        state file keeps the board now there."""
+        self._swaps[index] += 1
+        old = self.modems[index]
+        new = old.swapped(seed=self.config.seed, board=self._swaps[index])
+        self.modems[index] = new
+        self._all[self._all.index(old)] = new
+        self.lines[index] = make_line(self.config)  # another board's firmware starts afresh
 
     # -- the session loop ----------------------------------------------------------------------
 
@@ -185,6 +197,9 @@ class SimCore:
         if delay > 0:
             await anyio.sleep(delay)
         await self.writer.wait_written(version)
+        if reply.fault is FaultName.SWAP:
+            self._swap(index)
+            await self.writer.wait_written(self.writer.mark_dirty())
         if reply.drop:
             return Ending.DROPPED
         if reply.key_made and dice.roll(FaultName.LOST_ANSWER):

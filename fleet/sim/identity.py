@@ -35,8 +35,9 @@ TAC = "35265610"
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
-def _digest(seed: int, index: int, purpose: str) -> bytes:
-    return hashlib.sha256(f"fleet-sim/{purpose}/{seed}/{index}".encode()).digest()
+def _digest(seed: int, index: int, purpose: str, board: int = 0) -> bytes:
+    swapped = f"/board{board}" if board else ""  # the original board's values stay as they were
+    return hashlib.sha256(f"fleet-sim/{purpose}/{seed}/{index}{swapped}".encode()).digest()
 
 
 def derive_imei(seed: int, index: int) -> str:
@@ -46,14 +47,16 @@ def derive_imei(seed: int, index: int) -> str:
     return body + luhn_digit(body)
 
 
-def derive_device_uuid(seed: int, index: int) -> uuid.UUID:
-    """The device UUID of modem ``index`` (a version-4 UUID made from the seed)."""
-    return uuid.UUID(bytes=_digest(seed, index, "device-uuid")[:16], version=4)
+def derive_device_uuid(seed: int, index: int, board: int = 0) -> uuid.UUID:
+    """The device UUID of modem ``index`` (a version-4 UUID made from the seed); ``board``: of
+    the n-th board the swap fault put in its place."""
+    return uuid.UUID(bytes=_digest(seed, index, "device-uuid", board)[:16], version=4)
 
 
-def derive_identity_key(seed: int, index: int) -> ec.EllipticCurvePrivateKey:
-    """The P-256 device identity key of modem ``index``."""
-    scalar = int.from_bytes(_digest(seed, index, "identity-key"), "big") % (_P256_ORDER - 1) + 1
+def derive_identity_key(seed: int, index: int, board: int = 0) -> ec.EllipticCurvePrivateKey:
+    """The P-256 device identity key of modem ``index`` (``board``: as for the UUID)."""
+    digest = _digest(seed, index, "identity-key", board)
+    scalar = int.from_bytes(digest, "big") % (_P256_ORDER - 1) + 1
     return ec.derive_private_key(scalar, ec.SECP256R1())
 
 

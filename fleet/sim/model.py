@@ -112,6 +112,16 @@ class Modem:
                    identity_key=derive_identity_key(seed, index),
                    store=CredentialStore(capacity), function_mode=function_mode)
 
+    def swapped(self, *, seed: int, board: int) -> Modem:
+        """The ``board``-th board the swap fault puts in this one's place: the same IMEI, model
+        and firmware (a cloned module, or an unprogrammed IMEI), its own device UUID and
+        identity key, no credentials, function mode 0."""
+        return Modem(index=self.index, imei=self.imei,
+                     device_uuid=derive_device_uuid(seed, self.index, board), model=self.model,
+                     identity_key=derive_identity_key(seed, self.index, board),
+                     store=CredentialStore(self.store.capacity), firmware=self.firmware,
+                     cgmm=self.cgmm)
+
     def __repr__(self) -> str:
         return (f"Modem(index={self.index}, imei={self.imei}, model={self.model.name}, "
                 f"cfun={self.function_mode}, credentials={len(self.store)})")
@@ -174,8 +184,8 @@ class Modem:
         """Answer one command line (terminator removed).
 
         ``faults`` is asked at the moment a fault that depends on the command could apply
-        (keygen-fail, keygen-bad-uuid, list-no-sha, list-drop; see :mod:`fleet.faults`); the
-        reply names the one that took effect.
+        (keygen-fail, keygen-bad-uuid, list-no-sha, list-drop, swap; see
+        :mod:`fleet.faults`); the reply names the one that took effect.
         """
         try:
             cmd = parse_command(line)

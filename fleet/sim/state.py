@@ -143,15 +143,17 @@ class StateRenderer:
     """Serialise the whole state, re-encoding only the modems that changed since last time."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[int, str]] = {}
+        #: per index: the modem (another board may take its place), its revision, its JSON
+        self._cache: dict[int, tuple[Modem, int, str]] = {}
 
     def render(self, modems: list[Modem]) -> bytes:
         parts: list[str] = []
         for modem in sorted(modems, key=lambda m: m.index):
             cached = self._cache.get(modem.index)
-            if cached is None or cached[0] != modem.revision:
-                cached = (modem.revision, json.dumps(modem_to_dict(modem), sort_keys=False))
+            if cached is None or cached[0] is not modem or cached[1] != modem.revision:
+                cached = (modem, modem.revision,
+                          json.dumps(modem_to_dict(modem), sort_keys=False))
                 self._cache[modem.index] = cached
-            parts.append(cached[1])
+            parts.append(cached[2])
         head = f'{{"format": "{FORMAT}", "version": {VERSION}, "modems": [\n'
         return (head + ",\n".join(parts) + "\n]}\n").encode("utf-8")
