@@ -543,9 +543,10 @@ def test_another_board_with_a_known_imei_is_never_written_to(tmp_path: Path) -> 
 
 def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
         tmp_path: Path) -> None:
-    plan, journal, _ = _one_board_provisioned(tmp_path, "nrf9151", "[tls, endorsement]")
+    plan, journal, first = _one_board_provisioned(tmp_path, "nrf9151", "[tls, endorsement]")
+    real_uuid = first["devices"][0]["device_uuid"]
     state = json.loads((tmp_path / "sim.json").read_text())
-    state["modems"][0]["device_uuid"] = str(uuid.uuid4())  # the same IMEI and credentials
+    clone_uuid = state["modems"][0]["device_uuid"] = str(uuid.uuid4())  # same IMEI and keys
     (tmp_path / "sim.json").write_text(json.dumps(state))
     code, document, err = run_json(plan, journal)
     assert code == 1, err
@@ -553,6 +554,41 @@ def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
         assert devices[0]["outcome"] == "failed"
         assert "another board with the same IMEI" in devices[0]["error"]
         assert "unchanged" not in [k["outcome"] for k in devices[0]["keys"]]
+        # The slot held the clone: the record gives the UUID it attested, never the real one's.
+        assert devices[0]["device_uuid"] == clone_uuid != real_uuid
+
+
+def test_a_board_swapped_in_while_the_port_is_reopened_is_never_written_to(
+        tmp_path: Path) -> None:
+    # The real board's key is gone from the listing the swap answers, so the run decides to
+    # generate it again; the board now in the slot has the same IMEI but attests another UUID,
+    # so nothing is written and the journal keeps the real board's captured key.
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9151")
+    real = document["devices"][0]
+    real_board = (tmp_path / "sim.json").read_text()
+    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
+               "sim.json, log: sim.log, model: nrf9151, faults: ['swap:1:1']}\n")
+    log = tmp_path / "sim.log"
+    before = len(logged_commands(log))
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err
+    clone_uuid = json.loads((tmp_path / "sim.json").read_text())["modems"][0]["device_uuid"]
+    assert clone_uuid != real["device_uuid"]
+    for devices in (document["devices"], _manifest(document)["devices"]):
+        device = devices[0]
+        assert device["outcome"] == "failed" and device["imei"] == real["imei"]
+        assert f"device UUID {clone_uuid} is not {real['device_uuid']}" in device["error"]
+        assert device["device_uuid"] == clone_uuid
+    sent = logged_commands(log)[before:]
+    assert f"AT%CMNG=1,{TLS},2" in sent  # the listing the board was swapped at
+    assert not [c for c in sent if c.startswith(("AT%KEYGEN", "AT%CMNG=3", "AT+CFUN="))], sent
+    (tmp_path / "sim.json").write_text(real_board)  # the real board comes back
+    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+               extra="simulator: {state: sim.json, log: sim.log, model: nrf9151}\n")
+    code, document, err = run_json(plan, journal)
+    assert code == 0, err
+    key = _manifest(document)["devices"][0]["keys"][0]
+    assert key["outcome"] == "unchanged" and key["csr_pem"] == real["keys"][0]["csr_pem"]
 
 
 @pytest.mark.parametrize(("recorded", "fault"), [

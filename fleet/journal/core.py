@@ -39,6 +39,9 @@ __all__ = ["WRITE_ACTIONS", "Journal"]
 _STICKY = (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED,
            KeyOutcome.PRE_EXISTING)
 _HIDDEN_BY_STICKY = (KeyOutcome.UNCHANGED, KeyOutcome.FAILED, KeyOutcome.NOT_ATTEMPTED)
+#: Outcomes whose key is reported with its captured answer (which carries the device's UUID).
+_WITH_ANSWER = (KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.CHANGED,
+                KeyOutcome.RECOVERED, KeyOutcome.PRE_EXISTING)
 #: Step actions that write to the device: one not refused by the modem may have changed it
 #: (except a %KEYGEN for an endorsement key that was there: it answers with that key).
 WRITE_ACTIONS = ("keygen", "delete", "cfun", "cert_write", "chain_write")
@@ -308,8 +311,8 @@ class Journal(CertJournal):
 
         def op(conn: sqlite3.Connection) -> None:
             now = utc_now()
-            row = conn.execute("SELECT imei, sec_tag, type FROM steps WHERE id = ? AND "
-                               "action = 'keygen'", (step_id,)).fetchone()
+            row = conn.execute("SELECT run_id, slot, imei, sec_tag, type FROM steps WHERE id = ? "
+                               "AND action = 'keygen'", (step_id,)).fetchone()
             if row is None:
                 raise JournalError(f"no keygen step {step_id}")
             conn.execute("UPDATE steps SET outcome = 'unknown', answer = ?, error = ?, "
@@ -325,9 +328,18 @@ class Journal(CertJournal):
                  json.dumps(previous.cose_payload, sort_keys=True)
                  if previous.cose_payload else None,
                  pending.step_id if pending else None,
-                 1 if pending and pending.present_before else 0, error, now, *row))
+                 1 if pending and pending.present_before else 0, error, now, *row[2:]))
+            _not_the_journals_board(conn, run_id=row[0], slot=row[1], imei=row[2],
+                                    device_uuid=None)
 
         await self._execute(op)
+
+    async def another_board(self, *, run_id: str, slot: str, imei: str,
+                            device_uuid: str) -> None:
+        """The board in ``slot`` attested ``device_uuid``, not the UUID the journal holds for
+        ``imei``: the run's record of the slot gives the board's UUID, not the journal's."""
+        await self._execute(lambda conn: _not_the_journals_board(
+            conn, run_id=run_id, slot=slot, imei=imei, device_uuid=device_uuid))
 
     async def suspect_capture(self, *, imei: str, sec_tag: int, key_type: int,
                               reason: str) -> None:
@@ -477,6 +489,21 @@ def _record_key_result(conn: sqlite3.Connection, result: KeyResult) -> KeyOutcom
                  (result.run_id, result.slot, result.imei, result.key_name, result.sec_tag,
                   result.key_type, kept.value, result.error, total, utc_now()))
     return kept
+
+
+def _not_the_journals_board(conn: sqlite3.Connection, *, run_id: str, slot: str, imei: str,
+                            device_uuid: str | None) -> None:
+    """The slot's device row of the run made at identification gives the UUID the journal
+    holds for the IMEI; the board there turned out to be another one: the row gives
+    ``device_uuid`` (None: which board it is is not known). Unless the run already reports a
+    key of this slot with its answer, which carries the journal's UUID: those keys are that
+    board's, and the slot's error says what came after."""
+    answered = ", ".join(f"'{outcome}'" for outcome in _WITH_ANSWER)
+    conn.execute(
+        "UPDATE run_devices SET device_uuid = ? WHERE run_id = ? AND slot = ? AND imei = ? AND "
+        "NOT EXISTS (SELECT 1 FROM run_keys k WHERE k.run_id = run_devices.run_id AND "
+        f"k.slot = run_devices.slot AND k.imei = run_devices.imei AND k.outcome IN ({answered}))",
+        (device_uuid, run_id, slot, imei))
 
 
 def _claim_device_uuid(conn: sqlite3.Connection, imei: str, device_uuid: str, *,

@@ -166,13 +166,14 @@ class DeviceState:
     model: str | None = None
     firmware: str | None = None
     device_uuid: str | None = None  #: as the journal holds it (claimed with the first capture)
-    attested_uuid: str | None = None  #: what %ATTESTTOKEN said, for a device the journal lacks
+    attested_uuid: str | None = None  #: what %ATTESTTOKEN said (None: refused, or not asked)
     mode: int | None = None  #: function mode as last read or set (None: not read yet)
     restore_target: int | None = None  #: mode to restore at the end (None: never changed)
     changed: bool = False
     #: why this is not the board the journal knows under its IMEI (found before a write)
     other_board: str | None = None
-    board_checked: bool = False  #: %ATTESTTOKEN compared with the journal's UUID
+    #: the board on this opening of the port was compared with the known UUID (or none is known)
+    board_checked: bool = False
     attestation_token: str | None = None  #: the last %ATTESTTOKEN value the device gave
     keys: list[KeyRecord] = field(default_factory=list)
     planned: list[dict[str, Any]] = field(default_factory=list)
@@ -285,23 +286,31 @@ class DeviceWork:
                 "IMEI?): stopping this slot")
 
     def other_board(self, attested: str, known: str) -> str:
-        return (f"this board's device UUID {attested} is not {known}, the one the journal "
-                f"holds for IMEI {self.dev.imei}: another board with the same IMEI (a cloned "
-                "module or an unprogrammed IMEI?); nothing was written to it")
+        whose = (f"the one the journal holds for IMEI {self.dev.imei}"
+                 if known == self.dev.device_uuid else
+                 "the one this slot's board reported when it was identified")
+        return (f"this board's device UUID {attested} is not {known}, {whose}: another board "
+                "with the same IMEI (a cloned module or an unprogrammed IMEI?); nothing was "
+                "written to it")
 
     async def confirm_board(self) -> None:
-        """Before the first write to a device whose UUID the journal holds: ``%ATTESTTOKEN``
-        must report that UUID. Another board with the same IMEI (a cloned module, an
-        unprogrammed IMEI) is never written to, so its writes cannot replace the journal's
-        state of the real board's keys; :class:`DeviceLost` at this and every later write."""
-        if not self.dev.board_checked:
-            self.dev.board_checked = True
-            known = self.dev.device_uuid
-            if known is not None and self.dev.attested_uuid is None:
-                attested = await self.attest_with_retries()
+        """Before the first write on each opening of the port, for a device whose UUID is known
+        (the journal's, or the one ``%ATTESTTOKEN`` reported at identification):
+        ``%ATTESTTOKEN`` must report that UUID. Another board with the same IMEI (a cloned
+        module, an unprogrammed IMEI, a board swapped while the port was reopened) is never
+        written to, so its writes cannot replace the journal's state of the real board's keys;
+        :class:`DeviceLost` at this and every later write, and the run's record of the slot
+        gives the UUID that board reported."""
+        known = self.dev.device_uuid or self.dev.attested_uuid
+        if not self.dev.board_checked and known is not None:
+            attested = await self.attest_with_retries()
+            if attested is not None and attested != known:
+                self.dev.other_board = self.other_board(attested, known)
+                await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
+                                                     imei=self.dev.imei, device_uuid=attested)
+            elif attested is not None:
                 self.dev.attested_uuid = attested
-                if attested is not None and attested != known:
-                    self.dev.other_board = self.other_board(attested, known)
+        self.dev.board_checked = True  # the attest may have reopened the port: it is this one's
         if self.dev.other_board is not None:
             raise DeviceLost(self.dev.other_board)
 
@@ -366,8 +375,11 @@ class DeviceWork:
             raise DeviceLost(str(exc)) from exc
         except TransportError as exc:
             raise DeviceLost(await self.with_openers(str(exc))) from exc
-        # A reboot puts the modem back to CFUN 0: read the mode again when it matters.
+        # A reboot puts the modem back to CFUN 0: read the mode again when it matters. The IMEI
+        # was read again, but a board with the same IMEI may have taken the slot: it says
+        # which it is before the next write.
         self.dev.mode = None
+        self.dev.board_checked = False
 
     async def ensure_same_device(self) -> None:
         """Read the IMEI again (twice) right before a destructive write: on a serial server a

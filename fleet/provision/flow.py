@@ -157,6 +157,7 @@ class _Flow(DeviceWork):
             # write (with retries: a failed listing prefetch may have left the session to
             # recover). Its answers must carry that UUID.
             self.dev.attested_uuid = await self.attest_with_retries()
+            self.dev.board_checked = True  # this opening's board said which it is just now
             if self.dev.attested_uuid is not None:
                 owner = await self.job.journal.device_uuid_owner(identity.imei,
                                                                  self.dev.attested_uuid)
