@@ -116,14 +116,15 @@ def test_the_summary_is_in_words(tmp_path: Path) -> None:
     result = fleet("run", plan, "--journal", journal, "--check")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-1] == "ok: 2 devices: 2 done; a real run would change them"
+    assert lines[-1] == "ok: 2 devices: 2 checked; a real run would change them"
     assert "           tls (sec_tag 16842753): would generate: no key in this sec_tag" in lines
+    assert [line.split()[2:] for line in lines if line.startswith("slot")] == [["checked"]] * 2
     result = fleet("run", plan, "--journal", journal)
     assert result.returncode == 0, result.stderr
     assert "ok: 2 devices: 2 done; devices were changed" in result.stdout.splitlines()
     result = fleet("run", plan, "--journal", journal, "--check")
     lines = result.stdout.splitlines()
-    assert lines[-1] == "ok: 2 devices: 2 done; a real run would change nothing"
+    assert lines[-1] == "ok: 2 devices: 2 checked; a real run would change nothing"
     assert ("           tls (sec_tag 16842753): nothing to do: key present and its answer is "
             "in the journal") in lines
     assert not [line for line in lines if "summary=" in line or "would nothing" in line]
