@@ -240,6 +240,31 @@ def test_a_database_that_is_not_a_journal_is_left_untouched(tmp_path: Path) -> N
     assert garbage.read_text() == "not a database at all\n" * 100
 
 
+def test_a_damaged_journal_is_named_damaged_and_left_untouched(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(plan, journal)
+    assert code == 0, err
+    with sqlite3.connect(journal) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(journal.read_bytes())
+    for start in range(page, len(data), page):  # every page but the header's: its b-tree gone
+        data[start:start + 100] = b"\xff" * 100
+    journal.write_bytes(bytes(data))
+    (tmp_path / "sim.log").unlink()
+    before = _fingerprint(journal)
+    for check in (["--check"], []):
+        code, doc, err = run_json(plan, journal, *check)
+        assert code == 2 and doc["failed"] is True, err
+        assert f"journal {journal} cannot be used: database disk image is malformed: the " \
+               "file is damaged: keep a copy of it and restore the journal from a backup" in err
+        assert "not a fleet journal" not in err and "left untouched" in err, err
+        assert _fingerprint(journal) == before
+    assert not (tmp_path / "sim.log").exists()  # its simulator never started
+
+
 def test_a_journal_of_a_schema_this_fleet_does_not_know_is_left_untouched(
         tmp_path: Path) -> None:
     plan = _plan(tmp_path)

@@ -25,7 +25,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from fleet.errors import JournalError
-from fleet.journal.files import open_database
+from fleet.journal.files import open_database, sqlite_failure
 from fleet.journal.schema import SCHEMA
 
 __all__ = ["JournalEngine"]
@@ -153,9 +153,10 @@ class JournalEngine:
             self.commits += 1
         except sqlite3.Error as exc:
             self._rollback()
+            failure = f"journal write failed: {sqlite_failure(exc)}"
             for op in batch:
-                op.error = JournalError(f"journal write failed: {exc}")
-            self.write_error = self.write_error or f"journal write failed: {exc}"
+                op.error = JournalError(failure)
+            self.write_error = self.write_error or failure
         except BaseException:  # KeyboardInterrupt on the loop's thread: leave no open transaction
             self._rollback()
             raise
@@ -195,6 +196,8 @@ class JournalEngine:
         if op.error is not None:
             if isinstance(op.error, JournalError):
                 raise op.error
-            raise JournalError(f"journal operation failed: {op.error}") from op.error
+            reason = (sqlite_failure(op.error) if isinstance(op.error, sqlite3.Error)
+                      else str(op.error))
+            raise JournalError(f"journal operation failed: {reason}") from op.error
         result: T = op.result
         return result

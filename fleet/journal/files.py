@@ -39,10 +39,32 @@ from fleet.errors import JournalError
 from fleet.journal.records import utc_now
 from fleet.journal.schema import SCHEMA, SCHEMA_VERSION, migrate
 
-__all__ = ["journal_problem", "open_database", "runs_of_plan"]
+__all__ = ["journal_problem", "open_database", "runs_of_plan", "sqlite_failure"]
 
 #: Where to say a journal can be named instead.
 _ELSEWHERE = "--journal PATH or journal: in the plan"
+
+#: What to do about an SQLite error, by its primary result code.
+_REMEDIES = {
+    sqlite3.SQLITE_BUSY: "another program holds a write lock on it (an sqlite3 shell with a "
+    "transaction open, a backup or sync tool?): close it and run again",
+    sqlite3.SQLITE_LOCKED: "another program holds a write lock on it (an sqlite3 shell with a "
+    "transaction open, a backup or sync tool?): close it and run again",
+    sqlite3.SQLITE_FULL: "the disk is full: free some space there and run again",
+    sqlite3.SQLITE_READONLY: "it cannot be written (a read-only file system or file?): make it "
+    f"writable, or choose another place with {_ELSEWHERE}",
+    sqlite3.SQLITE_IOERR: "the disk under it failed a read or write: check the disk and its "
+    "free space, then run again",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged: keep a copy of it and restore the journal "
+    "from a backup (fleet does not repair it; the devices keep their keys)",
+}
+
+
+def sqlite_failure(exc: sqlite3.Error) -> str:
+    """SQLite's reason for ``exc``, and what to do about it where that is known."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    remedy = _REMEDIES.get(code & 0xFF) if isinstance(code, int) else None
+    return f"{exc}: {remedy}" if remedy else str(exc)
 
 
 def open_database(path: Path, *, create: bool, station: str | None = None,
@@ -212,7 +234,7 @@ def _connect(real: Path, shown: Path, *, create: bool,
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('station', ?)", (station,))
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise JournalError(f"journal {shown} cannot be used: {exc}") from exc
+        raise JournalError(f"journal {shown} cannot be used: {sqlite_failure(exc)}") from exc
     return conn
 
 
@@ -223,6 +245,9 @@ def _check_identity(conn: sqlite3.Connection, shown: Path, station: str | None) 
                   conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CORRUPT:
+            raise JournalError(f"journal {shown} cannot be used: {sqlite_failure(exc)}; it was "
+                               "left untouched") from None
         raise JournalError(
             f"{shown} is not a fleet journal ({exc}); it was left untouched. Name this plan's "
             f"journal with {_ELSEWHERE}") from None
