@@ -292,3 +292,17 @@ def test_a_failed_listing_prefetch_is_recovered_before_the_attestation_read(
     tls = next(k for k in record.keys if k.name == "tls")
     assert tls.csr_pem and record.device_uuid
     assert parse_keygen(tls.keygen_answer or "").csr is not None
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_built_in_simulator_that_cannot_write_its_log_fails_the_devices_not_the_run(
+        tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0-1", slot_keys="[tls]",
+                      extra="simulator: {log: /dev/full}\n")  # a full disk
+    code, document, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1 and "Traceback" not in err, err
+    reason = ("the built-in simulator stopped: the simulator's log /dev/full cannot be written: "
+              "No space left on device")
+    assert [(d["outcome"], d["error"]) for d in document["devices"]] == [("failed", reason)] * 2
+    verified = fleet("verify", document["manifest"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -203,3 +203,21 @@ async def test_an_exception_in_the_body_propagates_unwrapped() -> None:
             raise KeyError("boom")
     with pytest.raises(RuntimeError, match="not running"):
         sim.modems  # noqa: B018
+
+
+FULL = Path("/dev/full")  #: every write to it fails with ENOSPC: a full disk
+needs_full = pytest.mark.skipif(not FULL.exists(), reason="no /dev/full on this system")
+
+
+@needs_full
+async def test_a_log_that_cannot_be_written_stops_the_simulator_not_its_caller() -> None:
+    async with InProcessSimulator(SimConfig(count=2, log_path=FULL)) as sim:
+        stream = await sim.connect(0)
+        await stream.send(b"AT\r")
+        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+            await stream.receive()  # its line could not be logged: no answer, the port closes
+        assert sim.failure == ("the built-in simulator stopped: the simulator's log /dev/full "
+                               "cannot be written: No space left on device")
+        with pytest.raises(TransportError, match="the built-in simulator stopped: the "):
+            await sim.connect(1)
+        await stream.aclose()

@@ -9,6 +9,11 @@ end to the caller as an :class:`anyio.abc.ByteStream`. A fault that drops the po
 simulator's end: the host then gets ``EndOfStream`` on receive (after any bytes already sent) and
 ``BrokenResourceError`` on send. Closing the host end frees the modem at once, so ``connect`` may
 be called again straight away.
+
+When the simulator cannot write its state file or its log (a full disk), it stops, as ``fleet
+sim`` does: every connection is closed and ``connect`` raises :class:`TransportError` saying why
+(:attr:`InProcessSimulator.failure`). Its tasks never raise into the caller's: that would cancel
+the caller (a ``fleet run`` of ``sim://`` ports, which then reports the devices as lost).
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ class InProcessSimulator:
         self._core: SimCore | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._serving: set[anyio.CancelScope] = set()
+        #: why the simulator stopped (its state file or log could not be written), or None
+        self.failure: str | None = None
 
     @property
     def core(self) -> SimCore:
@@ -91,8 +99,10 @@ class InProcessSimulator:
             core.log.open()
             stack.callback(core.log.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            await tg.start(core.writer.run)
+            await tg.start(self._write_state, core)
             await core.writer.flush()
+            if self.failure is not None:
+                raise OSError(self.failure)
             self._core, self._tg, self._stack = core, tg, stack.pop_all()
         return self
 
@@ -113,6 +123,8 @@ class InProcessSimulator:
         """A fresh connection to modem ``index``. Raises :class:`PortBusy` while the modem has a
         live connection and :class:`TransportError` for an index that does not exist."""
         core = self.core
+        if self.failure is not None:
+            raise TransportError(self.failure)
         if isinstance(index, bool) or not isinstance(index, int) \
                 or not 0 <= index < self.config.count:
             raise TransportError(f"sim://{index}: no such modem (count is {self.config.count})")
@@ -128,10 +140,31 @@ class InProcessSimulator:
         self._tg.start_soon(self._serve, core, index, sim_end, token)
         return host
 
-    @staticmethod
-    async def _serve(core: SimCore, index: int, stream: MemoryByteStream, token: object) -> None:
+    async def _write_state(self, core: SimCore, *,
+                           task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                           ) -> None:
         try:
-            async with stream:
-                await core.serve(index, StreamLink(stream))
+            await core.writer.run(task_status=task_status)
+        except OSError as exc:
+            self._stop(exc)
+
+    async def _serve(self, core: SimCore, index: int, stream: MemoryByteStream,
+                     token: object) -> None:
+        scope = anyio.CancelScope()
+        self._serving.add(scope)
+        try:
+            with scope:
+                async with stream:
+                    await core.serve(index, StreamLink(stream))
+        except OSError as exc:  # its log cannot be written
+            self._stop(exc)
         finally:
+            self._serving.discard(scope)
             core.release(index, token)
+
+    def _stop(self, exc: OSError) -> None:
+        """Stop serving: the state file or the log cannot be written."""
+        if self.failure is None:
+            self.failure = f"the built-in simulator stopped: {exc.strerror or exc}"
+        for scope in self._serving:
+            scope.cancel()  # also a session waiting for a state write that will never come

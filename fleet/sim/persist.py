@@ -16,6 +16,7 @@ answer with a key it could not persist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -79,7 +80,11 @@ class StateWriter:
         assert self._path is not None
         version = self._version
         data = self._snapshot()
-        await anyio.to_thread.run_sync(write_atomic, self._path, data)
+        try:
+            await anyio.to_thread.run_sync(write_atomic, self._path, data)
+        except OSError as exc:
+            raise OSError(exc.errno, f"the simulator's state file {self._path} cannot be "
+                          f"written: {exc.strerror or exc}") from exc
         self.writes += 1
         self._written = version
         done, self._done = self._done, anyio.Event()
@@ -104,10 +109,19 @@ class EventLog:
             self._file = None
 
     def _write(self, record: dict[str, Any]) -> None:
+        """Append ``record``; a log that cannot be written stops the simulator (an OSError
+        naming the file), as its state file does: a log with lines missing would mislead."""
         if self._file is None:
             return
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # what it still buffers cannot be written either
+                file.close()
+            raise OSError(exc.errno, f"the simulator's log {self._path} cannot be written: "
+                          f"{exc.strerror or exc}") from exc
 
     def command(self, modem: int, command: str, **extra: Any) -> None:
         """One received command (exactly one line per command)."""
