@@ -138,7 +138,10 @@ async def _simulator(plan: Plan) -> AsyncIterator[Callable[[int], Any] | None]:
                                at_cmd_mode=settings.at_cmd_mode, **optional)
             sim = await stack.enter_async_context(InProcessSimulator(config))
         except (ValueError, OSError) as exc:
-            raise PlanError([f"{plan.path}: simulator: {exc}"]) from exc
+            # the simulator's own OSErrors name their file in strerror
+            reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                      and exc.filename is None else exc)
+            raise PlanError([f"{plan.path}: simulator: {reason}"]) from exc
         yield sim.connect
 
 

@@ -306,3 +306,14 @@ def test_a_built_in_simulator_that_cannot_write_its_log_fails_the_devices_not_th
     assert [(d["outcome"], d["error"]) for d in document["devices"]] == [("failed", reason)] * 2
     verified = fleet("verify", document["manifest"])
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_built_in_simulator_that_cannot_write_its_state_file_stops_the_run_before_it_starts(
+        tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+                      extra="simulator: {state: plan.yaml/sim.json}\n")  # under a file
+    code, document, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"simulator: the simulator's state file {tmp_path}/plan.yaml/sim.json cannot be "
+            "written: Not a directory") in document["error"], document
+    assert "nothing was sent to any device" in err

@@ -100,10 +100,12 @@ class InProcessSimulator:
             stack.callback(core.log.close)
             tg = await stack.enter_async_context(anyio.create_task_group())
             await tg.start(self._write_state, core)
-            await core.writer.flush()
-            if self.failure is not None:
-                raise OSError(self.failure)
             self._core, self._tg, self._stack = core, tg, stack.pop_all()
+        try:
+            await core.writer.flush()
+        except OSError:  # a state file it cannot write: raised as it is (not in a group)
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

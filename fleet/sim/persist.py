@@ -42,6 +42,7 @@ class StateWriter:
         self._dirty = anyio.Event()
         self._done = anyio.Event()
         self.writes = 0
+        self._error: OSError | None = None  #: the write that failed: nothing is written after
 
     def mark_dirty(self) -> int:
         """Note a change; returns the version to pass to :meth:`wait_written`."""
@@ -54,6 +55,8 @@ class StateWriter:
         if self._path is None:
             return
         while self._written < version:
+            if self._error is not None:
+                raise self._error
             await self._done.wait()
 
     async def flush(self) -> None:
@@ -73,7 +76,7 @@ class StateWriter:
                 await self._write_once()
         finally:
             with anyio.CancelScope(shield=True):
-                if self._written < self._version:
+                if self._error is None and self._written < self._version:
                     await self._write_once()
 
     async def _write_once(self) -> None:
@@ -83,8 +86,10 @@ class StateWriter:
         try:
             await anyio.to_thread.run_sync(write_atomic, self._path, data)
         except OSError as exc:
-            raise OSError(exc.errno, f"the simulator's state file {self._path} cannot be "
-                          f"written: {exc.strerror or exc}") from exc
+            self._error = OSError(exc.errno, f"the simulator's state file {self._path} cannot "
+                                  f"be written: {exc.strerror or exc}")
+            self._done.set()  # the waiters raise it
+            raise self._error from exc
         self.writes += 1
         self._written = version
         done, self._done = self._done, anyio.Event()
