@@ -26,9 +26,10 @@ keygen-weak-rng  a %KEYGEN that makes a new key: the key comes from a broken ran
 list-no-sha      a %CMNG=1 listing: its lines come without the SHA-256 column, as on firmware that
                  does not list it
 list-drop        a %CMNG=1 listing: never answered, the port drops as for disconnect
-swap             a %CMNG=1 listing: never answered, the port drops, and another board with the
-                 same IMEI is there when the host reopens it (its own device UUID and identity
-                 key, no credentials): a cloned module swapped in while the host reconnects
+swap             a %CMNG=1 listing of everything (no sec_tag): never answered, the port drops,
+                 and another board with the same IMEI is there when the host reopens it (its
+                 own device UUID and identity key, no credentials): a cloned module swapped in
+                 while the host reconnects
 slow             every answered command: ``fleet.sim.faults.SLOW_EXTRA_S`` seconds of extra delay
 urc-storm        every answered command: URC lines before, between and after the answer lines
 garble           every answered command: 1 to 3 bytes of the answer (never CR or LF) replaced

@@ -115,7 +115,6 @@ class SimCore:
         self.writer = StateWriter(config.state_path, lambda: renderer.render(self._all))
         self.log = EventLog(config.log_path)
         self._claims: dict[int, object] = {}
-        self._swaps = [0] * config.count  #: boards the swap fault put in each modem's place
         if config.state_path is not None:
             self.writer.mark_dirty()  # the first write creates (or completes) the file
 
@@ -137,9 +136,8 @@ class SimCore:
     def _swap(self, index: int) -> None:
         """Another board with the same IMEI in modem ``index``'s place (the swap fault); the
         state file keeps the board now there."""
-        self._swaps[index] += 1
         old = self.modems[index]
-        new = old.swapped(seed=self.config.seed, board=self._swaps[index])
+        new = old.swapped(seed=self.config.seed)
         self.modems[index] = new
         self._all[self._all.index(old)] = new
         self.lines[index] = make_line(self.config)  # another board's firmware starts afresh

@@ -48,8 +48,8 @@ def derive_imei(seed: int, index: int) -> str:
 
 
 def derive_device_uuid(seed: int, index: int, board: int = 0) -> uuid.UUID:
-    """The device UUID of modem ``index`` (a version-4 UUID made from the seed); ``board``: of
-    the n-th board the swap fault put in its place."""
+    """The device UUID of modem ``index`` (a version-4 UUID made from the seed); ``board``
+    names another board the swap fault put in its place (0: the original)."""
     return uuid.UUID(bytes=_digest(seed, index, "device-uuid", board)[:16], version=4)
 
 
