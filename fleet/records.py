@@ -26,9 +26,9 @@ class KeyOutcome(enum.StrEnum):
     RECOVERED = "recovered"  #: interrupted KEYGEN: the unseen key was deleted and made again
     PRE_EXISTING = "pre-existing"  #: a key was there before fleet ran and `if_exists: keep`
     FAILED = "failed"  #: the key could not be provisioned (see `error`)
-    #: a write to it (%KEYGEN or a delete) was sent and its answer never arrived (the run
-    #: stopped, or the device was lost with no retry left): a key may be on the device that
-    #: nobody saw (the next run recovers it)
+    #: a write to it (%KEYGEN or a delete) was sent and its answer never arrived, or arrived
+    #: and failed verification (the run stopped, or no retry was left): a key may be on the
+    #: device that nobody saw (the next run recovers it)
     INTERRUPTED = "interrupted"
     NOT_ATTEMPTED = "not-attempted"  #: the device failed or the run stopped before this key
 

@@ -66,6 +66,9 @@ _CERT, _CHAIN = CredentialType.CLIENT_CERT, CredentialType.ROOT_CA_CERT
 _INTERRUPTED_WRITE = ("a write to this key (%KEYGEN or a delete) was sent and its answer never "
                       "arrived (the run stopped, or the device was lost, first): the next run "
                       "finds out what the device holds (a key nobody saw is recovered)")
+_UNVERIFIED_ANSWER = ("its %KEYGEN was answered, but the answer failed verification and was not "
+                      "captured: a key nobody can vouch for may be on the device; the next run "
+                      "finds out what the device holds (and recovers such a key)")
 
 
 def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:
@@ -113,16 +116,17 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
     response = spec.response.value if spec is not None else (
         "csr" if row.key_type == CredentialType.CLIENT_PRIVATE_KEY else "public_key")
     outcome, error = row.outcome, row.error
+    unresolved = _UNVERIFIED_ANSWER if row.unverified_answer else _INTERRUPTED_WRITE
     if outcome is KeyOutcome.NOT_ATTEMPTED and row.write_unresolved:
-        outcome, error = KeyOutcome.INTERRUPTED, error or _INTERRUPTED_WRITE
+        outcome, error = KeyOutcome.INTERRUPTED, error or unresolved
     elif outcome is KeyOutcome.FAILED and row.write_unresolved:
-        # The key gave up with a write unanswered (no retry left, or none could reopen the
+        # The key gave up with a write unresolved (no retry left, or none could reopen the
         # port): not a key that is not there, but one nobody knows of.
-        outcome, error = KeyOutcome.INTERRUPTED, f"{error}; {_INTERRUPTED_WRITE}"
+        outcome, error = KeyOutcome.INTERRUPTED, f"{error}; {unresolved}"
     if outcome in ANSWER_OUTCOMES and row.answer is None:
         # An earlier invocation of the run captured it; a later one lost the capture (a new
         # %KEYGEN for the tag, or the capture taken back): the record has no answer to show.
-        outcome, error = (KeyOutcome.INTERRUPTED, _INTERRUPTED_WRITE) if row.write_unresolved \
+        outcome, error = (KeyOutcome.INTERRUPTED, unresolved) if row.write_unresolved \
             else (KeyOutcome.FAILED, error or "the journal no longer holds the answer this run "
                   "captured for this key: the next run finds out what the device holds")
     answer: KeygenAnswer | None = None

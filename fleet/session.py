@@ -124,6 +124,9 @@ class LineSession:
         self._stream: anyio.abc.ByteStream | None = None
         self._conn = HostConnection()
         self.log = log or structlog.get_logger().bind(port=port)
+        #: how many times the port was opened: what a caller read on one opening was read from
+        #: the board there then (a reopened port may hold another one)
+        self.openings = 0
 
     @property
     def is_open(self) -> bool:
@@ -139,6 +142,7 @@ class LineSession:
         """Open the port (one attempt), framed as the line found on first contact. PortBusy
         and TransportError propagate."""
         self._stream = await self._opener()
+        self.openings += 1
         self._conn = HostConnection()
         if self.line is not None:
             self.use_line(self.line)

@@ -560,13 +560,15 @@ def test_a_clone_holding_copies_of_the_real_boards_keys_is_never_reported_as_it(
 
 def test_a_board_swapped_in_while_the_port_is_reopened_is_never_written_to(
         tmp_path: Path) -> None:
-    # The real board's key is gone from the listing the swap answers, so the run decides to
-    # generate it again; the board now in the slot has the same IMEI but attests another UUID,
-    # so nothing is written and the journal keeps the real board's captured key.
-    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9151")
+    # The swap comes at the listing that identification reads for both keys; the board on the
+    # reopened port has the same IMEI and none of the real board's keys (a run would generate
+    # them again), but attests another UUID: nothing is read for the record from it, nothing
+    # is written to it, and the journal keeps the real board's captured keys.
+    keys = "[tls, endorsement]"
+    plan, journal, document = _one_board_provisioned(tmp_path, "nrf9151", keys)
     real = document["devices"][0]
     real_board = (tmp_path / "sim.json").read_text()
-    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
+    write_plan(tmp_path, ports="sim://0", slot_keys=keys, extra="simulator: {state: "
                "sim.json, log: sim.log, model: nrf9151, faults: ['swap:1:1']}\n")
     log = tmp_path / "sim.log"
     before = len(logged_commands(log))
@@ -580,15 +582,54 @@ def test_a_board_swapped_in_while_the_port_is_reopened_is_never_written_to(
         assert f"device UUID {clone_uuid} is not {real['device_uuid']}" in device["error"]
         assert device["device_uuid"] == clone_uuid
     sent = logged_commands(log)[before:]
-    assert f"AT%CMNG=1,{TLS},2" in sent  # the listing the board was swapped at
+    after_swap = sent[sent.index("AT%CMNG=1") + 2:]  # past the listing and its fault's line
+    assert "AT%ATTESTTOKEN" in after_swap
+    assert not [c for c in after_swap if c.startswith("AT%CMNG")], after_swap  # nothing read
     assert not [c for c in sent if c.startswith(("AT%KEYGEN", "AT%CMNG=3", "AT+CFUN="))], sent
     (tmp_path / "sim.json").write_text(real_board)  # the real board comes back
-    write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+    write_plan(tmp_path, ports="sim://0", slot_keys=keys,
                extra="simulator: {state: sim.json, log: sim.log, model: nrf9151}\n")
     code, document, err = run_json(plan, journal)
     assert code == 0, err
+    again = _manifest(document)["devices"][0]["keys"]
+    assert [k["outcome"] for k in again] == ["unchanged", "unchanged"]
+    assert [k["csr_pem"] for k in again] == [k["csr_pem"] for k in real["keys"]]
+
+
+def test_the_sha_of_a_board_swapped_in_before_the_closing_listing_is_never_recorded(
+        tmp_path: Path) -> None:
+    # The first run makes the key, then the board is swapped at the listing that records its
+    # SHA-256: the key keeps its record, no SHA is recorded for it, and the slot fails saying
+    # another board is there now. The real board, back, gets its SHA recorded by the next run.
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
+                      "sim.json, log: sim.log, model: nrf9151, faults: ['swap:1:1']}\n")
+    journal = tmp_path / "j.sqlite"
+    code, document, err = run_json(plan, journal)
+    assert code == 1, err
+    device = _manifest(document)["devices"][0]
+    assert "another board with the same IMEI" in device["error"], device["error"]
+    assert device["keys"][0]["outcome"] == "generated" and "cmng_sha256" not in device["keys"][0]
+    clone = json.loads((tmp_path / "sim.json").read_text())["modems"][0]
+    assert device["device_uuid"] != clone["device_uuid"]  # the key's board, not the clone
+    assert journal_rows(journal, "SELECT cmng_sha FROM keys") == [(None,)]
+    sent = logged_commands(tmp_path / "sim.log")
+    after_swap = sent[sent.index("AT%CMNG=1") + 2:]  # past the listing and its fault's line
+    assert not [c for c in after_swap if c.startswith(("AT%CMNG", "AT+CFUN="))], after_swap
+
+
+def test_a_keygen_answer_that_failed_verification_is_not_reported_as_never_arrived(
+        tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+                      defaults="{timeout_s: 5, keygen_timeout_s: 5, retries: 0}",
+                      extra="simulator: {state: sim.json, model: nrf9151, "
+                      "faults: ['keygen-bad-uuid:1']}\n")
+    code, document, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
     key = _manifest(document)["devices"][0]["keys"][0]
-    assert key["outcome"] == "unchanged" and key["csr_pem"] == real["keys"][0]["csr_pem"]
+    assert key["outcome"] == "interrupted" and key["csr_pem"] is None
+    assert "answer failed device_uuid" in key["error"]
+    assert "the answer failed verification and was not captured" in key["error"]
+    assert "never arrived" not in key["error"]
 
 
 @pytest.mark.parametrize(("recorded", "fault"), [

@@ -39,7 +39,8 @@ __all__ = ["WRITE_ACTIONS", "Journal"]
 _STICKY = (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED,
            KeyOutcome.PRE_EXISTING)
 _HIDDEN_BY_STICKY = (KeyOutcome.UNCHANGED, KeyOutcome.FAILED, KeyOutcome.NOT_ATTEMPTED)
-#: Outcomes whose key is reported with its captured answer (which carries the device's UUID).
+#: Outcomes whose key may be reported with a captured answer (which carries the device's UUID;
+#: a pre-existing endorsement key has one, a kept client key none).
 _WITH_ANSWER = (KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.CHANGED,
                 KeyOutcome.RECOVERED, KeyOutcome.PRE_EXISTING)
 #: Step actions that write to the device: one not refused by the modem may have changed it
@@ -335,9 +336,10 @@ class Journal(CertJournal):
         await self._execute(op)
 
     async def another_board(self, *, run_id: str, slot: str, imei: str,
-                            device_uuid: str) -> None:
-        """The board in ``slot`` attested ``device_uuid``, not the UUID the journal holds for
-        ``imei``: the run's record of the slot gives the board's UUID, not the journal's."""
+                            device_uuid: str | None) -> None:
+        """The board in ``slot`` attested ``device_uuid`` (None: it would not say), not the UUID
+        the journal holds for ``imei``: the run's record of the slot gives the board's UUID,
+        not the journal's."""
         await self._execute(lambda conn: _not_the_journals_board(
             conn, run_id=run_id, slot=slot, imei=imei, device_uuid=device_uuid))
 
@@ -448,7 +450,7 @@ class Journal(CertJournal):
                 KeyRow(slot=r[0], imei=r[1], key_name=r[2], sec_tag=r[3], key_type=r[4],
                        outcome=KeyOutcome(r[5]), error=r[6], attempts=r[7], answer=r[8],
                        cmng_sha=r[9], write_unresolved=bool(r[10] or r[11]),
-                       deleted=bool(r[12]))
+                       deleted=bool(r[12]), unverified_answer=bool(r[13]))
                 for r in conn.execute(
                     "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
                     "r.attempts, CASE WHEN k.state = 'captured' THEN k.answer END, k.cmng_sha, "
@@ -462,7 +464,10 @@ class Journal(CertJournal):
                     "g.id > d.id AND g.action = 'keygen' AND g.outcome = 'ok')), "
                     # a delete the modem did not refuse: it may have taken effect
                     f"EXISTS (SELECT 1 FROM steps d WHERE {same_key} AND d.action = 'delete' "
-                    "AND d.outcome IS NOT 'error') "
+                    "AND d.outcome IS NOT 'error'), "
+                    # the pending %KEYGEN's answer came, and failed verification
+                    "EXISTS (SELECT 1 FROM steps p WHERE p.id = k.pending_step AND "
+                    "p.run_id = r.run_id AND p.slot = r.slot AND p.answer IS NOT NULL) "
                     "FROM run_keys r LEFT JOIN keys k ON k.imei = r.imei AND "
                     "k.sec_tag = r.sec_tag AND k.type = r.type WHERE r.run_id = ? "
                     "ORDER BY r.slot, r.key_name", (run_id,)))
@@ -495,15 +500,18 @@ def _not_the_journals_board(conn: sqlite3.Connection, *, run_id: str, slot: str,
                             device_uuid: str | None) -> None:
     """The slot's device row of the run made at identification gives the UUID the journal
     holds for the IMEI; the board there turned out to be another one: the row gives
-    ``device_uuid`` (None: which board it is is not known). Unless the run already reports a
-    key of this slot with its answer, which carries the journal's UUID: those keys are that
+    ``device_uuid`` (None: which board it is is not known). Unless the run already has an
+    answer of the known board for this slot (a key reported with its answer, or one captured
+    whose certificate then failed), which carries the journal's UUID: those keys are that
     board's, and the slot's error says what came after."""
     answered = ", ".join(f"'{outcome}'" for outcome in _WITH_ANSWER)
     conn.execute(
         "UPDATE run_devices SET device_uuid = ? WHERE run_id = ? AND slot = ? AND imei = ? AND "
         "NOT EXISTS (SELECT 1 FROM run_keys k WHERE k.run_id = run_devices.run_id AND "
-        f"k.slot = run_devices.slot AND k.imei = run_devices.imei AND k.outcome IN ({answered}))",
-        (device_uuid, run_id, slot, imei))
+        f"k.slot = run_devices.slot AND k.imei = run_devices.imei AND k.outcome IN ({answered})) "
+        "AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = run_devices.run_id AND "
+        "s.slot = run_devices.slot AND s.imei = run_devices.imei AND s.action = 'keygen' AND "
+        "s.outcome = 'ok')", (device_uuid, run_id, slot, imei))
 
 
 def _claim_device_uuid(conn: sqlite3.Connection, imei: str, device_uuid: str, *,

@@ -294,17 +294,28 @@ class DeviceWork:
                 "written to it")
 
     async def confirm_board(self) -> None:
-        """Before the first write on each opening of the port, for a device whose UUID is known
-        (the journal's, or the one ``%ATTESTTOKEN`` reported at identification):
-        ``%ATTESTTOKEN`` must report that UUID. Another board with the same IMEI (a cloned
-        module, an unprogrammed IMEI, a board swapped while the port was reopened) is never
-        written to, so its writes cannot replace the journal's state of the real board's keys;
-        :class:`DeviceLost` at this and every later write, and the run's record of the slot
-        gives the UUID that board reported."""
+        """Once on each opening of the port, before the first write and before a retried step
+        reads anything for the record (:meth:`ready`), for a device whose UUID is known (the
+        journal's, or the one ``%ATTESTTOKEN`` reported at identification) and whose modem
+        offers ``%ATTESTTOKEN``: it must report that UUID. Another board with the same IMEI (a
+        cloned module, an unprogrammed IMEI, a board swapped while the port was reopened) is
+        never written to and never reported as the known one, so its writes cannot replace the
+        journal's state of the real board's keys; :class:`DeviceLost` at this and every later
+        step, and the run's record of the slot gives the UUID that board reported. A board that
+        attested on an earlier opening and refuses now is not taken for the same board either.
+        A modem without ``%ATTESTTOKEN`` is told apart only by its ``%KEYGEN`` answers."""
         known = self.dev.device_uuid or self.dev.attested_uuid
-        if not self.dev.board_checked and known is not None:
+        if (not self.dev.board_checked and known is not None
+                and attestation_problem(self.dev.model, self.dev.firmware) is None):
             attested = await self.attest_with_retries()
-            if attested is not None and attested != known:
+            if attested is None and self.dev.attested_uuid is not None:
+                self.dev.other_board = (
+                    "after the port was reopened this board refused %ATTESTTOKEN, which it "
+                    f"answered before: fleet cannot tell whether it is the board with UUID "
+                    f"{known}; nothing more was written to it")
+                await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
+                                                     imei=self.dev.imei, device_uuid=None)
+            elif attested is not None and attested != known:
                 self.dev.other_board = self.other_board(attested, known)
                 await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
                                                      imei=self.dev.imei, device_uuid=attested)
@@ -313,6 +324,15 @@ class DeviceWork:
         self.dev.board_checked = True  # the attest may have reopened the port: it is this one's
         if self.dev.other_board is not None:
             raise DeviceLost(self.dev.other_board)
+
+    async def ready(self) -> None:
+        """Make the session usable for a retried step: reopened when the last one left it dirty
+        (or closed), and the board on it confirmed (:meth:`confirm_board`; not in ``--check``,
+        which sends nothing but reads and writes no journal) before the step reads anything."""
+        if not self.session.is_open or self.session.needs_recover:
+            await self.recover()
+        if not self.job.check:
+            await self.confirm_board()
 
     async def ensure_offline(self, *, force: bool = False) -> None:
         """``AT+CFUN=4`` when the modem is active (writes are refused with 518 otherwise).

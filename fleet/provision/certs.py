@@ -139,9 +139,7 @@ class _Step:
         async def once(number: int) -> None:
             nonlocal attempts
             attempts = number
-            session = self.flow.session
-            if not session.is_open or session.needs_recover:
-                await self.flow.recover()
+            await self.flow.ready()
             await self.attempt(number)
 
         try:

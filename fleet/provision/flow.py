@@ -101,6 +101,8 @@ class _Flow(DeviceWork):
         self.key_states: dict[tuple[int, int], KeyState] = {}
         #: keys whose result in the run was journaled with their capture, and that result
         self.results_saved: dict[str, KeyOutcome] = {}
+        #: keys captured in this invocation: the opening of the port (session.openings) it was on
+        self.captured_on: dict[str, int] = {}
         #: One ``AT%CMNG=1`` listing of everything, for each key's first inspection (one
         #: command instead of one per key); a retry inspects its key again.
         self.listing: dict[tuple[int, int], str | None] | None = None
@@ -219,24 +221,24 @@ class _Flow(DeviceWork):
     async def record_new_keys_sha(self) -> None:
         """The SHA-256 the modem lists for each key captured in this invocation, recorded now,
         so that a key replaced behind fleet's back before the next run is told from the one
-        whose answer the journal holds (that run's decision compares the two). One
-        ``AT%CMNG=1`` after the keys; when it cannot be read, the next run's listing records
+        whose answer the journal holds (that run's decision compares the two).
+
+        One ``AT%CMNG=1`` after the keys, on the opening of the port the keys were captured on
+        (only those keys): a reopened port may hold another board, whose SHA must never be
+        recorded for this one's key. When it cannot be read, the next run's listing records
         the SHA (as for a key an earlier fleet captured), and the keys keep their outcomes."""
-        captured = [key for key in self.slot.keys if key.name in self.results_saved]
-        if not captured or self.job.check:
+        captured = [key for key in self.slot.keys
+                    if self.captured_on.get(key.name) == self.session.openings]
+        if (not captured or self.job.check or not self.session.is_open
+                or self.session.needs_recover):
             return
-
-        async def listing(number: int) -> dict[tuple[int, int], str | None]:
-            if number > 1 or not self.session.is_open or self.session.needs_recover:
-                await self.recover()
-            return await self._list_all()
-
         self.step("list new keys")
         try:
-            listed = await self.policy.step(listing)
-        except RETRYABLE as exc:
-            self.log.warning("the new keys' SHA-256 could not be listed; the next run records "
-                             "it", error=str(exc))
+            listed = await self._list_all()
+        except FleetError as exc:
+            self.log.info("the new keys' SHA-256 could not be listed; the next run records it",
+                          error=str(exc))
+            await self.ready()  # for the function mode to be restored
             return
         for key in captured:
             sha = listed.get((key.sec_tag, key.type.code))
@@ -306,8 +308,7 @@ class _Flow(DeviceWork):
         async def attempt(number: int) -> KeyRecord:
             nonlocal attempts
             attempts = number
-            if not self.session.is_open or self.session.needs_recover:
-                await self.recover()
+            await self.ready()
             return await self.key_attempt(key, number)
 
         try:
@@ -475,6 +476,7 @@ class _Flow(DeviceWork):
             await self.save_key(key, self._failed(key, reason, attempt))
             raise DeviceLost(reason)
         self.results_saved[key.name] = outcome
+        self.captured_on[key.name] = self.session.openings
         if claim is not None:
             self.dev.device_uuid = claim
             if self.dev.attested_uuid is None:
