@@ -557,7 +557,8 @@ class _Flow(DeviceWork):
                 run_id=self.job.run_id, slot=self.slot.name, port=self.slot.port,
                 imei=self.dev.imei or None, outcome=outcome.value, error=error,
                 usb=self.slot.usb)
-        self.step(outcome.value if error is None else f"{outcome.value}: {error}")
+        word = "checked" if self.job.check and outcome is DeviceOutcome.DONE else outcome.value
+        self.step(word if error is None else f"{word}: {error}")
         return outcome, error
 
 
