@@ -22,6 +22,15 @@ from tests.runhelpers import fleet, run_json, write_plan
 SIM = "simulator: {seed: 5, profile: fast, state: sim.json, log: sim.log}\n"
 
 
+def _journal_of_one_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A plan and its journal (``j.sqlite``) after one run of it that finished."""
+    plan = _plan(tmp_path)
+    journal = tmp_path / "j.sqlite"
+    code, _, err = run_json(plan, journal)
+    assert code == 0, err
+    return plan, journal
+
+
 def _plan(directory: Path, *, name: str = "plan.yaml", station: str = "test-station",
           sim: str = SIM, extra: str = "", ports: str = "sim://0-1",
           defaults: str = "{timeout_s: 5, keygen_timeout_s: 10, retries: 2}") -> Path:
@@ -241,10 +250,7 @@ def test_a_database_that_is_not_a_journal_is_left_untouched(tmp_path: Path) -> N
 
 
 def test_a_damaged_journal_is_named_damaged_and_left_untouched(tmp_path: Path) -> None:
-    plan = _plan(tmp_path)
-    journal = tmp_path / "j.sqlite"
-    code, _, err = run_json(plan, journal)
-    assert code == 0, err
+    plan, journal = _journal_of_one_run(tmp_path)
     with sqlite3.connect(journal) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -267,10 +273,7 @@ def test_a_damaged_journal_is_named_damaged_and_left_untouched(tmp_path: Path) -
 
 def test_a_journal_of_a_schema_this_fleet_does_not_know_is_left_untouched(
         tmp_path: Path) -> None:
-    plan = _plan(tmp_path)
-    journal = tmp_path / "j.sqlite"
-    code, _, err = run_json(plan, journal)
-    assert code == 0, err
+    plan, journal = _journal_of_one_run(tmp_path)
     with sqlite3.connect(journal) as conn:
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     conn.close()
@@ -310,10 +313,7 @@ def test_plan_check_says_run_would_refuse_a_journal_that_is_not_one(tmp_path: Pa
 
 
 def test_check_writes_nothing_to_an_existing_journal(tmp_path: Path) -> None:
-    plan = _plan(tmp_path)
-    journal = tmp_path / "j.sqlite"
-    code, _, err = run_json(plan, journal)
-    assert code == 0, err
+    plan, journal = _journal_of_one_run(tmp_path)
     before = _fingerprint(journal)
     assert before[2] == ["j.sqlite"]
     code, doc, err = run_json(plan, journal, "--check")
@@ -323,10 +323,7 @@ def test_check_writes_nothing_to_an_existing_journal(tmp_path: Path) -> None:
 
 
 def test_a_journal_with_two_names_or_not_a_regular_file_is_refused(tmp_path: Path) -> None:
-    plan = _plan(tmp_path)
-    journal = tmp_path / "j.sqlite"
-    code, _, err = run_json(plan, journal)
-    assert code == 0, err
+    plan, journal = _journal_of_one_run(tmp_path)
     os.link(journal, tmp_path / "other-name.sqlite")
     for name in ("j.sqlite", "other-name.sqlite"):
         code, doc, err = run_json(plan, tmp_path / name)
