@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from fleet.credentials import CredentialType
@@ -376,10 +377,11 @@ class Journal(CertJournal):
             "excluded.updated_at WHERE keys.state IS NOT 'captured'",
             (imei, sec_tag, key_type, cmng_sha, utc_now())))
 
-    async def set_cmng_sha(self, *, imei: str, sec_tag: int, key_type: int, sha: str) -> None:
-        await self._execute(lambda c: c.execute(
+    async def set_cmng_shas(self, imei: str, shas: Mapping[tuple[int, int], str]) -> None:
+        """Record the SHA-256 the modem listed for keys of ``imei``, by (sec_tag, type)."""
+        await self._execute(lambda c: c.executemany(
             "UPDATE keys SET cmng_sha = ? WHERE imei = ? AND sec_tag = ? AND type = ?",
-            (sha, imei, sec_tag, key_type)))
+            [(sha, imei, sec_tag, key_type) for (sec_tag, key_type), sha in shas.items()]))
 
     async def attestation(self, *, run_id: str, slot: str, imei: str, token: str) -> None:
         """Keep the ``%ATTESTTOKEN`` just read from the device in the slot's row of the run

@@ -240,11 +240,10 @@ class _Flow(DeviceWork):
                           error=str(exc))
             await self.ready()  # for the function mode to be restored
             return
-        for key in captured:
-            sha = listed.get((key.sec_tag, key.type.code))
-            if sha:
-                await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
-                                                    key_type=key.type.code, sha=sha)
+        wheres = [(key.sec_tag, key.type.code) for key in captured]
+        shas = {where: sha for where in wheres if (sha := listed.get(where))}
+        if shas:
+            await self.job.journal.set_cmng_shas(self.dev.imei, shas)
 
     async def _claim_stored(self, key: KeySpec, state: KeyState) -> KeyRecord | None:
         """A device whose UUID the journal lacks, with a key captured by an earlier version of
@@ -348,8 +347,8 @@ class _Flow(DeviceWork):
             return self._planned(key, decision)
         if decision.action is Action.NOTHING:
             if sha and not state.cmng_sha:  # the first listing of the captured key
-                await self.job.journal.set_cmng_sha(imei=self.dev.imei, sec_tag=key.sec_tag,
-                                                    key_type=key.type.code, sha=sha)
+                await self.job.journal.set_cmng_shas(self.dev.imei,
+                                                     {(key.sec_tag, key.type.code): sha})
             if self.dev.device_uuid is None:
                 failed = await self._claim_stored(key, state)
                 if failed is not None:
