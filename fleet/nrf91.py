@@ -33,6 +33,7 @@ __all__ = [
     "Timing",
     "Work",
     "attestation_problem",
+    "attestation_ruled_out",
     "firmware_too_old",
     "firmware_version",
     "identity_text_problem",
@@ -141,6 +142,14 @@ def firmware_too_old(firmware: str | None, minimum: tuple[int, int, int], what: 
     if version is None or version >= minimum:
         return None
     return f"the modem firmware is {firmware}: {what} needs modem firmware >= {_dotted(minimum)}"
+
+
+def attestation_ruled_out(model: str | None, firmware: str | None) -> bool:
+    """Whether the model or a firmware version this can read rules ``%ATTESTTOKEN`` out (a
+    firmware string without a readable version does not: such a modem is asked)."""
+    problem = attestation_problem(model, firmware)
+    return problem is not None and (firmware_version(firmware or "") is not None
+                                    or (model or "").upper().startswith("NRF9160"))
 
 
 def attestation_problem(model: str | None, firmware: str | None) -> str | None:

@@ -27,7 +27,7 @@ class KeyOutcome(enum.StrEnum):
     PRE_EXISTING = "pre-existing"  #: a key was there before fleet ran and `if_exists: keep`
     FAILED = "failed"  #: the key could not be provisioned (see `error`)
     #: a write to it (%KEYGEN or a delete) was sent and its answer never arrived, or arrived
-    #: and failed verification (the run stopped, or no retry was left): a key may be on the
+    #: and was not captured (the run stopped, or no retry was left): a key may be on the
     #: device that nobody saw (the next run recovers it)
     INTERRUPTED = "interrupted"
     NOT_ATTEMPTED = "not-attempted"  #: the device failed or the run stopped before this key

@@ -66,9 +66,9 @@ _CERT, _CHAIN = CredentialType.CLIENT_CERT, CredentialType.ROOT_CA_CERT
 _INTERRUPTED_WRITE = ("a write to this key (%KEYGEN or a delete) was sent and its answer never "
                       "arrived (the run stopped, or the device was lost, first): the next run "
                       "finds out what the device holds (a key nobody saw is recovered)")
-_UNVERIFIED_ANSWER = ("its %KEYGEN was answered, but the answer failed verification and was not "
-                      "captured: a key nobody can vouch for may be on the device; the next run "
-                      "finds out what the device holds (and recovers such a key)")
+_UNCAPTURED_ANSWER = ("its %KEYGEN was answered, but fleet did not capture the answer (for the "
+                      "reason above): a key nobody can vouch for may be on the device; the next "
+                      "run finds out what the device holds (and recovers such a key)")
 
 
 def not_attempted(key: KeySpec, **extra: Any) -> KeyRecord:
@@ -116,7 +116,7 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
     response = spec.response.value if spec is not None else (
         "csr" if row.key_type == CredentialType.CLIENT_PRIVATE_KEY else "public_key")
     outcome, error = row.outcome, row.error
-    unresolved = _UNVERIFIED_ANSWER if row.unverified_answer else _INTERRUPTED_WRITE
+    unresolved = _UNCAPTURED_ANSWER if row.answer_not_captured else _INTERRUPTED_WRITE
     if outcome is KeyOutcome.NOT_ATTEMPTED and row.write_unresolved:
         outcome, error = KeyOutcome.INTERRUPTED, error or unresolved
     elif outcome is KeyOutcome.FAILED and row.write_unresolved:

@@ -317,3 +317,19 @@ def test_a_built_in_simulator_that_cannot_write_its_state_file_stops_the_run_bef
     assert (f"simulator: the simulator's state file {tmp_path}/plan.yaml/sim.json cannot be "
             "written: Not a directory") in document["error"], document
     assert "nothing was sent to any device" in err
+
+
+def test_a_last_key_lost_with_its_port_still_puts_the_function_mode_back(
+        tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",
+                      defaults="{timeout_s: 2, keygen_timeout_s: 4, retries: 0}",
+                      extra="simulator: {state: sim.json, log: sim.log, function_mode: 1, "
+                      "faults: ['lost-answer:1:1']}\n")
+    code, document, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
+    device = document["devices"][0]
+    assert device["error"].startswith("tls: gave up after 1 attempt(s): connection lost during "
+                                      "AT%KEYGEN="), device["error"]
+    assert device["keys"][0]["outcome"] == "interrupted"
+    assert json.loads((tmp_path / "sim.json").read_text())["modems"][0]["function_mode"] == 1
+    assert logged_commands(tmp_path / "sim.log")[-1] == "AT+CFUN=1"

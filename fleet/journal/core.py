@@ -452,7 +452,7 @@ class Journal(CertJournal):
                 KeyRow(slot=r[0], imei=r[1], key_name=r[2], sec_tag=r[3], key_type=r[4],
                        outcome=KeyOutcome(r[5]), error=r[6], attempts=r[7], answer=r[8],
                        cmng_sha=r[9], write_unresolved=bool(r[10] or r[11]),
-                       deleted=bool(r[12]), unverified_answer=bool(r[13]))
+                       deleted=bool(r[12]), answer_not_captured=bool(r[13]))
                 for r in conn.execute(
                     "SELECT r.slot, r.imei, r.key_name, r.sec_tag, r.type, r.outcome, r.error, "
                     "r.attempts, CASE WHEN k.state = 'captured' THEN k.answer END, k.cmng_sha, "
@@ -467,7 +467,7 @@ class Journal(CertJournal):
                     # a delete the modem did not refuse: it may have taken effect
                     f"EXISTS (SELECT 1 FROM steps d WHERE {same_key} AND d.action = 'delete' "
                     "AND d.outcome IS NOT 'error'), "
-                    # the pending %KEYGEN's answer came, and failed verification
+                    # the pending %KEYGEN's answer came, and was not captured
                     "EXISTS (SELECT 1 FROM steps p WHERE p.id = k.pending_step AND "
                     "p.run_id = r.run_id AND p.slot = r.slot AND p.answer IS NOT NULL) "
                     "FROM run_keys r LEFT JOIN keys k ON k.imei = r.imei AND "

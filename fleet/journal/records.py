@@ -96,14 +96,15 @@ class KeyRow:
     answer: str | None  #: the key's captured %KEYGEN answer (verified when it was captured)
     cmng_sha: str | None
     #: a write to the key in this run (its pending %KEYGEN, or a delete with nothing captured
-    #: after it) was sent and its answer never arrived, or (``unverified_answer``) arrived and
-    #: failed verification
+    #: after it) was sent and its answer never arrived, or (``answer_not_captured``) arrived
+    #: and was not captured
     write_unresolved: bool
     #: fleet sent a delete of the key in this sec_tag in this run that the modem did not
     #: refuse (it may have taken effect even if its answer was lost)
     deleted: bool
-    #: the pending %KEYGEN was answered, but its answer failed verification (not captured)
-    unverified_answer: bool = False
+    #: the pending %KEYGEN was answered, but its answer was not captured (it failed
+    #: verification, or carried a device UUID the journal holds for another IMEI)
+    answer_not_captured: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

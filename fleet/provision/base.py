@@ -48,7 +48,7 @@ from fleet.errors import (
     TransportError,
 )
 from fleet.journal import Journal
-from fleet.nrf91 import ACTIVE_MODES, attestation_problem
+from fleet.nrf91 import ACTIVE_MODES, attestation_problem, attestation_ruled_out
 from fleet.openers import describe, fresh
 from fleet.plan import KeySpec, Slot
 from fleet.plan import Response as KeyResponse
@@ -303,16 +303,18 @@ class DeviceWork:
         journal's state of the real board's keys; :class:`DeviceLost` at this and every later
         step, and the run's record of the slot gives the UUID that board reported. A board that
         attested on an earlier opening and refuses now is not taken for the same board either.
-        A modem without ``%ATTESTTOKEN`` is told apart only by its ``%KEYGEN`` answers."""
+        A modem whose model or firmware rules ``%ATTESTTOKEN`` out is not asked: it is told
+        apart only by its ``%KEYGEN`` answers."""
         known = self.dev.device_uuid or self.dev.attested_uuid
-        if (not self.dev.board_checked and known is not None
-                and attestation_problem(self.dev.model, self.dev.firmware) is None):
+        can_say = (self.dev.attested_uuid is not None
+                   or not attestation_ruled_out(self.dev.model, self.dev.firmware))
+        if not self.dev.board_checked and known is not None and can_say:
             attested = await self.attest_with_retries()
             if attested is None and self.dev.attested_uuid is not None:
                 self.dev.other_board = (
                     "after the port was reopened this board refused %ATTESTTOKEN, which it "
                     f"answered before: fleet cannot tell whether it is the board with UUID "
-                    f"{known}; nothing more was written to it")
+                    f"{known}; nothing more was written to it (run again once it answers)")
                 await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
                                                      imei=self.dev.imei, device_uuid=None)
             elif attested is not None and attested != known:
@@ -366,6 +368,7 @@ class DeviceWork:
         target = self.dev.restore_target
         if target is None or not self.settings.restore_function_mode or self.job.check:
             return
+        await self.ready()  # the last step may have left the session to recover
         if self.dev.mode is None:
             self.dev.mode = await self.session.read_function_mode(
                 timeout=self.settings.timeout_s)

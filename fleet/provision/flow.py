@@ -238,7 +238,6 @@ class _Flow(DeviceWork):
         except FleetError as exc:
             self.log.info("the new keys' SHA-256 could not be listed; the next run records it",
                           error=str(exc))
-            await self.ready()  # for the function mode to be restored
             return
         wheres = [(key.sec_tag, key.type.code) for key in captured]
         shas = {where: sha for where in wheres if (sha := listed.get(where))}
