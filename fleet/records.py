@@ -13,8 +13,8 @@ from typing import Any
 
 from fleet.usbid import UsbIdentity
 
-__all__ = ["AttestationRecord", "CertOutcome", "DeviceOutcome", "DeviceRecord", "KeyOutcome",
-           "KeyRecord", "RunRecord"]
+__all__ = ["ANSWER_OUTCOMES", "REPORTED_OUTCOMES", "AttestationRecord", "CertOutcome",
+           "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
 
 
 class KeyOutcome(enum.StrEnum):
@@ -31,6 +31,14 @@ class KeyOutcome(enum.StrEnum):
     #: device that nobody saw (the next run recovers it)
     INTERRUPTED = "interrupted"
     NOT_ATTEMPTED = "not-attempted"  #: the device failed or the run stopped before this key
+
+
+#: Outcomes that claim a captured %KEYGEN answer: such a key without one fails verification.
+ANSWER_OUTCOMES = frozenset({KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.CHANGED,
+                             KeyOutcome.RECOVERED})
+#: Outcomes whose key is reported with the captured answer the journal holds for it, when it
+#: holds one (a pre-existing endorsement key has one, a kept client key none).
+REPORTED_OUTCOMES = ANSWER_OUTCOMES | {KeyOutcome.PRE_EXISTING}
 
 
 class CertOutcome(enum.StrEnum):

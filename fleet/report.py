@@ -46,6 +46,7 @@ from fleet.journal import CertState, KeyRow, RunInfo, RunReport, SlotRow
 from fleet.manifest import ANSWER_OUTCOMES, RESPONSE_PAYLOAD_IDS, answer_fields
 from fleet.plan import KeySpec, Plan, Slot
 from fleet.records import (
+    REPORTED_OUTCOMES,
     AttestationRecord,
     CertOutcome,
     DeviceOutcome,
@@ -130,7 +131,7 @@ def _key_record(row: KeyRow, spec: KeySpec | None, device_uuid: str | None,
             else (KeyOutcome.FAILED, error or "the journal no longer holds the answer this run "
                   "captured for this key: the next run finds out what the device holds")
     answer: KeygenAnswer | None = None
-    reported = outcome in ANSWER_OUTCOMES or outcome is KeyOutcome.PRE_EXISTING
+    reported = outcome in REPORTED_OUTCOMES
     if row.answer is not None and (reported or outcome is KeyOutcome.FAILED):
         try:
             if not isinstance(row.answer, str):  # SQLite keeps what an edit stored: a BLOB

@@ -30,7 +30,7 @@ from fleet.journal.schema import (
     usb_column,
     usb_from_column,
 )
-from fleet.records import DeviceOutcome, KeyOutcome
+from fleet.records import REPORTED_OUTCOMES, DeviceOutcome, KeyOutcome
 from fleet.state import KeyState, KeyStateKind
 from fleet.usbid import UsbIdentity
 
@@ -40,10 +40,6 @@ __all__ = ["WRITE_ACTIONS", "Journal"]
 _STICKY = (KeyOutcome.GENERATED, KeyOutcome.RECOVERED, KeyOutcome.CHANGED,
            KeyOutcome.PRE_EXISTING)
 _HIDDEN_BY_STICKY = (KeyOutcome.UNCHANGED, KeyOutcome.FAILED, KeyOutcome.NOT_ATTEMPTED)
-#: Outcomes whose key may be reported with a captured answer (which carries the device's UUID;
-#: a pre-existing endorsement key has one, a kept client key none).
-_WITH_ANSWER = (KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.CHANGED,
-                KeyOutcome.RECOVERED, KeyOutcome.PRE_EXISTING)
 #: Step actions that write to the device: one not refused by the modem may have changed it
 #: (except a %KEYGEN for an endorsement key that was there: it answers with that key).
 WRITE_ACTIONS = ("keygen", "delete", "cfun", "cert_write", "chain_write")
@@ -506,7 +502,7 @@ def _not_the_journals_board(conn: sqlite3.Connection, *, run_id: str, slot: str,
     answer of the known board for this slot (a key reported with its answer, or one captured
     whose certificate then failed), which carries the journal's UUID: those keys are that
     board's, and the slot's error says what came after."""
-    answered = ", ".join(f"'{outcome}'" for outcome in _WITH_ANSWER)
+    answered = ", ".join(f"'{outcome}'" for outcome in sorted(REPORTED_OUTCOMES))
     conn.execute(
         "UPDATE run_devices SET device_uuid = ? WHERE run_id = ? AND slot = ? AND imei = ? AND "
         "NOT EXISTS (SELECT 1 FROM run_keys k WHERE k.run_id = run_devices.run_id AND "

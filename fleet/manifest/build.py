@@ -19,7 +19,14 @@ from typing import Any
 
 from fleet.credentials import PAYLOAD_ID_CSR, PAYLOAD_ID_PUBLIC_KEY, KeygenAnswer, parse_keygen
 from fleet.errors import CredentialError, ManifestError
-from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord, RunRecord
+from fleet.records import (
+    ANSWER_OUTCOMES,
+    DeviceOutcome,
+    DeviceRecord,
+    KeyOutcome,
+    KeyRecord,
+    RunRecord,
+)
 
 __all__ = [
     "ANSWER_OUTCOMES",
@@ -42,9 +49,6 @@ DEVICE_FIELDS = ("slot", "port", "imei", "device_uuid", "model", "firmware", "in
 #: The fields of one key object (``extra`` entries follow them).
 KEY_FIELDS = ("name", "sec_tag", "type", "response", "outcome", "keygen_answer", "csr_pem",
               "public_key_pem", "cose_payload", "error", "attempts")
-#: Outcomes that claim a captured %KEYGEN answer: such a key without one fails verification.
-ANSWER_OUTCOMES = frozenset({KeyOutcome.GENERATED, KeyOutcome.UNCHANGED, KeyOutcome.CHANGED,
-                             KeyOutcome.RECOVERED})
 #: ``response`` -> the COSE payload id the modem puts in its answer.
 RESPONSE_PAYLOAD_IDS: Mapping[str, int] = {"csr": PAYLOAD_ID_CSR,
                                            "public_key": PAYLOAD_ID_PUBLIC_KEY}
