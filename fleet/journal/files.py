@@ -44,12 +44,12 @@ __all__ = ["journal_problem", "open_database", "runs_of_plan", "sqlite_failure"]
 #: Where to say a journal can be named instead.
 _ELSEWHERE = "--journal PATH or journal: in the plan"
 
+_HELD = ("another program holds a write lock on it (an sqlite3 shell with a transaction open, "
+         "a backup or sync tool?): close it and run again")
 #: What to do about an SQLite error, by its primary result code.
 _REMEDIES = {
-    sqlite3.SQLITE_BUSY: "another program holds a write lock on it (an sqlite3 shell with a "
-    "transaction open, a backup or sync tool?): close it and run again",
-    sqlite3.SQLITE_LOCKED: "another program holds a write lock on it (an sqlite3 shell with a "
-    "transaction open, a backup or sync tool?): close it and run again",
+    sqlite3.SQLITE_BUSY: _HELD,
+    sqlite3.SQLITE_LOCKED: _HELD,
     sqlite3.SQLITE_FULL: "the disk is full: free some space there and run again",
     sqlite3.SQLITE_READONLY: "it cannot be written (a read-only file system or file?): make it "
     f"writable, or choose another place with {_ELSEWHERE}",
@@ -60,10 +60,16 @@ _REMEDIES = {
 }
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (``SQLITE_BUSY``...; None when it has none)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def sqlite_failure(exc: sqlite3.Error) -> str:
     """SQLite's reason for ``exc``, and what to do about it where that is known."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    remedy = _REMEDIES.get(code & 0xFF) if isinstance(code, int) else None
+    code = _primary_code(exc)
+    remedy = _REMEDIES.get(code) if code is not None else None
     return f"{exc}: {remedy}" if remedy else str(exc)
 
 
@@ -245,7 +251,7 @@ def _check_identity(conn: sqlite3.Connection, shown: Path, station: str | None) 
                   conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CORRUPT:
+        if _primary_code(exc) == sqlite3.SQLITE_CORRUPT:
             raise JournalError(f"journal {shown} cannot be used: {sqlite_failure(exc)}; it was "
                                "left untouched") from None
         raise JournalError(
