@@ -315,14 +315,13 @@ class DeviceWork:
                     "after the port was reopened this board refused %ATTESTTOKEN, which it "
                     f"answered before: fleet cannot tell whether it is the board with UUID "
                     f"{known}; nothing more was written to it (run again once it answers)")
-                await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
-                                                     imei=self.dev.imei, device_uuid=None)
             elif attested is not None and attested != known:
                 self.dev.other_board = self.other_board(attested, known)
-                await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
-                                                     imei=self.dev.imei, device_uuid=attested)
             elif attested is not None:
                 self.dev.attested_uuid = attested
+            if self.dev.other_board is not None:
+                await self.job.journal.another_board(run_id=self.job.run_id, slot=self.slot.name,
+                                                     imei=self.dev.imei, device_uuid=attested)
         self.dev.board_checked = True  # the attest may have reopened the port: it is this one's
         if self.dev.other_board is not None:
             raise DeviceLost(self.dev.other_board)
