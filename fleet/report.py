@@ -363,6 +363,11 @@ def _summary_line(document: Mapping[str, Any]) -> str:
     if document["check"]:
         line += "; a real run would " + ("change them" if document["changed"] else
                                          "change nothing")
+        # a key a real run would fail fails its device: the check says so, not only "ok"
+        failing = sum(any(p["action"] == "fail" for p in d.get("planned", ()))
+                      for d in document["devices"])
+        if failing:
+            line += f" and fail {failing} device{'' if failing == 1 else 's'} (see above)"
     else:
         line += "; devices were changed" if document["changed"] else "; nothing was changed"
     if document["interrupted"]:

@@ -110,6 +110,23 @@ def test_a_closed_stdout_keeps_the_exit_status(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
 
 
+def test_a_check_says_how_many_devices_a_real_run_would_fail(tmp_path: Path) -> None:
+    keys = """
+    keys:
+      tls: {sec_tag: 16842753, type: client_key, response: csr, if_exists: fail}
+    """
+    plan = write_plan(tmp_path, ports="sim://0-1", keys=keys, slot_keys="[tls]", extra=SIM)
+    result = fleet("run", plan, "--journal", tmp_path / "made.sqlite")
+    assert result.returncode == 0, result.stderr
+    # Another journal knows none of the keys now on the boards: a real run would fail both.
+    result = fleet("run", plan, "--journal", tmp_path / "other.sqlite", "--check")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == ("ok: 2 devices: 2 checked; a real run would change nothing and fail 2 "
+                         "devices (see above)")
+    assert len([line for line in lines if ": would fail: " in line]) == 2
+
+
 def test_the_summary_is_in_words(tmp_path: Path) -> None:
     plan = write_plan(tmp_path, ports="sim://0-1", extra=SIM)
     journal = tmp_path / "j.sqlite"
