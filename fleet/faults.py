@@ -30,6 +30,8 @@ swap             a %CMNG=1 listing of everything (no sec_tag): never answered, t
                  and another board with the same IMEI is there when the host reopens it (its
                  own device UUID and identity key, no credentials): a cloned module swapped in
                  while the host reconnects
+swap-unattested  as swap, but the board swapped in is an nRF9160 (no %ATTESTTOKEN) with the
+                 same IMEI: a clone that cannot say which board it is
 slow             every answered command: ``fleet.sim.faults.SLOW_EXTRA_S`` seconds of extra delay
 urc-storm        every answered command: URC lines before, between and after the answer lines
 garble           every answered command: 1 to 3 bytes of the answer (never CR or LF) replaced
@@ -62,6 +64,7 @@ class FaultName(enum.Enum):
     LIST_NO_SHA = "list-no-sha"
     LIST_DROP = "list-drop"
     SWAP = "swap"
+    SWAP_UNATTESTED = "swap-unattested"
     SLOW = "slow"
     URC_STORM = "urc-storm"
     GARBLE = "garble"

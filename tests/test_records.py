@@ -623,6 +623,33 @@ def test_the_sha_of_a_board_swapped_in_before_the_closing_listing_is_never_recor
     assert journal_rows(journal, "SELECT cmng_sha FROM keys") == [(None,)]
 
 
+def test_a_board_that_attested_and_refuses_after_a_reopen_is_not_taken_for_the_same_one(
+        tmp_path: Path) -> None:
+    # The board attests at identification; the swap comes at the closing listing, and the
+    # board on the reopened port is an nRF9160 with the same IMEI, which cannot say which board
+    # it is. Putting the function mode back reopens the port: the refusal counts as another
+    # board, so the mode is never written to it, and the key keeps the real board's record.
+    plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]", extra="simulator: {state: "
+                      "sim.json, log: sim.log, model: nrf9151, function_mode: 1, "
+                      "faults: ['swap-unattested:1:1']}\n")
+    code, document, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
+    clone = json.loads((tmp_path / "sim.json").read_text())["modems"][0]
+    assert clone["model"] == "nrf9160"
+    for device in (document["devices"][0], _manifest(document)["devices"][0]):
+        assert device["outcome"] == "failed"
+        assert ("after the port was reopened this board refused %ATTESTTOKEN, which it "
+                "answered before") in device["error"], device["error"]
+        assert device["keys"][0]["outcome"] == "generated"
+        assert device["device_uuid"] != clone["device_uuid"]  # the key's board, not the clone
+    sent = logged_commands(tmp_path / "sim.log")
+    assert "AT+CFUN=4" in sent
+    after_swap = sent[sent.index("AT%CMNG=1") + 2:]  # past the listing and its fault's line
+    assert "AT%ATTESTTOKEN" in after_swap
+    assert not [c for c in after_swap if c.startswith(("AT+CFUN=", "AT%CMNG", "AT%KEYGEN"))], \
+        after_swap
+
+
 def test_a_keygen_answer_that_failed_verification_is_not_reported_as_never_arrived(
         tmp_path: Path) -> None:
     plan = write_plan(tmp_path, ports="sim://0", slot_keys="[tls]",

@@ -204,3 +204,23 @@ def test_swap_drops_the_port_and_another_board_with_the_same_imei_answers(
             assert not [line for line in command(port, "AT%CMNG=1") if "40,2" in line]
         assert [f["fault"] for f in sim.faults(1)] == ["swap"]
         assert sim.modem_state(0)["credentials"] == [] and sim.faults(0) == []
+
+
+def test_swap_unattested_puts_an_nrf9160_with_the_same_imei_there(tmp_path: Path) -> None:
+    with run_sim(tmp_path, 1, "--model", "nrf9151", "--fault", "swap-unattested:1:1") as sim:
+        link = sim.ports[0]
+        before = sim.modem_state(0)
+        with open_port(link) as port:
+            assert command(port, "AT%ATTESTTOKEN")[-1] == "OK"
+            old = os.readlink(link)
+            port.write(b"AT%CMNG=1\r")
+            assert b"%CMNG" not in expect_drop(port)
+        wait_relinked(link, old)
+        after = sim.modem_state(0)
+        assert after["imei"] == before["imei"] and after["device_uuid"] != before["device_uuid"]
+        assert (after["model"], after["firmware"]) == ("nrf9160", "mfw_nrf9160_1.3.5")
+        with open_port(link) as port:
+            assert command(port, "AT+CGSN=1") == [f'+CGSN: "{before["imei"]}"', "OK"]
+            assert command(port, "AT+CGMM") == ["nRF9160-SICA", "OK"]
+            assert command(port, "AT%ATTESTTOKEN") == ["ERROR"]
+        assert [f["fault"] for f in sim.faults(0)] == ["swap-unattested"]

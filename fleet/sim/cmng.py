@@ -12,7 +12,8 @@
 - ``%CMNG=1[,<tag>[,<type>]]`` lists ``%CMNG: <tag>,<type>,"<SHA-256 upper hex>"`` sorted by
   (tag, type), with the modem's reserved entries when they match the filter. Any mode. The
   list-no-sha fault leaves the SHA column out; list-drop answers nothing (the port drops), and so
-  does swap, at a listing of everything (the server puts another board in the modem's place).
+  does swap (and swap-unattested), at a listing of everything (the server puts another board
+  in the modem's place).
 - ``%CMNG=2,<tag>,<type>`` reads a certificate (types 0 and 1 only, else ``514``; reserved tag
   ``514``; missing ``513``): ``%CMNG: <tag>,<type>,"<sha>","<content>"``, the content spanning
   lines. Any mode.
@@ -100,8 +101,9 @@ def _list(modem: ModemView, cmd: ParsedCommand, faults: Faults) -> Reply:
              if (tag is None or row[0] == tag) and (type_ is None or row[1] == type_)]
     if faults(FaultName.LIST_DROP):
         return Reply(final=Ok(), drop=True, fault=FaultName.LIST_DROP)
-    if tag is None and faults(FaultName.SWAP):
-        return Reply(final=Ok(), drop=True, fault=FaultName.SWAP)
+    for swap in (FaultName.SWAP, FaultName.SWAP_UNATTESTED):
+        if tag is None and faults(swap):
+            return Reply(final=Ok(), drop=True, fault=swap)
     if faults(FaultName.LIST_NO_SHA):
         return ok(*(f"%CMNG: {t},{k}" for t, k, _ in sorted(rows)), fault=FaultName.LIST_NO_SHA)
     return ok(*(f'%CMNG: {t},{k},"{sha}"' for t, k, sha in sorted(rows)))

@@ -12,12 +12,14 @@ prints by itself (a shell's echo and prompt) and, per command for the modem:
 
 1. logs it; rolls silent / disconnect / reboot (each ends the command);
 2. asks the model for the reply (the faults that depend on the command - keygen-fail,
-   keygen-bad-uuid, list-no-sha, list-drop, swap - are rolled inside, when they can apply);
+   keygen-bad-uuid, list-no-sha, list-drop, swap, swap-unattested - are rolled inside, when
+   they can apply);
 3. sleeps what is left of the profile's delay for the work done (+ the slow fault), counted
    from the moment the command arrived;
 4. if the state changed, waits until the state file holding the change is written
    (lost-answer drops the port here, after the key is safely stored; so does list-drop, and
-   swap, which first puts another board with the same IMEI in the modem's place);
+   swap and swap-unattested, which first put another board with the same IMEI in the modem's
+   place);
 5. frames the answer as the line prints it, applies urc-storm and garble to the bytes and sends
    them, paced in the realistic profile.
 
@@ -133,11 +135,12 @@ class SimCore:
         if self._claims.get(index) is token:
             del self._claims[index]
 
-    def _swap(self, index: int) -> None:
-        """Another board with the same IMEI in modem ``index``'s place (the swap fault); the
-        state file keeps the board now there."""
+    def _swap(self, index: int, fault: FaultName) -> None:
+        """Another board with the same IMEI in modem ``index``'s place (the swap fault; for
+        swap-unattested an nRF9160); the state file keeps the board now there."""
         old = self.modems[index]
-        new = old.swapped(seed=self.config.seed)
+        new = old.swapped(seed=self.config.seed, model=(
+            MODELS["nrf9160"] if fault is FaultName.SWAP_UNATTESTED else None))
         self.modems[index] = new
         self._all[self._all.index(old)] = new
         self.lines[index] = make_line(self.config)  # another board's firmware starts afresh
@@ -195,8 +198,8 @@ class SimCore:
         if delay > 0:
             await anyio.sleep(delay)
         await self.writer.wait_written(version)
-        if reply.fault is FaultName.SWAP:
-            self._swap(index)
+        if reply.fault in (FaultName.SWAP, FaultName.SWAP_UNATTESTED):
+            self._swap(index, reply.fault)
             await self.writer.wait_written(self.writer.mark_dirty())
         if reply.drop:
             return Ending.DROPPED

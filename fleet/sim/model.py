@@ -112,17 +112,20 @@ class Modem:
                    identity_key=derive_identity_key(seed, index),
                    store=CredentialStore(capacity), function_mode=function_mode)
 
-    def swapped(self, *, seed: int) -> Modem:
-        """The board the swap fault puts in this one's place: the same IMEI, model and firmware
-        (a cloned module, or an unprogrammed IMEI), its own device UUID and identity key
-        (derived from this board's UUID, so every swap, also in a later simulator with the same
-        state file, brings another board), no credentials, function mode 0."""
+    def swapped(self, *, seed: int, model: ModelInfo | None = None) -> Modem:
+        """The board the swap fault puts in this one's place: the same IMEI (a cloned module,
+        or an unprogrammed IMEI), model and firmware (``model`` and its firmware, when given),
+        its own device UUID and identity key (derived from this board's UUID, so every swap,
+        also in a later simulator with the same state file, brings another board), no
+        credentials, function mode 0."""
         board = self.device_uuid.int & 0xFFFFFFFF or 1  # 0 names the original board
+        same = model is None or model == self.model
         return Modem(index=self.index, imei=self.imei,
-                     device_uuid=derive_device_uuid(seed, self.index, board), model=self.model,
+                     device_uuid=derive_device_uuid(seed, self.index, board),
+                     model=self.model if model is None else model,
                      identity_key=derive_identity_key(seed, self.index, board),
-                     store=CredentialStore(self.store.capacity), firmware=self.firmware,
-                     cgmm=self.cgmm)
+                     store=CredentialStore(self.store.capacity),
+                     firmware=self.firmware if same else None, cgmm=self.cgmm if same else None)
 
     def __repr__(self) -> str:
         return (f"Modem(index={self.index}, imei={self.imei}, model={self.model.name}, "
