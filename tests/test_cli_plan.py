@@ -67,7 +67,7 @@ def test_valid_plan_prints_slots_and_commands(tmp_path: Path) -> None:
                  "    settings: timeout_s=40.0 (the rest as defaults)",
                  "simulator: 2 modem(s) model=nrf9160 profile=fast seed=0"):
         assert line in out.splitlines(), (line, out)
-    assert out.rstrip().endswith(f"plan is valid; {NOTHING_SENT}")
+    assert out.rstrip().endswith(f"plan is valid, and fleet run can start here; {NOTHING_SENT}")
     assert result.stderr == ""
 
 

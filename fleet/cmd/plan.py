@@ -249,4 +249,4 @@ def _print_human(plan: Plan, ready: Readiness) -> None:
         print(f"plan is valid, but fleet run would stop here before any device (see above); "
               f"{_NOTHING_SENT}")
     else:
-        print(f"plan is valid; {_NOTHING_SENT}")
+        print(f"plan is valid, and fleet run can start here; {_NOTHING_SENT}")
