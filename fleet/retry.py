@@ -24,7 +24,9 @@ as it ends. (A step that fails still leaves a cycle: its error's traceback holds
 frames, which hold the error. Failures are few; successes are every step of every device.)
 
 The deadline never cuts work that succeeds: it is checked only when a try has failed, and no
-new try (step or reopen) starts once the next one could not begin before it.
+new try (step or reopen) starts once the next one could not begin before it. A key that fails
+once the deadline has passed (:meth:`RetryPolicy.expired`) ends the device: its later keys are
+not started (``fleet.provision.flow``).
 
 What is worth another try is listed here and nowhere else: :data:`RETRYABLE` (errors after which
 a step starts again from inspection), :data:`RETRY_CODES` (the ``+CME ERROR`` codes after which
@@ -177,6 +179,10 @@ class RetryPolicy:
     def wait(self, attempt: int) -> float:
         """Seconds to wait before ``attempt`` (1-based)."""
         return backoff(attempt, base=self.backoff_base, cap=self.backoff_cap)
+
+    def expired(self) -> bool:
+        """The device's deadline has passed."""
+        return self.clock() >= self.deadline
 
     def _late(self, state: tenacity.RetryCallState) -> bool:
         """The next try (after its wait) could not start before the deadline."""

@@ -333,3 +333,30 @@ def test_a_last_key_lost_with_its_port_still_puts_the_function_mode_back(
     assert device["keys"][0]["outcome"] == "interrupted"
     assert json.loads((tmp_path / "sim.json").read_text())["modems"][0]["function_mode"] == 1
     assert logged_commands(tmp_path / "sim.log")[-1] == "AT+CFUN=1"
+
+
+def test_a_key_that_fails_after_the_devices_deadline_ends_the_device(tmp_path: Path) -> None:
+    # Every %KEYGEN is refused with 523 (retried on any other day); the deadline has passed by
+    # the first refusal, so the key is not tried again and the next key is not started, but the
+    # function mode fleet changed is put back.
+    plan = write_plan(tmp_path, ports="sim://0",
+                      defaults="{timeout_s: 5, keygen_timeout_s: 10, retries: 3, "
+                               "device_deadline_s: 0.001}",
+                      extra="simulator: {log: sim.log, function_mode: 1, "
+                            "faults: ['keygen-fail:1']}\n")
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
+    device = doc["devices"][0]
+    tls, endorsement = device["keys"]
+    assert tls["outcome"] == "failed" and tls["attempts"] == 1
+    assert "gave up after 1 attempt(s) (the device's deadline passed)" in tls["error"]
+    assert endorsement["outcome"] == "not-attempted"
+    assert device["outcome"] == "failed"
+    assert device["error"].startswith(f"tls: {tls['error']}; the device's deadline "
+                                      "(device_deadline_s: 0.001 s) had passed, so nothing "
+                                      "more was tried on this device"), device["error"]
+    log = [json.loads(line) for line in (tmp_path / "sim.log").read_text().splitlines()]
+    received = [entry["command"] for entry in log if "command" in entry and "fault" not in entry]
+    assert [c.split(",")[0] for c in received if c.startswith("AT%KEYGEN")] == [
+        f"AT%KEYGEN={TLS}"]  # one try of the first key, none of the second
+    assert received[-1] == "AT+CFUN=1"  # the mode it was found in

@@ -320,6 +320,13 @@ class _Flow(DeviceWork):
         except CommandError as exc:
             return self._failed(key, explain_error(exc), attempts)
 
+    def out_of_time(self, failed: KeyRecord) -> str:
+        """Why a device whose key ``failed`` after its deadline is given up (a board that
+        keeps failing must not hold its slot for one more try of every step left)."""
+        return (f"{failed.name}: {failed.error}; the device's deadline (device_deadline_s: "
+                f"{self.settings.device_deadline_s:g} s) had passed, so nothing more was tried "
+                "on this device: run the plan again once it answers")
+
     def _failed(self, key: KeySpec, reason: str, attempts: int) -> KeyRecord:
         self.log.warning("key failed", key=key.name, sec_tag=key.sec_tag, error=reason)
         return KeyRecord(name=key.name, sec_tag=key.sec_tag, type=key.type.value,
@@ -580,6 +587,8 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 await flow.save_key(key, record)
                 flow.keys_done += 1
                 flow.report_progress()
+                if record.outcome is KeyOutcome.FAILED and flow.policy.expired():
+                    raise DeviceLost(flow.out_of_time(record))
             await flow.record_new_keys_sha()
             await flow.restore_mode()
         except (DeviceLost, DeviceSwapped, PortBusy) as exc:
