@@ -135,6 +135,11 @@ def test_the_journal_at_the_old_default_place_is_not_silently_left_behind(
         assert str(old) in err and f"--journal {old}" in err, err
         assert "journal: ../.fleet/journal.sqlite" in err, err
         assert doc["failed"] is True
+    result = fleet("plan", "check", plan, cwd=tmp_path)  # says so too, before any run
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith(f"  fleet run would stop: {old} holds 1 run(s) of this plan")
+    assert lines[-1].startswith("plan is valid, but fleet run would stop here"), lines[-1]
     assert not (station / ".fleet").exists()
     # Named, it is used as before.
     code, doc, err = _run(plan, "--journal", ".fleet/journal.sqlite", cwd=tmp_path)

@@ -24,7 +24,7 @@ from typing import Any
 from fleet import exitcodes
 from fleet.certs.authority import LocalCa
 from fleet.errors import ManifestError, PlanError
-from fleet.journal.files import journal_problem
+from fleet.journal.files import journal_problem, old_journal_problem
 from fleet.logs import configure_logging
 from fleet.plan import KeySpec, KeyType, Plan, Settings, Slot, load_plan
 from fleet.plan.ports import is_glob
@@ -76,7 +76,7 @@ class Readiness:
 def readiness(plan: Plan) -> Readiness:
     """Load the signing key (never making one), check the manifest's name and try its
     directory (never made), and read the journal as `fleet run --check` would (never made or
-    written)."""
+    written; and the one at the old default place, which `fleet run` also asks about)."""
     state, problem = None, None
     if plan.signing_key is None:
         problem = ("the plan has no signing_key: create one with `fleet station-key init --out "
@@ -96,7 +96,9 @@ def readiness(plan: Plan) -> Readiness:
             problem = str(exc)
     return Readiness(signing_key=state, signing_key_problem=problem,
                      manifest_problem=manifest_path_problem(plan, create=False),
-                     journal_problem=journal_problem(plan.journal_path, station=plan.station))
+                     journal_problem=journal_problem(plan.journal_path, station=plan.station)
+                     or old_journal_problem(plan.journal_path, station=plan.station,
+                                            plan_sha256=plan.sha256, plan_path=plan.path))
 
 
 def run_check(args: argparse.Namespace) -> int:

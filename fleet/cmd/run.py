@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,17 +19,13 @@ import structlog
 from fleet import exitcodes, interrupts
 from fleet.errors import FleetError, JournalError, ManifestError, PlanError
 from fleet.journal import RunInfo, utc_now
-from fleet.journal.files import runs_of_plan
+from fleet.journal.files import old_journal_problem
 from fleet.logs import configure_logging
 from fleet.plan import Plan, load_plan
 from fleet.report import check_record, run_document, summary_lines
 from fleet.run import RunOptions, SlotStatus, run_plan
 
 __all__ = ["register", "run"]
-
-#: Where the journal was by default before a plan's journal was its own (the current directory's).
-_OLD_DEFAULT = Path(".fleet") / "journal.sqlite"
-
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -91,32 +86,6 @@ def _print_interrupted_document(args: argparse.Namespace, plan: Plan, signum: in
     return exitcodes.INTERRUPTED
 
 
-def _journal_at_the_old_place(plan: Plan) -> str | None:
-    """Why not to run when the journal at the old default place (``.fleet/journal.sqlite`` in
-    the current directory) holds runs of this plan and the plan's own journal does not exist
-    yet: the run would start an empty journal and take the keys fleet made for pre-existing
-    ones (and replace them with ``if_exists: replace``). When both exist, a warning."""
-    old = Path.cwd() / _OLD_DEFAULT
-    new = plan.journal_path
-    if not old.is_file() or os.path.realpath(old) == os.path.realpath(new):
-        return None
-    runs = runs_of_plan(old, station=plan.station, plan_sha256=plan.sha256,
-                        plan_path=str(plan.path))
-    if not runs:
-        return None
-    if new.exists():
-        structlog.get_logger().warning(
-            "the journal at the old default place also holds runs of this plan; it is not used",
-            old=str(old), journal=str(new))
-        return None
-    return (f"fleet run: {old} holds {runs} run(s) of this plan (station {plan.station}); it "
-            "is a journal at the old default place (.fleet/journal.sqlite in the current "
-            f"directory), but a plan's journal is now its own, {new}, which does not exist yet. "
-            "To keep using the old journal, run with --journal "
-            f"{old} or put 'journal: {os.path.relpath(old, plan.path.parent)}' in the plan; "
-            f"or, while no run uses it, move it (with any -wal file beside it) to {new}")
-
-
 def run(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty() and not args.json
     configure_logging(level=args.log_level or ("warning" if tty else "info"))
@@ -127,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as exc:
         return _refuse(args, exc.errors, "invalid plan")
     if args.journal is None:
-        stray = _journal_at_the_old_place(plan)
+        stray = old_journal_problem(plan.journal_path, station=plan.station,
+                                    plan_sha256=plan.sha256, plan_path=plan.path)
         if stray is not None:
-            return _refuse(args, [stray], "journal not usable")
+            return _refuse(args, [f"fleet run: {stray}"], "journal not usable")
     from fleet.run_manifest import prepare_manifest
 
     try:

@@ -33,13 +33,16 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
+import structlog
+
 from fleet import __version__
 from fleet.atomic import create_atomic
 from fleet.errors import JournalError
 from fleet.journal.records import utc_now
 from fleet.journal.schema import SCHEMA, SCHEMA_VERSION, migrate
 
-__all__ = ["journal_problem", "open_database", "runs_of_plan", "sqlite_failure"]
+__all__ = ["OLD_DEFAULT", "journal_problem", "old_journal_problem", "open_database",
+           "runs_of_plan", "sqlite_failure"]
 
 #: Where to say a journal can be named instead.
 _ELSEWHERE = "--journal PATH or journal: in the plan"
@@ -144,6 +147,36 @@ def runs_of_plan(path: Path, *, station: str, plan_sha256: str, plan_path: str) 
     finally:
         conn.close()
     return count
+
+
+#: Where the journal was by default before a plan's journal was its own (the current directory's).
+OLD_DEFAULT = Path(".fleet") / "journal.sqlite"
+
+
+def old_journal_problem(journal: Path, *, station: str, plan_sha256: str, plan_path: Path
+                        ) -> str | None:
+    """Why not to run a plan whose journal is ``journal`` when the journal at the old default
+    place (:data:`OLD_DEFAULT` in the current directory) holds runs of this plan and
+    ``journal`` does not exist yet: the run would start an empty journal and take the keys
+    fleet made for pre-existing ones (and replace them with ``if_exists: replace``). When both
+    exist, a warning."""
+    old = Path.cwd() / OLD_DEFAULT
+    if not old.is_file() or os.path.realpath(old) == os.path.realpath(journal):
+        return None
+    runs = runs_of_plan(old, station=station, plan_sha256=plan_sha256, plan_path=str(plan_path))
+    if not runs:
+        return None
+    if journal.exists():
+        structlog.get_logger().warning(
+            "the journal at the old default place also holds runs of this plan; it is not used",
+            old=str(old), journal=str(journal))
+        return None
+    return (f"{old} holds {runs} run(s) of this plan (station {station}); it is a journal at "
+            "the old default place (.fleet/journal.sqlite in the current directory), but a "
+            f"plan's journal is now its own, {journal}, which does not exist yet. To keep using "
+            f"the old journal, run with --journal {old} or put 'journal: "
+            f"{os.path.relpath(old, plan_path.parent)}' in the plan; or, while no run uses it, "
+            f"move it (with any -wal file beside it) to {journal}")
 
 
 def _identity(station: str | None, plan: str | None) -> list[tuple[str, str]]:
