@@ -610,7 +610,8 @@ def test_the_sha_of_a_board_swapped_in_before_the_closing_listing_is_never_recor
     device = _manifest(document)["devices"][0]
     assert device["keys"][0]["outcome"] == "generated" and "cmng_sha256" not in device["keys"][0]
     clone = json.loads((tmp_path / "sim.json").read_text())["modems"][0]
-    assert device["device_uuid"] != clone["device_uuid"]  # the key's board, not the clone
+    real = str(parse_keygen(device["keys"][0]["keygen_answer"]).payload.device_uuid)
+    assert device["device_uuid"] == real != clone["device_uuid"]  # the key's board
     assert journal_rows(journal, "SELECT cmng_sha FROM keys") == [(None,)]
     sent = logged_commands(tmp_path / "sim.log")
     after_swap = sent[sent.index("AT%CMNG=1") + 2:]  # past the listing and its fault's line
@@ -636,12 +637,15 @@ def test_a_board_that_attested_and_refuses_after_a_reopen_is_not_taken_for_the_s
     assert code == 1, err
     clone = json.loads((tmp_path / "sim.json").read_text())["modems"][0]
     assert clone["model"] == "nrf9160"
-    for device in (document["devices"][0], _manifest(document)["devices"][0]):
+    recorded = _manifest(document)["devices"][0]
+    real = str(parse_keygen(recorded["keys"][0]["keygen_answer"]).payload.device_uuid)
+    for device in (document["devices"][0], recorded):
         assert device["outcome"] == "failed"
         assert ("after the port was reopened this board refused %ATTESTTOKEN, which it "
                 "answered before") in device["error"], device["error"]
         assert device["keys"][0]["outcome"] == "generated"
-        assert device["device_uuid"] != clone["device_uuid"]  # the key's board, not the clone
+        # The record gives the board the key was made on, never the clone.
+        assert device["device_uuid"] == real != clone["device_uuid"]
     sent = logged_commands(tmp_path / "sim.log")
     assert "AT+CFUN=4" in sent
     after_swap = sent[sent.index("AT%CMNG=1") + 2:]  # past the listing and its fault's line

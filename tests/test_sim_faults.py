@@ -224,3 +224,9 @@ def test_swap_unattested_puts_an_nrf9160_with_the_same_imei_there(tmp_path: Path
             assert command(port, "AT+CGMM") == ["nRF9160-SICA", "OK"]
             assert command(port, "AT%ATTESTTOKEN") == ["ERROR"]
         assert [f["fault"] for f in sim.faults(0)] == ["swap-unattested"]
+    # The state file keeps the board now there, as it is.
+    with run_sim(tmp_path, 1, "--model", "nrf9151") as sim:
+        assert sim.modem_state(0) == after
+        with open_port(sim.ports[0]) as port:
+            assert command(port, "AT+CGMM") == ["nRF9160-SICA", "OK"]
+            assert command(port, "AT%ATTESTTOKEN") == ["ERROR"]

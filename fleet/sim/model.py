@@ -119,7 +119,7 @@ class Modem:
         also in a later simulator with the same state file, brings another board), no
         credentials, function mode 0."""
         board = self.device_uuid.int & 0xFFFFFFFF or 1  # 0 names the original board
-        same = model is None or model == self.model
+        same = model is None  # a model given brings its own firmware and AT+CGMM text
         return Modem(index=self.index, imei=self.imei,
                      device_uuid=derive_device_uuid(seed, self.index, board),
                      model=self.model if model is None else model,
@@ -189,7 +189,7 @@ class Modem:
         """Answer one command line (terminator removed).
 
         ``faults`` is asked at the moment a fault that depends on the command could apply
-        (keygen-fail, keygen-bad-uuid, list-no-sha, list-drop, swap; see
+        (keygen-fail, keygen-bad-uuid, list-no-sha, list-drop, swap, swap-unattested; see
         :mod:`fleet.faults`); the reply names the one that took effect.
         """
         try:

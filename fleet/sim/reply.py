@@ -54,9 +54,10 @@ class Reply:
     #: a %KEYGEN stored a new key (lost-answer may drop its answer)
     key_made: bool = False
     #: the fault the model applied to this answer (keygen-fail, keygen-bad-uuid, list-no-sha,
-    #: list-drop, swap), for the log
+    #: list-drop, swap, swap-unattested), for the log
     fault: FaultName | None = None
-    #: no answer: the port drops instead (list-drop; swap, which the server carries out)
+    #: no answer: the port drops instead (list-drop; swap and swap-unattested, which the
+    #: server carries out)
     drop: bool = False
 
     def __post_init__(self) -> None:
