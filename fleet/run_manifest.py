@@ -74,8 +74,8 @@ def prepare_manifest(plan: Plan) -> ManifestWriter:
     key = load_plan_signing_key(plan)
     problem = manifest_path_problem(plan, create=True)
     if problem is not None:
-        raise ManifestError(f"{problem}: the run could not write its manifest, so it does not "
-                            "start (fix the directory, or change manifest: in the plan)")
+        raise ManifestError(f"{problem}: the run cannot write its manifest there, so it does "
+                            "not start (fix the directory, or change manifest: in the plan)")
 
     async def write(record: RunRecord) -> Path:
         signed = build_signed(record, station_public_key_pem=public_key_pem(key))

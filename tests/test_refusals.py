@@ -133,7 +133,7 @@ def test_a_manifest_directory_that_cannot_be_made_stops_the_run_before_any_devic
     assert doc["failed"] is True and doc["devices"] == [] and doc["manifest"] is None
     assert (f"the manifest directory {tmp_path / 'afile'}/2" in doc["error"]
             and f"{tmp_path / 'afile'} is not a directory" in doc["error"]), doc["error"]
-    assert "the run could not write its manifest, so it does not start" in doc["error"]
+    assert "the run cannot write its manifest there, so it does not start" in doc["error"]
     assert "after the devices were provisioned" not in doc["error"]  # none was
     assert "nothing was sent to any device" in err
     assert _sim_commands(tmp_path) == []
