@@ -24,9 +24,9 @@ as it ends. (A step that fails still leaves a cycle: its error's traceback holds
 frames, which hold the error. Failures are few; successes are every step of every device.)
 
 The deadline never cuts work that succeeds: it is checked only when a try has failed, and no
-new try (step or reopen) starts once the next one could not begin before it. A key that fails
-once the deadline has passed (:meth:`RetryPolicy.expired`) ends the device: its later keys are
-not started (``fleet.provision.flow``).
+new try (step or reopen) starts once the next one could not begin before it. A key whose step
+gives up on :data:`RETRYABLE` errors once the deadline has passed (:meth:`RetryPolicy.expired`)
+ends the device: its later keys are not started (``fleet.provision.flow``).
 
 What is worth another try is listed here and nowhere else: :data:`RETRYABLE` (errors after which
 a step starts again from inspection), :data:`RETRY_CODES` (the ``+CME ERROR`` codes after which

@@ -20,7 +20,7 @@ import pytest
 from fleet.credentials import parse_keygen
 from fleet.plan import load_plan
 from fleet.run import RunOptions, run_plan
-from tests.runhelpers import fleet, logged_commands, run_json, write_plan
+from tests.runhelpers import KEYS, fleet, logged_commands, run_json, write_plan
 from tests.simproc import command, open_port, run_sim
 
 TLS = 16842753
@@ -360,3 +360,23 @@ def test_a_key_that_fails_after_the_devices_deadline_ends_the_device(tmp_path: P
     assert [c.split(",")[0] for c in received if c.startswith("AT%KEYGEN")] == [
         f"AT%KEYGEN={TLS}"]  # one try of the first key, none of the second
     assert received[-1] == "AT+CFUN=1"  # the mode it was found in
+
+
+def test_a_key_refused_after_the_devices_deadline_leaves_the_device_to_its_other_keys(
+        tmp_path: Path) -> None:
+    # The modem's store holds one credential: the second key is refused (515), which is no
+    # sign of a board that stopped answering, so the third is still tried, deadline or not.
+    keys = KEYS + "  other:\n    sec_tag: 16842754\n    type: client_key\n    response: csr\n"
+    plan = write_plan(tmp_path, ports="sim://0", keys=keys, slot_keys="[tls, endorsement, other]",
+                      defaults="{timeout_s: 5, keygen_timeout_s: 10, retries: 3, "
+                               "device_deadline_s: 0.001}",
+                      extra="simulator: {log: sim.log, capacity: 1}\n")
+    code, doc, err = run_json(plan, tmp_path / "j.sqlite")
+    assert code == 1, err
+    device = doc["devices"][0]
+    assert [k["outcome"] for k in device["keys"]] == ["generated", "failed", "failed"]
+    assert all("515" in k["error"] for k in device["keys"][1:]), device["keys"]
+    assert "deadline" not in device["error"], device["error"]
+    received = [json.loads(line).get("command", "")
+                for line in (tmp_path / "sim.log").read_text().splitlines()]
+    assert len([c for c in received if c.startswith("AT%KEYGEN")]) == 3

@@ -139,7 +139,7 @@ class Settings:
     keygen_timeout_s: Seconds = 30.0
     retries: Annotated[int, Field(ge=0, le=10)] = 3
     reopen_attempts: Annotated[int, Field(ge=1, le=10)] = 2  #: reopens of the port in one recovery
-    #: no retry starts later than this into a device, and a key failing after it ends the device
+    #: no retry starts later than this into a device; a key giving up after it ends the device
     device_deadline_s: Seconds = 120.0
     probe_timeout_s: Seconds = 3.0  #: wait for each of the two first-contact ``AT`` probes
     restore_function_mode: bool = True

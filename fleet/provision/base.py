@@ -175,6 +175,8 @@ class DeviceState:
     #: the board on this opening of the port was compared with the known UUID (or none is known)
     board_checked: bool = False
     attestation_token: str | None = None  #: the last %ATTESTTOKEN value the device gave
+    #: a key's step gave up on what is worth another try after the device's deadline had passed
+    out_of_time: bool = False
     keys: list[KeyRecord] = field(default_factory=list)
     planned: list[dict[str, Any]] = field(default_factory=list)
 

@@ -146,6 +146,7 @@ class _Step:
             await self.flow.policy.step(once)
             return None
         except RETRYABLE as exc:
+            self.flow.dev.out_of_time = self.flow.policy.expired()
             reason = f"{self.flow.policy.gave_up(attempts)}: {exc}"
         except CommandError as exc:
             reason = explain_error(exc)

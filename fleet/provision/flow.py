@@ -312,6 +312,7 @@ class _Flow(DeviceWork):
         try:
             return await self.policy.step(attempt)
         except RETRYABLE as exc:
+            self.dev.out_of_time = self.policy.expired()
             return self._failed(key, f"{self.policy.gave_up(attempts)}: {exc}", attempts)
         except ShellRefused as exc:
             if exc.kind in _SHELL_STOPS_DEVICE:  # no command of this device would pass either
@@ -321,8 +322,10 @@ class _Flow(DeviceWork):
             return self._failed(key, explain_error(exc), attempts)
 
     def out_of_time(self, failed: KeyRecord) -> str:
-        """Why a device whose key ``failed`` after its deadline is given up (a board that
-        keeps failing must not hold its slot for one more try of every step left)."""
+        """Why a device whose key ``failed`` after its deadline, on errors worth another try
+        (timeouts, a lost port, garbled answers), is given up: a board that keeps failing must
+        not hold its slot for one more try of every step left. A key refused or decided
+        against is not a reason: the device answers, and its other keys go on."""
         return (f"{failed.name}: {failed.error}; the device's deadline (device_deadline_s: "
                 f"{self.settings.device_deadline_s:g} s) had passed, so nothing more was tried "
                 "on this device: run the plan again once it answers")
@@ -587,7 +590,7 @@ async def provision_slot(job: SlotJob) -> SlotResult:
                 await flow.save_key(key, record)
                 flow.keys_done += 1
                 flow.report_progress()
-                if record.outcome is KeyOutcome.FAILED and flow.policy.expired():
+                if dev.out_of_time:
                     raise DeviceLost(flow.out_of_time(record))
             await flow.record_new_keys_sha()
             await flow.restore_mode()
