@@ -181,18 +181,24 @@ def test_reboot_resets_the_function_mode_and_keeps_the_keys(tmp_path: Path) -> N
 
 
 
+def _swapped_at_a_listing(link: Path, *, after: str) -> None:
+    """Send ``after`` (it must answer OK), then a listing of everything, at which a swap fault
+    drops the port; return once the new pty is linked in."""
+    with open_port(link) as port:
+        assert command(port, after)[-1] == "OK"
+        old = os.readlink(link)
+        port.write(b"AT%CMNG=1\r")
+        assert b"%CMNG" not in expect_drop(port)
+    wait_relinked(link, old)
+
+
 def test_swap_drops_the_port_and_another_board_with_the_same_imei_answers(
         tmp_path: Path) -> None:
     with run_sim(tmp_path, 2, "--function-mode", "4", "--model", "nrf9151",
                  "--fault", "swap:1:1@1") as sim:
         link = sim.ports[1]
         before = sim.modem_state(1)
-        with open_port(link) as port:
-            assert command(port, "AT%KEYGEN=40,2,0")[-1] == "OK"
-            old = os.readlink(link)
-            port.write(b"AT%CMNG=1\r")
-            assert b"%CMNG" not in expect_drop(port)
-        wait_relinked(link, old)
+        _swapped_at_a_listing(link, after="AT%KEYGEN=40,2,0")
         after = sim.modem_state(1)
         assert after["imei"] == before["imei"] and after["model"] == before["model"]
         assert after["device_uuid"] != before["device_uuid"]
@@ -210,12 +216,7 @@ def test_swap_unattested_puts_an_nrf9160_with_the_same_imei_there(tmp_path: Path
     with run_sim(tmp_path, 1, "--model", "nrf9151", "--fault", "swap-unattested:1:1") as sim:
         link = sim.ports[0]
         before = sim.modem_state(0)
-        with open_port(link) as port:
-            assert command(port, "AT%ATTESTTOKEN")[-1] == "OK"
-            old = os.readlink(link)
-            port.write(b"AT%CMNG=1\r")
-            assert b"%CMNG" not in expect_drop(port)
-        wait_relinked(link, old)
+        _swapped_at_a_listing(link, after="AT%ATTESTTOKEN")
         after = sim.modem_state(0)
         assert after["imei"] == before["imei"] and after["device_uuid"] != before["device_uuid"]
         assert (after["model"], after["firmware"]) == ("nrf9160", "mfw_nrf9160_1.3.5")
