@@ -41,8 +41,8 @@ from fleet.errors import JournalError
 from fleet.journal.records import utc_now
 from fleet.journal.schema import SCHEMA, SCHEMA_VERSION, migrate
 
-__all__ = ["OLD_DEFAULT", "journal_problem", "old_journal_problem", "open_database",
-           "runs_of_plan", "sqlite_failure"]
+__all__ = ["journal_problem", "old_journal_problem", "open_database", "runs_of_plan",
+           "sqlite_failure"]
 
 #: Where to say a journal can be named instead.
 _ELSEWHERE = "--journal PATH or journal: in the plan"
@@ -150,17 +150,17 @@ def runs_of_plan(path: Path, *, station: str, plan_sha256: str, plan_path: str) 
 
 
 #: Where the journal was by default before a plan's journal was its own (the current directory's).
-OLD_DEFAULT = Path(".fleet") / "journal.sqlite"
+_OLD_DEFAULT = Path(".fleet") / "journal.sqlite"
 
 
 def old_journal_problem(journal: Path, *, station: str, plan_sha256: str, plan_path: Path
                         ) -> str | None:
     """Why not to run a plan whose journal is ``journal`` when the journal at the old default
-    place (:data:`OLD_DEFAULT` in the current directory) holds runs of this plan and
+    place (``.fleet/journal.sqlite`` in the current directory) holds runs of this plan and
     ``journal`` does not exist yet: the run would start an empty journal and take the keys
     fleet made for pre-existing ones (and replace them with ``if_exists: replace``). When both
     exist, a warning."""
-    old = Path.cwd() / OLD_DEFAULT
+    old = Path.cwd() / _OLD_DEFAULT
     if not old.is_file() or os.path.realpath(old) == os.path.realpath(journal):
         return None
     runs = runs_of_plan(old, station=station, plan_sha256=plan_sha256, plan_path=str(plan_path))
