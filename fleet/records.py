@@ -14,7 +14,8 @@ from typing import Any
 from fleet.usbid import UsbIdentity
 
 __all__ = ["ANSWER_OUTCOMES", "REPORTED_OUTCOMES", "AttestationRecord", "CertOutcome",
-           "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord"]
+           "DeviceOutcome", "DeviceRecord", "KeyOutcome", "KeyRecord", "RunRecord",
+           "outcome_word"]
 
 
 class KeyOutcome(enum.StrEnum):
@@ -63,6 +64,12 @@ class DeviceOutcome(enum.StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"  #: the run stopped while the slot was being worked on
     NOT_STARTED = "not-started"  #: the run stopped before the slot's turn came (--concurrency)
+
+
+def outcome_word(outcome: str, *, check: bool) -> str:
+    """A device outcome as the screen says it: in ``--check`` a device the check went through
+    is ``checked`` (nothing was done to it; the document keeps its outcome ``done``)."""
+    return "checked" if check and outcome == DeviceOutcome.DONE else outcome
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -54,6 +54,7 @@ from fleet.records import (
     KeyOutcome,
     KeyRecord,
     RunRecord,
+    outcome_word,
 )
 
 __all__ = ["FINAL_OUTCOMES", "build_run_record", "check_record", "run_document",
@@ -357,7 +358,7 @@ def _summary_line(document: Mapping[str, Any]) -> str:
     """The last word on a run, e.g. ``ok: 8 devices: 8 done; devices were changed``."""
     summary = dict(document["summary"])
     total = summary.pop("devices", 0)
-    counts = ", ".join(f"{n} {_outcome_word(document, outcome)}"
+    counts = ", ".join(f"{n} {outcome_word(outcome, check=document['check'])}"
                        for outcome, n in summary.items())
     line = f"{total} device{'' if total == 1 else 's'}" + (f": {counts}" if counts else "")
     if document["check"]:
@@ -375,12 +376,6 @@ def _summary_line(document: Mapping[str, Any]) -> str:
     return f"{'FAILED' if document['failed'] else 'ok'}: {line}"
 
 
-def _outcome_word(document: Mapping[str, Any], outcome: str) -> str:
-    """A device outcome in words: in ``--check`` a device the check went through is
-    ``checked`` (nothing was done to it; the document keeps its outcome ``done``)."""
-    return "checked" if document["check"] and outcome == DeviceOutcome.DONE else outcome
-
-
 def summary_lines(document: Mapping[str, Any]) -> list[str]:
     """The end-of-run summary an operator reads, line by line, from the ``--json`` document
     (so the screen says what the document and the manifest say)."""
@@ -388,7 +383,7 @@ def summary_lines(document: Mapping[str, Any]) -> list[str]:
     for device in document["devices"]:
         # --check: the lines below say what a real run would do to each key
         keys = "" if document["check"] else ", ".join(_key_words(k) for k in device["keys"])
-        outcome = _outcome_word(document, device["outcome"])
+        outcome = outcome_word(device["outcome"], check=document["check"])
         line = f"{device['slot']:<10} {device['imei'] or '-':<16} {outcome:<12} {keys}".rstrip()
         if device["error"]:
             line += f"  ({device['error']})"

@@ -80,7 +80,7 @@ from fleet.provision.decide import (
     decide_endorsement_key,
     endorsement_outcome,
 )
-from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord
+from fleet.records import DeviceOutcome, DeviceRecord, KeyOutcome, KeyRecord, outcome_word
 from fleet.report import not_attempted
 from fleet.retry import RETRY_CODES, RETRYABLE, Transient
 from fleet.state import KeyState
@@ -565,7 +565,7 @@ class _Flow(DeviceWork):
                 run_id=self.job.run_id, slot=self.slot.name, port=self.slot.port,
                 imei=self.dev.imei or None, outcome=outcome.value, error=error,
                 usb=self.slot.usb)
-        word = "checked" if self.job.check and outcome is DeviceOutcome.DONE else outcome.value
+        word = outcome_word(outcome, check=self.job.check)
         self.step(word if error is None else f"{word}: {error}")
         return outcome, error
 
