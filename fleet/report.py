@@ -43,9 +43,10 @@ from fleet.credentials import (
 )
 from fleet.errors import CredentialError
 from fleet.journal import CertState, KeyRow, RunInfo, RunReport, SlotRow
-from fleet.manifest import ANSWER_OUTCOMES, RESPONSE_PAYLOAD_IDS, answer_fields
+from fleet.manifest import RESPONSE_PAYLOAD_IDS, answer_fields
 from fleet.plan import KeySpec, Plan, Slot
 from fleet.records import (
+    ANSWER_OUTCOMES,
     REPORTED_OUTCOMES,
     AttestationRecord,
     CertOutcome,

@@ -69,11 +69,11 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from fleet.credentials import parse_keygen
+from fleet.records import ANSWER_OUTCOMES
 
 TLS, ENDORSEMENT = 16842753, 33
 KEY_NAMES = ("tls", "endorsement")
 TYPE_CODES = {"client_key": 2, "endorsement_key": 8}
-ANSWER_OUTCOMES = {"generated", "unchanged", "recovered", "changed"}
 FLEET = [sys.executable, "-m", "fleet"]
 TERM_WAIT_S = 60.0
 

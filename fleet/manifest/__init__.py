@@ -14,7 +14,6 @@ every signature and every embedded ``%KEYGEN`` answer, and reports each check.
 """
 
 from fleet.manifest.build import (
-    ANSWER_OUTCOMES,
     FORMAT,
     RESPONSE_PAYLOAD_IDS,
     answer_fields,
@@ -42,7 +41,6 @@ from fleet.manifest.verify import (
 
 __all__ = [
     "ALGORITHMS",
-    "ANSWER_OUTCOMES",
     "FORMAT",
     "NOT_TRUSTED_WARNING",
     "RESPONSE_PAYLOAD_IDS",

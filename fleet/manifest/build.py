@@ -20,7 +20,6 @@ from typing import Any
 from fleet.credentials import PAYLOAD_ID_CSR, PAYLOAD_ID_PUBLIC_KEY, KeygenAnswer, parse_keygen
 from fleet.errors import CredentialError, ManifestError
 from fleet.records import (
-    ANSWER_OUTCOMES,
     DeviceOutcome,
     DeviceRecord,
     KeyOutcome,
@@ -29,7 +28,6 @@ from fleet.records import (
 )
 
 __all__ = [
-    "ANSWER_OUTCOMES",
     "DEVICE_FIELDS",
     "FORMAT",
     "KEY_FIELDS",

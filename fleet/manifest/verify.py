@@ -29,11 +29,12 @@ from typing import Any, NamedTuple
 from fleet.credentials import KeygenAnswer, check_keygen, decode_keygen, parse_keygen
 from fleet.errors import CredentialError, ManifestError
 from fleet.manifest.attestcheck import check_attestation
-from fleet.manifest.build import ANSWER_OUTCOMES, FORMAT, RESPONSE_PAYLOAD_IDS, answer_fields
+from fleet.manifest.build import FORMAT, RESPONSE_PAYLOAD_IDS, answer_fields
 from fleet.manifest.certcheck import check_certificate_fields
 from fleet.manifest.shape import check_device, check_key, check_signed, check_summary
 from fleet.manifest.signing import ALGORITHMS, canonical_bytes, decode_sig, signature_valid
 from fleet.manifest.store import load_document, nesting_problem
+from fleet.records import ANSWER_OUTCOMES
 from fleet.station_key import PublicKey, algorithm, keyid, public_key_from_pem
 
 __all__ = ["NOT_TRUSTED_WARNING", "VerifyCheck", "VerifyReport", "verify", "verify_contents",
