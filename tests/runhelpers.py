@@ -83,11 +83,13 @@ def journal_rows(journal: Path, sql: str) -> list[tuple[Any, ...]]:
         return []
 
 
-def logged_commands(log: Path) -> list[str]:
+def logged_commands(log: Path, *, faults: bool = True) -> list[str]:
     """The command of every line of a simulator's ``log:`` file (a fault's line names the
-    command it hit), in order; none before the simulator made the file."""
+    command it hit; ``faults=False`` leaves those lines out: each command received once), in
+    order; none before the simulator made the file."""
     lines = log.read_text().splitlines() if log.exists() else []
-    return [entry["command"] for entry in map(json.loads, lines) if "command" in entry]
+    return [entry["command"] for entry in map(json.loads, lines)
+            if "command" in entry and (faults or "fault" not in entry)]
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

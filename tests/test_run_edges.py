@@ -355,8 +355,7 @@ def test_a_key_that_fails_after_the_devices_deadline_ends_the_device(tmp_path: P
     assert device["error"].startswith(f"tls: {tls['error']}; the device's deadline "
                                       "(device_deadline_s: 0.001 s) had passed, so nothing "
                                       "more was tried on this device"), device["error"]
-    log = [json.loads(line) for line in (tmp_path / "sim.log").read_text().splitlines()]
-    received = [entry["command"] for entry in log if "command" in entry and "fault" not in entry]
+    received = logged_commands(tmp_path / "sim.log", faults=False)
     assert [c.split(",")[0] for c in received if c.startswith("AT%KEYGEN")] == [
         f"AT%KEYGEN={TLS}"]  # one try of the first key, none of the second
     assert received[-1] == "AT+CFUN=1"  # the mode it was found in
@@ -377,6 +376,5 @@ def test_a_key_refused_after_the_devices_deadline_leaves_the_device_to_its_other
     assert [k["outcome"] for k in device["keys"]] == ["generated", "failed", "failed"]
     assert all("515" in k["error"] for k in device["keys"][1:]), device["keys"]
     assert "deadline" not in device["error"], device["error"]
-    received = [json.loads(line).get("command", "")
-                for line in (tmp_path / "sim.log").read_text().splitlines()]
+    received = logged_commands(tmp_path / "sim.log", faults=False)
     assert len([c for c in received if c.startswith("AT%KEYGEN")]) == 3
